@@ -1,0 +1,1 @@
+"""Qwen3 architectures on Megatron-Core: presets, TransformerConfig construction, layer specs."""

@@ -1,0 +1,55 @@
+"""Config sections that describe the model and its parallel layout (shared by training and conversion)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from megarec.config import help_field
+
+
+@dataclass
+class ModelConfig:
+    preset: str = help_field("qwen3-tiny", "Architecture preset: qwen3-0.6b|1.7b|4b|8b|14b, or CPU presets "
+                             "qwen3-tiny|qwen3-tiny-tied|qwen3-small. Ignored when hf_config is set.")
+    hf_config: Optional[str] = help_field(None, "HF config.json (or checkpoint dir) to read the architecture "
+                                          "from; every value (RoPE theta, context, vocab) is taken from it.")
+    num_layers: Optional[int] = help_field(None, "Override the number of decoder layers.")
+    hidden_size: Optional[int] = help_field(None, "Override the hidden size.")
+    ffn_hidden_size: Optional[int] = help_field(None, "Override the SwiGLU intermediate size.")
+    num_attention_heads: Optional[int] = help_field(None, "Override the number of query heads.")
+    num_query_groups: Optional[int] = help_field(None, "Override the number of KV heads (query groups).")
+    head_dim: Optional[int] = help_field(None, "Override the head dimension (kv_channels); Qwen3-4B has "
+                                         "head_dim != hidden/heads, so it is always set explicitly.")
+    vocab_size: Optional[int] = help_field(None, "Override the (unpadded) vocabulary size, e.g. after "
+                                           "itemic vocabulary expansion.")
+    tie_word_embeddings: Optional[bool] = help_field(None, "Override tied input/output embeddings "
+                                                     "(Qwen3 <= 4B tie them).")
+    rope_theta: Optional[float] = help_field(None, "Override the RoPE base.")
+    make_vocab_size_divisible_by: int = help_field(128, "Pad the vocabulary to a multiple of this times TP.")
+    precision: Literal["auto", "fp32", "bf16"] = help_field("auto", "Parameter/compute dtype: auto = bf16 "
+                                                            "with CUDA, fp32 on CPU.")
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = help_field(
+        "auto", "Layer spec: transformer_engine when TE imports and CUDA is present (auto), else local.")
+    fp8: Optional[Literal["hybrid", "e4m3"]] = help_field(None, "FP8 format (needs Transformer Engine on "
+                                                          "Hopper or newer); hybrid = E4M3 fwd / E5M2 bwd.")
+    fp8_amax_history_len: int = help_field(1024, "FP8 delayed-scaling amax history length.")
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = help_field("max", "FP8 amax reduction over history.")
+    init_method_std: float = help_field(0.02, "Std of the normal weight initialisation.")
+    recompute_activations: bool = help_field(False, "Selective activation recomputation (core attention).")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = help_field(1, "Tensor parallel size (TP).")
+    pipeline_model_parallel_size: int = help_field(1, "Pipeline parallel size (PP).")
+    virtual_pipeline_model_parallel_size: Optional[int] = help_field(
+        None, "Model chunks per pipeline rank for the interleaved schedule (needs PP > 1).")
+    sequence_parallel: bool = help_field(False, "Sequence parallelism (with TP > 1; needs Transformer Engine).")
+    context_parallel_size: int = help_field(1, "Context parallel size (needs Transformer Engine).")
+    use_distributed_optimizer: bool = help_field(False, "Shard optimizer state across data-parallel ranks.")
+    overlap_grad_reduce: bool = help_field(False, "Overlap DP gradient reduce-scatter/all-reduce with backward.")
+    overlap_param_gather: bool = help_field(False, "Overlap distributed-optimizer param all-gather with forward.")
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
