@@ -224,3 +224,23 @@ def checkpoint_padded_vocab(path: str) -> Optional[int]:
     common = read_common_state(resolve_checkpoint_dir(path))
     value = common.get("padded_vocab_size")
     return int(value) if value is not None else None
+
+
+def ensure_single_process_group() -> None:
+    """Offline tools read checkpoints in one process; dist_checkpointing still wants a process group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+def read_full_tensors(path: str, optimizer: bool = False) -> dict:
+    """The model tensors (or, with optimizer=True, the optimizer-state tensors) of a checkpoint,
+    unsharded: global TP/PP-independent tensors under Megatron's sharded keys (decoder layers stacked
+    along a leading layer dimension)."""
+    from megatron.core import dist_checkpointing
+
+    ensure_single_process_group()
+    tensors = dist_checkpointing.load_plain_tensors(resolve_checkpoint_dir(path))
+    return {k: v for k, v in tensors.items()
+            if isinstance(v, torch.Tensor) and k.startswith("optimizer.") == optimizer}

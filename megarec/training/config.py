@@ -18,6 +18,8 @@ class TrainConfig:
     seed: int = help_field(1234, "Seed for weights init, data order and dropout.")
     eval_interval: int = help_field(0, "Run validation every N steps (0 = never).")
     eval_iters: int = help_field(2, "Validation batches per evaluation.")
+    exit_interval: int = help_field(0, "Save a checkpoint and exit after this many steps of this run "
+                                    "(0 = run to train_iters); for time-boxed jobs.")
     exit_signals: List[str] = help_field(default_factory=lambda: ["SIGTERM", "SIGUSR1"],
                                          help="Signals that trigger save-and-exit (SLURM pre-emption).")
 

@@ -152,7 +152,7 @@ def microbatch_indices(consumed_samples: int, total_samples: int, global_batch_s
 
 
 def _collate(samples: list[dict]) -> dict:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
 
 
 def make_loader(dataset, consumed_samples: int, total_samples: int, train: TrainConfig, dp_rank: int,

@@ -71,10 +71,13 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> LaunchEnv:
     if torch.cuda.is_available():
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
-        os.environ["MASTER_ADDR"] = launch.master_addr
-        os.environ["MASTER_PORT"] = str(launch.master_port)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                rank=launch.rank, world_size=launch.world_size)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if launch.world_size == 1:  # no rendezvous needed: an in-memory store, no port to collide on
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            os.environ["MASTER_ADDR"] = launch.master_addr
+            os.environ["MASTER_PORT"] = str(launch.master_port)
+            dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
     cpu_shims.enable()
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()

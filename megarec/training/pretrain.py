@@ -29,7 +29,7 @@ class RunSummary:
     start_iteration: int
     final_iteration: int
     losses: list
-    exit_reason: str  # finished | signal
+    exit_reason: str  # finished | signal | exit_interval
     checkpoint: Optional[str]
 
 
@@ -278,6 +278,8 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                     f"step {iteration + 1}: loss is {loss} — training diverged before the optimizer step "
                     f"(last checkpoint: {_latest(cfg)}); lower optimizer.lr or inspect the data")
             mask_frozen_row_grads(row_masks)
+            # Step the schedule first so that step k trains at the rate of step k (no lr=0 first step).
+            scheduler.step(1)
             _, grad_norm, _ = optimizer.step()
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             if not math.isfinite(grad_norm):
@@ -285,7 +287,6 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                     f"step {iteration + 1}: gradient norm is {grad_norm} (loss {loss:.4f}) — stopping "
                     f"without saving (last checkpoint: {_latest(cfg)})")
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step(1)
             iteration += 1
             consumed += cfg.train.global_batch_size
             losses.append(loss)
@@ -304,6 +305,9 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                                                                       dp_rank, dp_size, num_microbatches, device)})
             if signals.any_rank_received():
                 exit_reason = "signal"
+                break
+            if cfg.train.exit_interval and iteration - start_iteration >= cfg.train.exit_interval:
+                exit_reason = "exit_interval"
                 break
             if cfg.checkpoint.save and cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0:
                 saved = save()
