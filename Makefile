@@ -23,8 +23,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Until the end-to-end MovieLens demo lands: a TP=2 pre-training run of the tiny CPU recipe on mock data.
 demo: install
-	$(VENV)/bin/megarec demo --out runs/demo
+	NPROC=2 PYTHON=$(PY) launch/local.sh --config configs/pretrain/tiny_cpu.yaml data.mock=true \
+		parallel.tensor_model_parallel_size=2 logging.run_dir=runs/demo checkpoint.save=runs/demo/checkpoints
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 VOCAB = 1024
 ITEMIC = (960, 1022)  # the tiny tokenizer below appends 63 "itemic" tokens, then EOD at 1023
 COMMON = ["train.train_iters=10", "train.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=8",
-          "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "logging.progress=false", "logging.wandb_mode=disabled"]
+          "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "logging.progress=false", "logging.wandb_mode=disabled",
+          # EOD tokens carry no loss, so micro-batches and DP ranks hold different numbers of loss tokens:
+          # DP=2 matching DP=1 then shows the loss is normalised by the global count, not per rank.
+          "data.eod_mask_loss=true"]
 
 
 def losses(run_dir: str) -> list[float]:

@@ -1,0 +1,20 @@
+#!/bin/bash
+# Qwen3-1.7B stage 1 / stage 2 pre-training on 8xH100 nodes (32K context, TP=2 x CP=2, SP, FP8 hybrid).
+#   DATA_BLEND="0.6234 /data/general_text_document 0.3766 /data/rec_text_document" \
+#   TOKENIZER=/ckpt/qwen3-1.7b-itemic STAGE=1 INIT_FROM=/ckpt/qwen3-1.7b-itemic-mcore sbatch launch/pretrain_1p7b.sh
+# Submit from the repository root. DRY_RUN=1 prints the srun/torchrun command instead of running it.
+#SBATCH --job-name=megarec-qwen3-1p7b
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=96
+#SBATCH --exclusive
+#SBATCH --time=12:00:00
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --signal=USR1@600
+MODEL_TAG=1p7b
+TP=${TP:-2}
+PP=${PP:-1}
+CP=${CP:-2}
+SP=${SP:-true}
+source "${MEGAREC_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}/launch/_slurm_common.sh"
