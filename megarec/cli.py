@@ -13,6 +13,8 @@ from megarec.errors import MegarecError
 # Modules that register verbs, in the order `--help` lists them.
 COMMAND_MODULES = [
     "megarec.training.cli",
+    "megarec.tokenizer.cli",
+    "megarec.itemic.cli",
 ]
 
 

@@ -108,3 +108,18 @@ def enable() -> bool:
     mode.__enter__()
     _state["mode"] = mode
     return True
+
+
+@contextlib.contextmanager
+def suspended():
+    """Run a block without the CUDA→CPU function mode (it costs a Python call per torch op).
+    Safe around model forward passes, which create no tensors on "cuda" by name."""
+    mode = _state["mode"]
+    if mode is None:
+        yield
+        return
+    mode.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        mode.__enter__()

@@ -30,6 +30,9 @@ class ModelConfig:
                                                             "with CUDA, fp32 on CPU.")
     transformer_impl: Literal["auto", "local", "transformer_engine"] = help_field(
         "auto", "Layer spec: transformer_engine when TE imports and CUDA is present (auto), else local.")
+    local_attention: Literal["sdpa", "unfused"] = help_field(
+        "sdpa", "Core attention of the local spec: PyTorch fused SDPA (flash/efficient kernels, GQA without "
+        "repeating KV) or Megatron's unfused DotProductAttention.")
     fp8: Optional[Literal["hybrid", "e4m3"]] = help_field(None, "FP8 format (needs Transformer Engine on "
                                                           "Hopper or newer); hybrid = E4M3 fwd / E5M2 bwd.")
     fp8_amax_history_len: int = help_field(1024, "FP8 delayed-scaling amax history length.")

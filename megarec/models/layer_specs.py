@@ -36,9 +36,23 @@ def resolve_transformer_impl(requested: str, te_available: bool | None = None) -
     return requested
 
 
-def get_layer_spec(impl: str):
+def get_layer_spec(impl: str, local_attention: str = "sdpa"):
+    """Layer spec for `impl`; the local spec's core attention is PyTorch SDPA unless
+    local_attention="unfused" (Megatron's DotProductAttention with an explicit mask)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
 
     if impl == "transformer_engine":
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    return specs.get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    spec = specs.get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    if local_attention == "sdpa":
+        from megarec.models.sdpa_attention import SDPACoreAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    elif local_attention != "unfused":
+        raise ConfigError(f"unknown model.local_attention '{local_attention}' (sdpa or unfused)")
+    return spec
+
+
+def needs_explicit_causal_mask(impl: str, local_attention: str) -> bool:
+    """Megatron's unfused attention builds its default causal mask on "cuda"; pass one on CPU."""
+    return impl == "local" and local_attention == "unfused" and not torch.cuda.is_available()

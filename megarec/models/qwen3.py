@@ -138,12 +138,13 @@ def build_transformer_config(arch: Qwen3Arch, model: ModelConfig, parallel: Para
     return TransformerConfig(**transformer_config_kwargs(arch, model, parallel, impl))
 
 
-def build_model_chunks(arch: Qwen3Arch, tconfig, impl: str, vocab_size_padded: int, seq_length: int) -> list:
+def build_model_chunks(arch: Qwen3Arch, tconfig, impl: str, vocab_size_padded: int, seq_length: int,
+                       local_attention: str = "sdpa") -> list:
     """GPTModel chunk(s) held by this pipeline rank (one per virtual stage)."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    spec = get_layer_spec(impl)
+    spec = get_layer_spec(impl, local_attention)
     vp = tconfig.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vp or 1):

@@ -11,9 +11,11 @@ from typing import Optional
 import torch
 import yaml
 
+from megarec import cpu_shims
 from megarec.config import to_dict
 from megarec.errors import ConfigError, TrainingDivergedError
 from megarec.models import qwen3
+from megarec.models.layer_specs import needs_explicit_causal_mask
 from megarec.training import checkpointing as ckpt
 from megarec.training.config import PretrainConfig
 from megarec.training.data import build_datasets, make_loader, read_itemic_range
@@ -133,7 +135,8 @@ def _make_forward_step(device: torch.device, explicit_mask: bool):
                 attention_mask = attention_mask.unsqueeze(1)
         elif explicit_mask:
             attention_mask = masks.get(tokens.shape[1])
-        output = model(tokens, position_ids, attention_mask, labels=labels)
+        with cpu_shims.suspended():
+            output = model(tokens, position_ids, attention_mask, labels=labels)
         return output, partial(_loss_func, loss_mask)
 
     return forward_step
@@ -196,7 +199,8 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     source, is_resume = _checkpoint_source(cfg)
     padded_vocab = _padded_vocab(cfg, arch.vocab_size, source)
     tconfig = qwen3.build_transformer_config(arch, cfg.model, cfg.parallel, impl)
-    chunks = qwen3.build_model_chunks(arch, tconfig, impl, padded_vocab, cfg.train.seq_length)
+    chunks = qwen3.build_model_chunks(arch, tconfig, impl, padded_vocab, cfg.train.seq_length,
+                                      cfg.model.local_attention)
     if torch.cuda.is_available():
         for c in chunks:
             c.cuda(torch.cuda.current_device())
@@ -250,7 +254,7 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                          cfg.data.num_workers)
     loader_iter = iter(loader)
     num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
-    forward_step = _make_forward_step(device, explicit_mask=not torch.cuda.is_available())
+    forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention))
 
     logger = MetricsLogger(run_dir, rank0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
                            cfg.logging.wandb_name, to_dict(cfg), cfg.train.train_iters, iteration,

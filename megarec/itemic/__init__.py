@@ -1,0 +1,1 @@
+"""Itemic tokens: RQ-KMeans item codebooks, item token strings and vocabulary expansion."""

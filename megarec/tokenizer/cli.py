@@ -1,0 +1,29 @@
+"""`megarec tokenizer build-qwen3`: write the offline Qwen3-layout HF tokenizer to a directory."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tokenizer", help="Text tokenizer utilities (offline Qwen3-layout tokenizer).",
+                       description="Text tokenizer utilities.")
+    verbs = p.add_subparsers(dest="tokenizer_verb", metavar="<action>", required=True)
+    b = verbs.add_parser(
+        "build-qwen3",
+        help="Build a Qwen3-layout HF fast tokenizer offline from qwen.tiktoken.",
+        description="Build a Hugging Face fast tokenizer with Qwen3's exact layout (151,643 byte-level BPE ranks, "
+                    "then Qwen3's 26 added tokens, Qwen3 chat template). The BPE ranks come from --tiktoken, or "
+                    "else from the dashscope wheel fetched once with `pip download` into the cache.",
+    )
+    b.add_argument("--out", required=True, help="Output directory (created if missing).")
+    b.add_argument("--tiktoken", default=None, metavar="PATH",
+                   help="Local qwen.tiktoken file; default: fetch it from the dashscope wheel on PyPI.")
+    b.add_argument("--cache-dir", default=None,
+                   help="Cache for qwen.tiktoken and built tokenizers (default: $MEGAREC_CACHE or ~/.cache/megarec).")
+    b.set_defaults(func=run_build_qwen3)
+
+
+def run_build_qwen3(args) -> int:
+    from megarec.tokenizer.qwen3_offline import build_qwen3_tokenizer
+
+    out = build_qwen3_tokenizer(args.out, args.tiktoken, cache_dir=args.cache_dir)
+    print(f"wrote Qwen3-layout tokenizer to {out}")
+    return 0
