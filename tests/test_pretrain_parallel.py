@@ -201,3 +201,42 @@ def test_stage1_tied_model(corpus, tmp_path):
     assert not torch.equal(emb_a[first:last + 1], emb_b[first:last + 1])
     for name in before:
         assert torch.equal(before[name], after[name]), name
+
+
+def test_interleaved_pipeline_matches_tp1(corpus, tmp_path):
+    """PP=2 × VP=2 (4 model chunks of one layer) reproduces the single-process curve of a 4-layer model."""
+    four = ["model.num_layers=4"]
+    init = str(tmp_path / "init")
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *four, "train.train_iters=0", f"checkpoint.save={init}",
+                f"logging.run_dir={tmp_path / 'i'}"]))
+    base = [*COMMON, *corpus["data"], *four, "train.train_iters=5", f"checkpoint.init_from={init}"]
+    ok(run_cli(["pretrain", *base, f"logging.run_dir={tmp_path / 'ref'}"]))
+    ok(run_cli(["pretrain", *base, "parallel.pipeline_model_parallel_size=2",
+                "parallel.virtual_pipeline_model_parallel_size=2", f"logging.run_dir={tmp_path / 'vp'}"], nproc=2))
+    np.testing.assert_allclose(losses(str(tmp_path / "vp")), losses(str(tmp_path / "ref")), rtol=0, atol=1e-5)
+
+
+def test_document_resets_and_validation(corpus, tmp_path):
+    """Per-document position/attention resets train, validation runs, and loss still falls."""
+    run_dir = str(tmp_path / "run")
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=12", "data.reset_position_ids=true",
+                "data.reset_attention_mask=true", "train.eval_interval=6", "train.eval_iters=1",
+                f"logging.run_dir={run_dir}"]))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+    assert [r["step"] for r in records if "valid_loss" in r] == [6, 12]
+    assert valid[1] < valid[0] and all(np.isfinite(valid))
+    curve = losses(run_dir)
+    assert curve[-1] < curve[0]
+
+
+def test_divergence_stops_with_clear_error(corpus, reference, tmp_path):
+    proc = run_cli(["pretrain", *COMMON, *corpus["data"], "optimizer.lr=1e30", "optimizer.clip_grad=0",
+                    "train.train_iters=50", f"checkpoint.init_from={reference['init']}",
+                    f"checkpoint.save={tmp_path / 'ckpt'}", f"logging.run_dir={tmp_path / 'run'}"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if "megarec pretrain: error:" in line]
+    assert len(err) == 1 and ("loss is nan" in err[0] or "gradient norm is" in err[0] or "loss is inf" in err[0])
+    assert not os.path.exists(tmp_path / "ckpt" / "latest_checkpointed_iteration.txt")
