@@ -85,7 +85,8 @@ def test_chat_template_tools(tok):
     ]
     text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\n# Tools\n\nYou may call one or more functions")
-    assert '\n<tools>\n{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}\n</tools>' in text
+    tool_json = '{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}'
+    assert f"\n<tools>\n{tool_json}\n</tools>" in text
     assert text.endswith(
         "<|im_start|>user\nFind item 7<|im_end|>\n"
         "<|im_start|>assistant\n"  # not the last turn and no reasoning: no think block

@@ -1,5 +1,164 @@
-"""`megarec itemic ...` and `megarec expand-vocab` (being written)."""
+"""`megarec itemic train|encode|stats` (RQ-KMeans item codes) and `megarec expand-vocab` (itemic tokens)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from megarec.errors import ConfigError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(sub) -> None:
-    return None
+    p = sub.add_parser("itemic", help="RQ-KMeans itemic tokenizer: train codebooks, encode items, report stats.",
+                       description="Residual k-means item tokenizer: every item becomes a tuple of codes "
+                                   "(c1..cL), written as itemic tokens <s_a_c1><s_b_c2>...")
+    verbs = p.add_subparsers(dest="itemic_verb", metavar="<action>", required=True)
+
+    t = verbs.add_parser("train", help="Fit RQ-KMeans centroids and write codes for every item.",
+                         description="Fit residual k-means on a sample of item embeddings, assign codes to all "
+                                     "items (streamed), make code tuples unique, and write a tokenizer directory "
+                                     "(meta.json, centroids.npy, codes.parquet, stats.json).")
+    _add_input_args(t)
+    t.add_argument("--out", required=True, help="Output tokenizer directory.")
+    t.add_argument("--layers", type=_positive_int, default=3, help="Number of residual k-means layers (default 3).")
+    t.add_argument("--codebook-size", type=int, default=8192, help="Codes per layer (default 8192).")
+    t.add_argument("--iters", type=int, default=20, help="Lloyd iterations per layer (default 20; stops early "
+                                                         "if assignments stop changing).")
+    t.add_argument("--seed", type=int, default=0, help="Seed for the training sample and k-means++ seeding.")
+    t.add_argument("--max-train-samples", type=int, default=500_000,
+                   help="Items sampled to fit centroids (default 500000; all items if fewer). "
+                        "Memory: rows × dim × 4 B.")
+    t.add_argument("--init", choices=["kmeans++", "random"], default="kmeans++",
+                   help="Centroid seeding: k-means++ D² sampling (default) or random distinct rows.")
+    t.add_argument("--init-samples", type=int, default=None,
+                   help="Rows k-means++ seeding draws from (default 16 × codebook size; its cost grows as "
+                        "codebook size × rows × dim).")
+    t.add_argument("--normalize", choices=["none", "l2"], default="none",
+                   help="Embedding normalisation before clustering (default none; l2 for cosine geometry).")
+    t.add_argument("--dedup", choices=["last-layer", "extra-layer", "none"], default="last-layer",
+                   help="Collision resolution (default last-layer: move duplicates to the nearest free last-layer "
+                        "code; extra-layer: append a numbering code; none: keep collisions).")
+    t.add_argument("--codes-out", default=None,
+                   help="Codes table path (.parquet or .csv; default <out>/codes.parquet).")
+    t.set_defaults(func=run_train)
+
+    e = verbs.add_parser("encode", help="Assign codes to items with a trained itemic tokenizer.",
+                         description="Encode item embeddings with a trained tokenizer. Items already in the "
+                                     "tokenizer's codes table keep their codes; new items are made unique "
+                                     "against all taken tuples.")
+    e.add_argument("--tokenizer", required=True, help="Itemic tokenizer directory written by `itemic train`.")
+    _add_input_args(e)
+    e.add_argument("--out", required=True, help="Codes table to write (.parquet or .csv).")
+    e.add_argument("--dedup", choices=["last-layer", "extra-layer", "none"], default=None,
+                   help="Collision resolution for new items (default: the tokenizer's method).")
+    e.add_argument("--no-reuse", action="store_true",
+                   help="Recompute codes even for items present in the tokenizer's codes table.")
+    e.set_defaults(func=run_encode)
+
+    s = verbs.add_parser("stats", help="Codebook utilisation, collision rate and reconstruction error.",
+                         description="Per-layer codebook utilisation and perplexity, collision rate of full code "
+                                     "tuples, and (with --embeddings) relative reconstruction MSE per layer.")
+    s.add_argument("--tokenizer", required=True, help="Itemic tokenizer directory.")
+    s.add_argument("--codes", default=None, help="Codes table to analyse (default: the tokenizer's own).")
+    s.add_argument("--embeddings", default=None, help="Item embeddings (.npy or .parquet) for reconstruction error.")
+    s.add_argument("--ids", default=None, help="Item ids for a .npy embeddings file (.npy or .txt).")
+    s.add_argument("--batch-size", type=_positive_int, default=None, help="Rows per streamed batch.")
+    s.add_argument("--out", default=None, help="Also write the stats as JSON to this file.")
+    s.set_defaults(func=run_stats)
+
+    x = sub.add_parser("expand-vocab", help="Add itemic tokens to a Qwen3 HF checkpoint (tokenizer + embeddings).",
+                       description="Append <s_a_*>, <s_b_*>, ..., <|sid_begin|>, <|sid_end|> to a Qwen3 HF "
+                                   "tokenizer, resize embeddings to a padded size, initialise every new and "
+                                   "padding row from a multivariate normal fitted to the trained rows, and write "
+                                   "itemic.json.")
+    x.add_argument("--base-dir", required=True, help="Qwen3 Hugging Face checkpoint directory (model + tokenizer).")
+    x.add_argument("--out", required=True, help="Output directory for the expanded checkpoint.")
+    x.add_argument("--layers", type=int, default=None, help="Code layers (one token letter each).")
+    x.add_argument("--codebook-size", type=int, default=None, help="Codes per layer.")
+    x.add_argument("--itemic-tokenizer", default=None,
+                   help="Read --layers/--codebook-size from an itemic tokenizer directory (meta.json).")
+    x.add_argument("--pad-to-multiple", type=_positive_int, default=128,
+                   help="Embedding rows are padded to a multiple of this (default 128).")
+    x.add_argument("--seed", type=int, default=0, help="Seed for the new rows' multivariate normal draws.")
+    x.set_defaults(func=run_expand)
+
+
+def _add_input_args(p) -> None:
+    p.add_argument("--embeddings", required=True,
+                   help="Item embeddings: .npy [N, D] (memory-mapped) or .parquet with item_id + embedding columns.")
+    p.add_argument("--ids", default=None,
+                   help="Item ids for a .npy input (.npy or .txt, one per line); default <stem>.ids.npy/.txt "
+                        "beside it, else the row number.")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="Rows per streamed batch (default: about 128 MB of embeddings).")
+
+
+def run_train(args) -> int:
+    from megarec.itemic.io import open_embeddings
+    from megarec.itemic.pipeline import train_itemic_tokenizer
+
+    source = open_embeddings(args.embeddings, args.ids)
+    stats = train_itemic_tokenizer(
+        source, args.out, layers=args.layers, codebook_size=args.codebook_size, iters=args.iters, seed=args.seed,
+        max_train_samples=args.max_train_samples, normalization=args.normalize, init=args.init,
+        init_samples=args.init_samples, dedup=args.dedup, batch_rows=args.batch_size, codes_out=args.codes_out)
+    raw, final = stats["raw"], stats["final"]
+    print(f"wrote itemic tokenizer to {args.out}: {stats['num_items']} items, "
+          f"utilisation {[round(lay['utilisation'], 4) for lay in final['layers']]}, "
+          f"collision rate {raw['collisions']['collision_rate']:.4f} raw → "
+          f"{final['collisions']['collision_rate']:.4f} after {args.dedup}, "
+          f"relative MSE {final['relative_mse']:.4f}")
+    return 0
+
+
+def run_encode(args) -> int:
+    from megarec.itemic.io import open_embeddings, write_codes_table
+    from megarec.itemic.pipeline import encode_items
+
+    source = open_embeddings(args.embeddings, args.ids)
+    ids, codes = encode_items(args.tokenizer, source, dedup=args.dedup, reuse_known=not args.no_reuse,
+                              batch_rows=args.batch_size)
+    write_codes_table(args.out, ids, codes)
+    print(f"wrote codes for {len(ids)} items to {args.out}")
+    return 0
+
+
+def run_stats(args) -> int:
+    from megarec.itemic.atomic import write_json
+    from megarec.itemic.io import open_embeddings
+    from megarec.itemic.pipeline import compute_stats
+
+    source = open_embeddings(args.embeddings, args.ids) if args.embeddings else None
+    stats = compute_stats(args.tokenizer, codes_path=args.codes, source=source, batch_rows=args.batch_size)
+    if args.out:
+        write_json(args.out, stats)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def run_expand(args) -> int:
+    from megarec.itemic.expand import expand_checkpoint
+
+    layers, size = args.layers, args.codebook_size
+    if args.itemic_tokenizer:
+        from megarec.itemic.rqkmeans import RQKMeans
+
+        meta = RQKMeans.load(args.itemic_tokenizer).meta
+        checks = (("--layers", layers, meta.code_layers), ("--codebook-size", size, meta.codebook_size))
+        for flag, given, found in checks:
+            if given is not None and given != found:
+                raise ConfigError(f"{flag} {given} contradicts {args.itemic_tokenizer}/meta.json ({found})")
+        layers, size = meta.code_layers, meta.codebook_size
+    if layers is None or size is None:
+        raise ConfigError("give --layers and --codebook-size (or --itemic-tokenizer DIR)")
+    layout = expand_checkpoint(args.base_dir, args.out, num_layers=layers, codebook_size=size,
+                               pad_to_multiple=args.pad_to_multiple, seed=args.seed)
+    print(f"wrote expanded checkpoint to {args.out}: itemic ids {layout.first_id}..{layout.last_id}, "
+          f"vocab {layout.base_vocab_size} → {layout.padded_vocab_size} rows")
+    return 0

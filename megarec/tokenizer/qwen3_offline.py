@@ -289,10 +289,11 @@ def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = _tokenizer_config(num_ranks, model_max_length)
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
     special_map = {
         "additional_special_tokens": config["additional_special_tokens"],
-        "eos_token": {"content": EOS_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "pad_token": {"content": PAD_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
+        "eos_token": {"content": EOS_TOKEN, **flags},
+        "pad_token": {"content": PAD_TOKEN, **flags},
     }
     _atomic_write_text(out / "tokenizer.json", text)
     _atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,129 @@
+"""Plain k-means in NumPy: greedy k-means++ seeding, Lloyd iterations, chunked nearest-centroid assignment.
+
+Distances use ||x||² − 2x·c + ||c||² through BLAS matrix products in float32, in row chunks sized so the
+[chunk, K] distance block stays around 64 MB. Ties go to the lowest centroid index, so results are
+reproducible for a given seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_BLOCK_FLOATS = 1 << 24  # elements of one [rows, K] distance block (64 MB in float32)
+
+
+def _chunk_rows(k: int) -> int:
+    return max(256, _BLOCK_FLOATS // max(k, 1))
+
+
+def sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid for each row: (labels int64 [n], squared distances float32 [n])."""
+    n, k = len(x), len(centroids)
+    c_sq = sq_norms(centroids) if c_sq is None else c_sq
+    labels = np.empty(n, dtype=np.int64)
+    dist = np.empty(n, dtype=np.float32)
+    step = _chunk_rows(k)
+    for s in range(0, n, step):
+        xb = x[s:s + step]
+        d = xb @ centroids.T
+        d *= -2.0
+        d += c_sq[None, :]
+        lab = np.argmin(d, axis=1)
+        labels[s:s + step] = lab
+        best = d[np.arange(len(xb)), lab] + sq_norms(xb)
+        dist[s:s + step] = np.maximum(best, 0.0)
+    return labels, dist
+
+
+def sorted_candidates(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, all centroid indices ordered nearest first, and the matching squared distances."""
+    d = sq_norms(x)[:, None] - 2.0 * (x @ centroids.T) + sq_norms(centroids)[None, :]
+    order = np.argsort(d, axis=1, kind="stable")
+    return order, np.maximum(np.take_along_axis(d, order, axis=1), 0.0)
+
+
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, n_trials: int = 1) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each centre is a row drawn with probability ∝ D².
+
+    `n_trials` > 1 gives the greedy variant (best of several draws). It is not the default: on residual
+    layers it prefers rows sitting at the origin (exact zero residuals), which starts one giant cluster."""
+    n = len(x)
+    x_sq = sq_norms(x)
+    centres = np.empty((k, x.shape[1]), dtype=np.float32)
+    first = int(rng.integers(n))
+    centres[0] = x[first]
+    closest = np.maximum(x_sq - 2.0 * (x @ x[first]) + x_sq[first], 0.0).astype(np.float32)
+    for c in range(1, k):
+        cum = np.cumsum(closest, dtype=np.float64)
+        potential = cum[-1]
+        if potential <= 0.0:  # fewer distinct points than centres: pad with random points
+            cand = rng.integers(n, size=1)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(n_trials) * potential, side="right"), n - 1)
+        d = x @ x[cand].T
+        d *= -2.0
+        d += x_sq[:, None]
+        d += x_sq[cand][None, :]
+        np.maximum(d, 0.0, out=d)
+        np.minimum(d, closest[:, None], out=d)
+        best = int(np.argmin(d.sum(axis=0, dtype=np.float64)))
+        centres[c] = x[cand[best]]
+        closest = np.ascontiguousarray(d[:, best])
+    return centres
+
+
+def random_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct training rows chosen uniformly (faiss' default seeding)."""
+    return x[np.sort(rng.choice(len(x), size=k, replace=False))].astype(np.float32, copy=True)
+
+
+def _update(x: np.ndarray, labels: np.ndarray, dist: np.ndarray, centroids: np.ndarray) -> int:
+    """Move centroids to their cluster means; empty clusters take the rows farthest from their centroid.
+
+    Returns the number of empty clusters that were re-seeded."""
+    k = len(centroids)
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable")
+    nonempty = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
+    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
+    centroids[nonempty] = (sums / counts[nonempty, None]).astype(np.float32)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        far = np.argsort(-dist, kind="stable")[:len(empty)]
+        centroids[empty[:len(far)]] = x[far]
+    return len(empty)
+
+
+def kmeans(x: np.ndarray, k: int, *, iters: int, rng: np.random.Generator, init: str = "kmeans++",
+           init_samples: int | None = None, progress=None) -> tuple[np.ndarray, int]:
+    """Cluster rows of `x` into k centroids. Returns (centroids float32 [k, D], Lloyd iterations run).
+
+    `iters` Lloyd steps (assign, then move centroids) run unless assignments stop changing earlier.
+    k-means++ seeds from a random subset of `init_samples` rows (default 16·k; its cost is O(k · rows · D))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if init == "kmeans++":
+        seed_rows = x
+        init_samples = max(k, init_samples if init_samples is not None else 16 * k)
+        if init_samples < len(x):
+            seed_rows = x[np.sort(rng.choice(len(x), size=init_samples, replace=False))]
+        centroids = kmeans_plusplus(seed_rows, k, rng)
+    elif init == "random":
+        centroids = random_init(x, k, rng)
+    else:
+        raise ValueError(f"unknown k-means init {init!r}")
+    prev = None
+    done = 0
+    for _ in range(iters):
+        labels, dist = assign(x, centroids)
+        if prev is not None and np.array_equal(labels, prev):
+            break
+        _update(x, labels, dist, centroids)
+        prev = labels
+        done += 1
+        if progress is not None:
+            progress.update(1)
+    return centroids, done
