@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "megarec.training.cli",
     "megarec.tokenizer.cli",
     "megarec.itemic.cli",
+    "megarec.convert.cli",
 ]
 
 
