@@ -16,6 +16,11 @@ COMMAND_MODULES = [
     "megarec.tokenizer.cli",
     "megarec.itemic.cli",
     "megarec.convert.cli",
+    "megarec.posttrain.cli",
+    "megarec.data.cli",
+    "megarec.eval.cli",
+    "megarec.eval.bench_cli",
+    "megarec.scaling.cli",
 ]
 
 

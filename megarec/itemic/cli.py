@@ -44,6 +44,10 @@ def register(sub) -> None:
     t.add_argument("--dedup", choices=["last-layer", "extra-layer", "none"], default="last-layer",
                    help="Collision resolution (default last-layer: move duplicates to the nearest free last-layer "
                         "code; extra-layer: append a numbering code; none: keep collisions).")
+    t.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto",
+                   help="Nearest-centroid search for training and encoding: numpy (BLAS), faiss (needs faiss-cpu) "
+                        "or auto (default: faiss when importable and the codebook size is one where it measured faster, "
+                        "see docs/itemic.md; else numpy). Seeding, --seed and --iters behave the same.")
     t.add_argument("--codes-out", default=None,
                    help="Codes table path (.parquet or .csv; default <out>/codes.parquet).")
     t.set_defaults(func=run_train)
@@ -59,6 +63,9 @@ def register(sub) -> None:
                    help="Collision resolution for new items (default: the tokenizer's method).")
     e.add_argument("--no-reuse", action="store_true",
                    help="Recompute codes even for items present in the tokenizer's codes table.")
+    e.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto",
+                   help="Nearest-centroid search (default auto: the backend the tokenizer was trained with, "
+                        "numpy if faiss is not importable).")
     e.set_defaults(func=run_encode)
 
     s = verbs.add_parser("stats", help="Codebook utilisation, collision rate and reconstruction error.",
@@ -107,13 +114,14 @@ def run_train(args) -> int:
     stats = train_itemic_tokenizer(
         source, args.out, layers=args.layers, codebook_size=args.codebook_size, iters=args.iters, seed=args.seed,
         max_train_samples=args.max_train_samples, normalization=args.normalize, init=args.init,
-        init_samples=args.init_samples, dedup=args.dedup, batch_rows=args.batch_size, codes_out=args.codes_out)
+        init_samples=args.init_samples, dedup=args.dedup, batch_rows=args.batch_size, codes_out=args.codes_out,
+        backend=args.backend)
     raw, final = stats["raw"], stats["final"]
     print(f"wrote itemic tokenizer to {args.out}: {stats['num_items']} items, "
           f"utilisation {[round(lay['utilisation'], 4) for lay in final['layers']]}, "
           f"collision rate {raw['collisions']['collision_rate']:.4f} raw → "
           f"{final['collisions']['collision_rate']:.4f} after {args.dedup}, "
-          f"relative MSE {final['relative_mse']:.4f}")
+          f"relative MSE {final['relative_mse']:.4f} ({stats['backend']} backend)")
     return 0
 
 
@@ -123,7 +131,7 @@ def run_encode(args) -> int:
 
     source = open_embeddings(args.embeddings, args.ids)
     ids, codes = encode_items(args.tokenizer, source, dedup=args.dedup, reuse_known=not args.no_reuse,
-                              batch_rows=args.batch_size)
+                              batch_rows=args.batch_size, backend=args.backend)
     write_codes_table(args.out, ids, codes)
     print(f"wrote codes for {len(ids)} items to {args.out}")
     return 0

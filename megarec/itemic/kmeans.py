@@ -1,12 +1,25 @@
-"""Plain k-means in NumPy: greedy k-means++ seeding, Lloyd iterations, chunked nearest-centroid assignment.
+"""Plain k-means: k-means++ seeding, Lloyd iterations, batched nearest-centroid assignment.
 
-Distances use ||x||² − 2x·c + ||c||² through BLAS matrix products in float32, in row chunks sized so the
-[chunk, K] distance block stays around 64 MB. Ties go to the lowest centroid index, so results are
-reproducible for a given seed.
+Seeding, the Lloyd loop (early stop, empty-cluster re-seeding) and the centroid update are megarec's own
+NumPy code. Only the nearest-centroid search — the O(n·K·D) part — has two backends:
+
+* ``numpy``: ||x||² − 2x·c + ||c||² through BLAS matrix products in float32, in row chunks sized so the
+  [chunk, K] distance block stays around 64 MB;
+* ``faiss``: `faiss.knn` (exhaustive L2, BLAS blocks with a fused arg-min), when faiss-cpu is installed.
+
+Both compute the same float32 squared distances (up to rounding) and give ties to the lowest centroid index,
+so a seed gives the same run with either backend except for rows whose two nearest centroids are within
+float32 rounding of each other. faiss is optional: it is imported only when that backend is used.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from megarec.errors import ConfigError
+
+BACKENDS = ("auto", "numpy", "faiss")
+# `auto` picks faiss from this codebook size on (measured on 2 shared cores, D = 256: see docs/itemic.md)
+FAISS_MIN_CODEBOOK = 1024
 
 _BLOCK_FLOATS = 1 << 24  # elements of one [rows, K] distance block (64 MB in float32)
 
@@ -19,8 +32,44 @@ def sq_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def import_faiss():
+    """The faiss module, or a ConfigError saying how to get it."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise ConfigError(f"--backend faiss needs the faiss package, which cannot be imported ({e}); install "
+                          "faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto") from e
+    return faiss
+
+
+def resolve_backend(backend: str, k: int) -> str:
+    """'numpy' or 'faiss' for a codebook of size k: `auto` means faiss when it is importable and k is at least
+    FAISS_MIN_CODEBOOK (where it measured faster), else numpy; `faiss` fails clearly when faiss is missing."""
+    if backend == "numpy":
+        return "numpy"
+    if backend == "faiss":
+        import_faiss()
+        return "faiss"
+    if backend == "auto":
+        return "faiss" if k >= FAISS_MIN_CODEBOOK and faiss_available() else "numpy"
+    raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = None,
+           backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid for each row: (labels int64 [n], squared distances float32 [n])."""
+    if backend == "faiss":
+        return _assign_faiss(x, centroids)
+    if backend != "numpy":
+        raise ValueError(f"unresolved k-means backend {backend!r}")
     n, k = len(x), len(centroids)
     c_sq = sq_norms(centroids) if c_sq is None else c_sq
     labels = np.empty(n, dtype=np.int64)
@@ -36,6 +85,15 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = No
         best = d[np.arange(len(xb)), lab] + sq_norms(xb)
         dist[s:s + step] = np.maximum(best, 0.0)
     return labels, dist
+
+
+def _assign_faiss(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    faiss = import_faiss()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    dist, labels = faiss.knn(x, np.ascontiguousarray(centroids, dtype=np.float32), 1)
+    return labels[:, 0].astype(np.int64, copy=False), np.maximum(dist[:, 0], 0.0)
 
 
 def sorted_candidates(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +145,11 @@ def _update(x: np.ndarray, labels: np.ndarray, dist: np.ndarray, centroids: np.n
     k = len(centroids)
     counts = np.bincount(labels, minlength=k)
     order = np.argsort(labels, kind="stable")
-    nonempty = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
-    sums = np.add.reduceat(x[order], starts, axis=0, dtype=np.float64)
-    centroids[nonempty] = (sums / counts[nonempty, None]).astype(np.float32)
+    ends = np.cumsum(counts)
+    # one contiguous float64 sum per cluster (rows in order); np.add.reduceat over axis 0 is ~10x slower
+    for c in np.flatnonzero(counts).tolist():
+        rows = x[order[ends[c] - counts[c]:ends[c]]]
+        centroids[c] = (np.add.reduce(rows, axis=0, dtype=np.float64) / counts[c]).astype(np.float32)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         far = np.argsort(-dist, kind="stable")[:len(empty)]
@@ -99,11 +158,12 @@ def _update(x: np.ndarray, labels: np.ndarray, dist: np.ndarray, centroids: np.n
 
 
 def kmeans(x: np.ndarray, k: int, *, iters: int, rng: np.random.Generator, init: str = "kmeans++",
-           init_samples: int | None = None, progress=None) -> tuple[np.ndarray, int]:
+           init_samples: int | None = None, progress=None, backend: str = "numpy") -> tuple[np.ndarray, int]:
     """Cluster rows of `x` into k centroids. Returns (centroids float32 [k, D], Lloyd iterations run).
 
     `iters` Lloyd steps (assign, then move centroids) run unless assignments stop changing earlier.
-    k-means++ seeds from a random subset of `init_samples` rows (default 16·k; its cost is O(k · rows · D))."""
+    k-means++ seeds from a random subset of `init_samples` rows (default 16·k; its cost is O(k · rows · D)).
+    `backend` ('numpy' or 'faiss', see `resolve_backend`) does the assignments; all else is the same."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if init == "kmeans++":
         seed_rows = x
@@ -118,7 +178,7 @@ def kmeans(x: np.ndarray, k: int, *, iters: int, rng: np.random.Generator, init:
     prev = None
     done = 0
     for _ in range(iters):
-        labels, dist = assign(x, centroids)
+        labels, dist = assign(x, centroids, backend=backend)
         if prev is not None and np.array_equal(labels, prev):
             break
         _update(x, labels, dist, centroids)

@@ -47,13 +47,16 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
                            max_train_samples: int | None = 500_000, normalization: str = "none",
                            init: str = "kmeans++", init_samples: int | None = None, dedup: str = "last-layer",
                            batch_rows: int | None = None, codes_out: str | os.PathLike | None = None,
-                           show_progress: bool = True) -> dict:
-    """Train and write a tokenizer directory; returns the stats dict (also written to stats.json)."""
+                           backend: str = "auto", show_progress: bool = True) -> dict:
+    """Train and write a tokenizer directory; returns the stats dict (also written to stats.json).
+
+    `backend` (auto | numpy | faiss) does the nearest-centroid assignments of training and encoding."""
     dd.check_method(dedup)
     model = train_centroids(source, layers=layers, codebook_size=codebook_size, iters=iters, seed=seed,
                             max_train_samples=max_train_samples, normalization=normalization, init=init,
-                            init_samples=init_samples, show_progress=show_progress)
-    enc = encode_source(model, source, batch_rows=batch_rows, show_progress=show_progress)
+                            init_samples=init_samples, backend=backend, show_progress=show_progress)
+    enc = encode_source(model, source, batch_rows=batch_rows, backend=model.meta.backend,
+                        show_progress=show_progress)
     raw_stats = st.code_stats(enc.codes, codebook_size)
     n = len(enc.codes)
     codes, moved, new_dist = _apply_dedup(model, dedup, source, enc.codes, enc.last_dist,
@@ -71,6 +74,7 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
         "num_items": n,
         "codebook_size": codebook_size,
         "dedup": dedup,
+        "backend": model.meta.backend,
         "raw": {**raw_stats, "relative_mse": st.relative_mse(enc.layer_sse, enc.total_ss)},
         "final": {**st.code_stats(codes, codebook_size), "moved_items": int(len(moved)),
                   "relative_mse": sse_final / enc.total_ss if enc.total_ss > 0 else float("nan")},
@@ -80,16 +84,17 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
 
 
 def encode_items(tok_dir: str | os.PathLike, source: EmbeddingSource, *, dedup: str | None = None,
-                 reuse_known: bool = True, batch_rows: int | None = None, show_progress: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 reuse_known: bool = True, batch_rows: int | None = None, backend: str = "auto",
+                 show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(ids, codes) for the items of `source`. Known items (in the tokenizer's codes table) keep their codes
-    when `reuse_known`; the rest are encoded and de-duplicated (default: the tokenizer's own method)."""
+    when `reuse_known`; the rest are encoded and de-duplicated (default: the tokenizer's own method).
+    `backend` auto = the nearest-centroid backend the tokenizer was trained with (numpy if faiss is missing)."""
     model = RQKMeans.load(tok_dir)
     method = dedup or model.meta.dedup
     dd.check_method(method)
     if method == "extra-layer" and not model.meta.extra_layer:
         raise DataError(f"{tok_dir}: this tokenizer has no extra layer; --dedup extra-layer needs one trained with it")
-    enc = encode_source(model, source, batch_rows=batch_rows, show_progress=show_progress)
+    enc = encode_source(model, source, batch_rows=batch_rows, backend=backend, show_progress=show_progress)
     n, L = len(enc.codes), model.meta.layers
     table_ids = np.zeros(0, dtype=np.int64)
     table_codes = np.zeros((0, model.meta.code_layers), dtype=np.int64)

@@ -44,6 +44,7 @@ class RQMeta:
     iters: int
     normalization: str
     init: str = "kmeans++"
+    backend: str = "numpy"   # nearest-centroid backend used in training (numpy | faiss); encode's auto reuses it
     dedup: str = "last-layer"
     extra_layer: bool = False  # dedup added a disambiguation code (not a k-means layer) after the last layer
     num_items: int = 0
@@ -104,14 +105,14 @@ class RQKMeans:
                             f"trained on width {self.meta.dim}")
         return normalize(x, self.meta.normalization, first_row, ids, path)
 
-    def encode_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(self, x: np.ndarray, backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
         """Codes [n, layers] and the squared residual norm after each layer [n, layers] for normalised rows."""
         n = len(x)
         codes = np.empty((n, self.meta.layers), dtype=np.int64)
         err = np.empty((n, self.meta.layers), dtype=np.float32)
         r = np.array(x, dtype=np.float32, copy=True)
         for layer, cent in enumerate(self.centroids):
-            lab, dist = km.assign(r, cent)
+            lab, dist = km.assign(r, cent, backend=backend)
             codes[:, layer] = lab
             r -= cent[lab]
             err[:, layer] = dist
@@ -146,6 +147,14 @@ def normalize(x: np.ndarray, how: str, first_row: int, ids: np.ndarray, path: st
     raise ConfigError(f"unknown normalisation {how!r} (choose from {', '.join(NORMALIZATIONS)})")
 
 
+def encode_backend(model: RQKMeans, backend: str = "auto") -> str:
+    """Backend for encoding with a trained tokenizer: `auto` = the one it was trained with (so training items
+    re-encode bit-for-bit), falling back to numpy when faiss is not importable."""
+    if backend == "auto":
+        return "faiss" if model.meta.backend == "faiss" and km.faiss_available() else "numpy"
+    return km.resolve_backend(backend, model.meta.codebook_size)
+
+
 def validate_params(layers: int, codebook_size: int, iters: int, normalization: str, init: str) -> None:
     if layers < 1:
         raise ConfigError(f"--layers must be >= 1, got {layers}")
@@ -161,11 +170,15 @@ def validate_params(layers: int, codebook_size: int, iters: int, normalization: 
 
 def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int, iters: int, seed: int,
                     max_train_samples: int | None, normalization: str = "none", init: str = "kmeans++",
-                    init_samples: int | None = None, show_progress: bool = True) -> RQKMeans:
-    """Fit residual k-means centroids on a random subset of at most `max_train_samples` items."""
+                    init_samples: int | None = None, backend: str = "auto", show_progress: bool = True) -> RQKMeans:
+    """Fit residual k-means centroids on a random subset of at most `max_train_samples` items.
+
+    `backend` (auto | numpy | faiss) does the nearest-centroid assignments; seeding, seed and iterations are
+    the same for both. The resolved backend is recorded in the model's meta."""
     from tqdm import tqdm
 
     validate_params(layers, codebook_size, iters, normalization, init)
+    backend = km.resolve_backend(backend, codebook_size)
     n = source.num_items
     if n < codebook_size:
         raise DataError(f"{source.path}: {n} items, but a codebook of size {codebook_size} needs at least "
@@ -177,7 +190,7 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
     rows = np.arange(n) if n_train == n else np.sort(rng.choice(n, size=n_train, replace=False))
     x = source.take(rows)
     model = RQKMeans(RQMeta(layers=layers, codebook_size=codebook_size, dim=source.dim, seed=seed, iters=iters,
-                            normalization=normalization, init=init, num_items=n, train_samples=n_train,
+                            normalization=normalization, init=init, backend=backend, num_items=n, train_samples=n_train,
                             source=os.path.abspath(source.path)),
                      np.zeros((layers, codebook_size, source.dim), dtype=np.float32))
     r = model.prepare(x, 0, source.ids[rows], source.path)
@@ -186,11 +199,11 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
         for layer in range(layers):
             bar.set_postfix(layer=layer + 1)
             cent, done = km.kmeans(r, codebook_size, iters=iters, rng=rng, init=init, init_samples=init_samples,
-                                   progress=bar)
+                                   progress=bar, backend=backend)
             bar.update(iters - done)
             model.centroids[layer] = cent
             model.meta.iters_run.append(done)
-            lab, _ = km.assign(r, cent)
+            lab, _ = km.assign(r, cent, backend=backend)
             r -= cent[lab]
     return model
 
@@ -205,13 +218,16 @@ class EncodeResult:
 
 
 def encode_source(model: RQKMeans, source: EmbeddingSource, *, batch_rows: int | None = None,
-                  show_progress: bool = True) -> EncodeResult:
-    """Stream all items of `source` through the tokenizer (batched); also accumulates reconstruction error."""
+                  backend: str = "auto", show_progress: bool = True) -> EncodeResult:
+    """Stream all items of `source` through the tokenizer (batched); also accumulates reconstruction error.
+
+    `backend`: see `encode_backend` (auto = the backend the tokenizer was trained with)."""
     from tqdm import tqdm
 
     if source.dim != model.meta.dim:
         raise DataError(f"{source.path}: field 'embedding' has width {source.dim}, but the itemic tokenizer was "
                         f"trained on width {model.meta.dim}")
+    backend = encode_backend(model, backend)
     batch_rows = batch_rows or default_batch_rows(source.dim)
     n = source.num_items
     codes = np.empty((n, model.meta.layers), dtype=np.int64)
@@ -222,7 +238,7 @@ def encode_source(model: RQKMeans, source: EmbeddingSource, *, batch_rows: int |
     with tqdm(total=n, desc="encode", unit="item", disable=not show_progress) as bar:
         for start, ids, x in source.iter_batches(batch_rows):
             x = model.prepare(x, start, ids, source.path)
-            c, err = model.encode_batch(x)
+            c, err = model.encode_batch(x, backend)
             codes[start:start + len(x)] = c
             last[start:start + len(x)] = err[:, -1]
             sse += err.sum(axis=0, dtype=np.float64)

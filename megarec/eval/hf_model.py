@@ -1,0 +1,47 @@
+"""Loading an expanded HF checkpoint for evaluation: model, tokenizer, item token layout, chat prompts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from megarec.errors import ConfigError
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    layout: object            # ItemTokenLayout
+    path: str
+
+
+def load_hf_model(path: str, *, itemic: str | None = None, dtype: str = "float32") -> LoadedModel:
+    """Model + tokenizer from an HF directory; the item layout from `itemic` or `<path>/itemic.json`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megarec.decoding.layout import ItemTokenLayout
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: model directory not found")
+    layout = ItemTokenLayout.coerce(itemic or path)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ConfigError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if max(layout.sid_end_id, *layout.itemic_token_ids()) >= vocab:
+        raise ConfigError(f"{path}: itemic token ids reach {layout.sid_end_id}, the model has {vocab} output rows")
+    return LoadedModel(model, tokenizer, layout, path)
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """Prompt text up to the assistant's first token (Qwen3: thinking switched off)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             enable_thinking=False)
+    except TypeError:  # templates that do not take enable_thinking
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

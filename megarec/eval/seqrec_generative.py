@@ -1,0 +1,69 @@
+"""The generative model on the transfer benchmark: each user's history is written as itemic tokens in the
+SFT next-item prompt (the task builders' templates), the model decodes items with trie-constrained beam
+search over the dataset's catalogue, and the decoded code tuples become an item ranking (most popular
+item first when several items share a tuple). Items already in the history are dropped from the
+ranking, as for the baselines, so the beam is wider than the largest k."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+
+from megarec.errors import ConfigError
+from megarec.eval.seqrec_data import SeqRecData
+from megarec.eval.seqrec_eval import DEFAULT_KS, ranking_metrics
+
+
+def rec_messages(history_codes: list[tuple[int, ...]], domain: str, lang: str = "en", seed: int = 0,
+                 letters=None) -> list[dict]:
+    """System + user messages of the next-item prompt (the SFT `rec` template, first variant)."""
+    from megarec.data.itemic_text import item_string
+    from megarec.data.tasks.templates import Templates
+
+    t = Templates.load(lang)
+    history = "".join(item_string(c, letters) for c in history_codes)
+    user = t.render("sft.rec.user", random.Random(seed), domain=t.domain(domain), history=history)
+    msgs = [{"role": "system", "content": t.system.strip()}] if t.system else []
+    return msgs + [{"role": "user", "content": user}]
+
+
+def evaluate_generative(loaded, data: SeqRecData, codes: dict[str, tuple[int, ...]], *, split: str = "test",
+                        ks=DEFAULT_KS, num_beams: int = 20, max_history: int = 20, batch_size: int = 8,
+                        lang: str = "en", max_users: int | None = None, seed: int = 0,
+                        exclude_history: bool = True) -> dict:
+    """Recall@k / NDCG@k of the generative model (users without codes for their target are still counted)."""
+    from megarec.decoding.beam_search import constrained_beam_search
+    from megarec.decoding.trie import ItemTrie
+    from megarec.eval.hf_model import chat_prompt
+
+    if num_beams < max(ks):
+        raise ConfigError(f"--num-beams ({num_beams}) must be at least the largest k ({max(ks)})")
+    sub = data.subset_users(max_users, seed) if max_users else data
+    known = {it: tuple(codes[it]) for it in data.item_ids if it in codes}
+    if not known:
+        raise ConfigError("the codes table has no item of this dataset (item ids must match)")
+    popularity = Counter(data.item_ids[i - 1] for s in data.train_sequences() for i in s)
+    trie = ItemTrie(known, loaded.layout, popularity=popularity)
+    histories, targets = sub.split_inputs(split)
+    prompts = []
+    for h in histories:
+        hist_codes = [known[data.item_ids[i - 1]] for i in h[-max_history:] if data.item_ids[i - 1] in known]
+        prompts.append(chat_prompt(loaded.tokenizer, rec_messages(hist_codes, data.domain, lang, seed,
+                                                                  loaded.layout.layer_letters)))
+    cands = constrained_beam_search(loaded.model, loaded.tokenizer, prompts, trie, num_beams=num_beams,
+                                    batch_size=batch_size, progress=True)
+    top = []
+    for h, cs in zip(histories, cands):
+        seen = {int(i) for i in h} if exclude_history else set()
+        ranked = []
+        for c in cs:
+            for it in c.items[:1]:
+                idx = data.item_index[it]
+                if idx not in seen and idx not in ranked:
+                    ranked.append(idx)
+        top.append(ranked)
+    out = ranking_metrics(top, [int(t) for t in targets], ks)
+    out["users"] = len(top)
+    out["coverage"] = float(np.mean([data.item_ids[int(t) - 1] in known for t in targets]))
+    return out

@@ -1,0 +1,297 @@
+"""Typed recipes of the three post-training verbs (`megarec sft | distill | grpo`).
+
+Sections shared by every verb (model, train, optimizer, checkpoint, logging, parallel) come first; each
+verb adds its own data / rollout / algorithm sections. Values come from `configs/posttrain/*.yaml`, then
+from dotted `key=value` overrides (see `megarec.config`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
+from megarec.config import help_field
+from megarec.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------- shared
+@dataclass
+class ModelSection:
+    path: Optional[str] = help_field(None, "HF checkpoint directory of the policy (config.json, safetensors, "
+                                     "tokenizer files, itemic.json). Required.")
+    tokenizer: Optional[str] = help_field(None, "Tokenizer directory (default: model.path).")
+    dtype: Literal["auto", "fp32", "bf16"] = help_field(
+        "auto", "Compute dtype: auto = bf16 on GPU (fp32 master weights), fp32 on CPU.")
+    attn_implementation: Literal["sdpa", "eager"] = help_field("sdpa", "Attention kernel of the HF model.")
+    gradient_checkpointing: bool = help_field(False, "Recompute activations in the backward pass.")
+
+
+@dataclass
+class TrainSection:
+    steps: int = help_field(100, "Training steps (optimizer steps for SFT, rollout iterations for distill/grpo); "
+                            "a resumed run continues to this total.")
+    global_batch_size: int = help_field(32, "Per step, over all ranks: sequences (sft) or prompts (distill/grpo).")
+    micro_batch_size: int = help_field(4, "Sequences per forward/backward pass on one rank.")
+    seed: int = help_field(1234, "Seed of data order, sampling and suffix choices.")
+    eval_interval: int = help_field(0, "Validate every N steps (0 = only at the end when validation data exists).")
+    eval_at_start: bool = help_field(False, "Also validate before the first step of a fresh run (a baseline).")
+    log_interval: int = help_field(1, "Log metrics every N steps.")
+    exit_interval: int = help_field(0, "Save and exit after this many steps of this run (0 = run to train.steps).")
+    exit_signals: List[str] = help_field(default_factory=lambda: ["SIGTERM", "SIGUSR1"],
+                                         help="Signals that trigger save-and-exit (SLURM pre-emption).")
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = help_field(2e-5, "Peak learning rate.")
+    min_lr: float = help_field(5e-6, "Final learning rate of the decay.")
+    weight_decay: float = help_field(0.1, "AdamW decoupled weight decay (never on norms, biases, embeddings).")
+    adam_beta1: float = help_field(0.9, "AdamW beta1.")
+    adam_beta2: float = help_field(0.95, "AdamW beta2.")
+    adam_eps: float = help_field(1e-8, "AdamW epsilon.")
+    clip_grad: float = help_field(1.0, "Clip the global gradient norm (0 = off); the logged grad_norm is the "
+                                  "norm before clipping.")
+    warmup_fraction: float = help_field(0.03, "Linear warm-up over this fraction of the optimizer steps.")
+    lr_decay_style: Literal["cosine", "linear", "constant"] = help_field("cosine", "Decay after warm-up.")
+
+
+@dataclass
+class CheckpointSection:
+    dir: Optional[str] = help_field(None, "Resumable checkpoints (step_XXXXXXX/ + latest pointer); "
+                                    "default <logging.run_dir>/checkpoints.")
+    save_interval: int = help_field(0, "Save every N steps (0 = at the end and on exit signals only).")
+    keep_last: int = help_field(2, "Keep the newest N step checkpoints (0 = keep all).")
+    resume: bool = help_field(True, "Continue from the newest checkpoint in checkpoint.dir when there is one.")
+    output: Optional[str] = help_field(None, "Final HF checkpoint that the next stage and evaluation load; "
+                                       "default <logging.run_dir>/hf.")
+    export_dtype: Literal["source", "fp32", "bf16"] = help_field(
+        "source", "dtype of the final HF weights (source = as in model.path). Step checkpoints are always fp32.")
+
+
+@dataclass
+class LoggingSection:
+    run_dir: str = help_field("runs/posttrain", "Run directory: metrics.jsonl, config.yaml, checkpoints.")
+    wandb_mode: Literal["offline", "online", "disabled"] = help_field("offline", "Weights & Biases mode.")
+    wandb_project: str = help_field("megarec", "Weights & Biases project.")
+    wandb_name: Optional[str] = help_field(None, "Weights & Biases run name (default: run_dir name).")
+    progress: bool = help_field(True, "Show a progress bar on rank 0.")
+
+
+@dataclass
+class ParallelSection:
+    reshard_after_forward: bool = help_field(True, "FSDP2: free gathered parameters after each forward "
+                                             "(less memory, one more all-gather in backward).")
+    shard_frozen: bool = help_field(True, "Also shard reference/teacher models over the ranks (else each rank "
+                                    "holds a full copy).")
+
+
+@dataclass
+class SourceSpec:
+    path: Optional[str] = help_field(None, "JSONL(.gz) or parquet file.")
+    weight: float = help_field(1.0, "Mixture weight (weights are normalised over the sources).")
+    name: Optional[str] = help_field(None, "Label in metrics (default: file name).")
+
+
+# ---------------------------------------------------------------------------------------------------- SFT
+@dataclass
+class SFTData:
+    sources: List[SourceSpec] = help_field(default_factory=list, help="Training mixture: list of {path, weight, "
+                                           "name}; chat rows {\"messages\": [...]} (report: 64.98% general / "
+                                           "35.02% recommendation).")
+    valid: List[SourceSpec] = help_field(default_factory=list, help="Held-out chat files for validation loss.")
+    max_seq_length: int = help_field(4096, "Longest tokenised conversation.")
+    overlong: Literal["error", "skip"] = help_field("error", "A conversation longer than max_seq_length: stop "
+                                                    "with an error naming the row, or skip it (counted).")
+    think_flags: Literal["keep", "auto"] = help_field(
+        "keep", "Qwen3 soft switches: keep = messages as given; auto = append ' /think' to the last user turn "
+                "when the final answer has reasoning and ' /no_think' when it has none, with probability "
+                "data.think_flag_prob.")
+    think_flag_prob: float = help_field(0.5, "Probability of adding the soft switch when think_flags=auto.")
+    valid_samples: int = help_field(256, "At most this many held-out conversations per validation.")
+
+
+@dataclass
+class SFTConfig:
+    model: ModelSection = help_field(default_factory=ModelSection)
+    data: SFTData = help_field(default_factory=SFTData)
+    train: TrainSection = help_field(default_factory=TrainSection)
+    optimizer: OptimizerSection = help_field(default_factory=OptimizerSection)
+    checkpoint: CheckpointSection = help_field(default_factory=CheckpointSection)
+    logging: LoggingSection = help_field(default_factory=LoggingSection)
+    parallel: ParallelSection = help_field(default_factory=ParallelSection)
+
+
+# --------------------------------------------------------------------------------------- prompt datasets
+@dataclass
+class PromptData:
+    sources: List[SourceSpec] = help_field(default_factory=list, help="Prompt mixture: chat rows whose last "
+                                           "user turn is the prompt (a trailing assistant turn is dropped).")
+    valid: List[SourceSpec] = help_field(default_factory=list, help="Held-out prompts for validation.")
+    max_prompt_length: int = help_field(1024, "Longest prompt in tokens (after the chat template).")
+    overlong: Literal["error", "skip"] = help_field("error", "A prompt longer than max_prompt_length: stop with an "
+                                                    "error naming the row, or skip it (counted).")
+    valid_samples: int = help_field(64, "At most this many held-out prompts per validation.")
+
+
+@dataclass
+class RolloutSection:
+    samples_per_prompt: int = help_field(1, "Completions sampled per prompt (GRPO: the group size G).")
+    temperature: float = help_field(1.0, "Sampling temperature.")
+    max_new_tokens: int = help_field(512, "Longest sampled completion.")
+    batch_size: int = help_field(64, "Sequences per generate() call on one rank.")
+    valid_temperature: float = help_field(1.0, "Sampling temperature of validation rollouts.")
+
+
+@dataclass
+class RLOptimizerSection(OptimizerSection):
+    lr: float = help_field(1e-6, "Peak learning rate.")
+    min_lr: float = help_field(1e-6, "Final learning rate of the decay.")
+    weight_decay: float = help_field(0.0, "AdamW decoupled weight decay (never on norms, biases, embeddings).")
+    warmup_fraction: float = help_field(0.0, "Linear warm-up over this fraction of the optimizer steps.")
+    lr_decay_style: Literal["cosine", "linear", "constant"] = help_field("constant", "Decay after warm-up.")
+
+
+@dataclass
+class DistillRollout(RolloutSection):
+    temperature: float = help_field(1.2, "Sampling temperature (> 1 explores beyond the student's mode).")
+
+
+@dataclass
+class PPOSection:
+    clip_eps: float = help_field(0.2, "PPO ratio clip: ratios outside [1-eps, 1+eps] get no gradient.")
+    epochs: int = help_field(1, "Passes over each rollout batch.")
+    mini_batches: int = help_field(1, "Optimizer steps per pass (the rollout batch is split evenly).")
+
+
+# --------------------------------------------------------------------------------------- distillation
+@dataclass
+class TeacherSection:
+    path: Optional[str] = help_field(None, "HF checkpoint of the teacher: the original base Qwen3 (its "
+                                     "vocabulary has no itemic tokens). Required.")
+    same_size: bool = help_field(True, "Require the teacher's architecture (layers, hidden, heads, ffn) to equal "
+                                 "the student's (the report distils from the original model of the same size).")
+
+
+@dataclass
+class DistillAlgorithm:
+    advantage_min: float = help_field(-5.0, "Per-token advantage −(log p_student − log p_teacher) is clipped "
+                                      "below at this value.")
+    advantage_max: float = help_field(5.0, "… and above at this value.")
+    itemic_teacher_logprob: float = help_field(-30.0, "Teacher log-prob given to an itemic token sampled in a "
+                                               "general answer (the teacher cannot produce it); the "
+                                               "trajectory ends at that token.")
+    think_suffix_probs: List[float] = help_field(
+        default_factory=lambda: [1 / 3, 1 / 3, 1 / 3],
+        help="Probabilities of appending ' /think', ' /no_think' or nothing to a prompt's last user turn.")
+    ppo: PPOSection = help_field(default_factory=PPOSection)
+
+
+@dataclass
+class DistillConfig:
+    model: ModelSection = help_field(default_factory=ModelSection)
+    teacher: TeacherSection = help_field(default_factory=TeacherSection)
+    data: PromptData = help_field(default_factory=PromptData)
+    rollout: DistillRollout = help_field(default_factory=DistillRollout)
+    algorithm: DistillAlgorithm = help_field(default_factory=DistillAlgorithm)
+    train: TrainSection = help_field(default_factory=TrainSection)
+    optimizer: RLOptimizerSection = help_field(default_factory=RLOptimizerSection)
+    checkpoint: CheckpointSection = help_field(default_factory=CheckpointSection)
+    logging: LoggingSection = help_field(default_factory=LoggingSection)
+    parallel: ParallelSection = help_field(default_factory=ParallelSection)
+
+
+# ------------------------------------------------------------------------------------------------ GRPO
+@dataclass
+class RecPromptData(PromptData):
+    codes: Optional[str] = help_field(None, "Codes table of the real items (item_id, c1..cL; parquet or csv, as "
+                                      "written by `megarec itemic encode`): the decoding trie and the map from "
+                                      "target item ids to codes. Required.")
+
+
+@dataclass
+class ReferenceSection:
+    path: Optional[str] = help_field(None, "HF checkpoint of the KL reference (default: model.path, i.e. the "
+                                     "post-distillation model the run starts from). Loaded when "
+                                     "algorithm.kl_coef > 0, or when set explicitly (then the KL is logged even "
+                                     "with kl_coef 0).")
+
+
+@dataclass
+class GRPORollout(RolloutSection):
+    samples_per_prompt: int = help_field(8, "Completions sampled per prompt: the group size G.")
+    max_new_tokens: int = help_field(16, "Longest sampled completion (reasoning + item + end).")
+    reasoning: bool = help_field(False, "Sample a free-text <think> part first, then the item (constrained); "
+                                 "off: the prompt ends with the empty think block and only the item is sampled.")
+    max_think_tokens: int = help_field(256, "Reasoning longer than this is closed with </think>.")
+
+
+@dataclass
+class RewardSection:
+    kind: Literal["hit", "prefix"] = help_field(
+        "hit", "hit: 1 if a generated item is in the target set, else 0. prefix: hit, else prefix_weight × the "
+               "longest run of leading codes shared with a target / number of layers (shaped).")
+    prefix_weight: float = help_field(0.5, "Scale of the partial credit of reward.kind=prefix.")
+
+
+@dataclass
+class GRPOAlgorithm:
+    kl_coef: float = help_field(0.001, "Weight of the KL penalty to the reference (k3 estimator, per token).")
+    scale_by_std: bool = help_field(True, "Divide group-centred rewards by the group's standard deviation.")
+    ppo: PPOSection = help_field(default_factory=PPOSection)
+
+
+@dataclass
+class GRPOConfig:
+    model: ModelSection = help_field(default_factory=ModelSection)
+    reference: ReferenceSection = help_field(default_factory=ReferenceSection)
+    data: RecPromptData = help_field(default_factory=RecPromptData)
+    rollout: GRPORollout = help_field(default_factory=GRPORollout)
+    reward: RewardSection = help_field(default_factory=RewardSection)
+    algorithm: GRPOAlgorithm = help_field(default_factory=GRPOAlgorithm)
+    train: TrainSection = help_field(default_factory=TrainSection)
+    optimizer: RLOptimizerSection = help_field(default_factory=RLOptimizerSection)
+    checkpoint: CheckpointSection = help_field(default_factory=CheckpointSection)
+    logging: LoggingSection = help_field(default_factory=LoggingSection)
+    parallel: ParallelSection = help_field(default_factory=ParallelSection)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def check_common(cfg, world_size: int, unit: str) -> None:
+    """Checks every verb shares; `unit` names what global_batch_size counts (sequences or prompts)."""
+    if not cfg.model.path:
+        raise ConfigError("model.path is required (an HF checkpoint directory)")
+    t = cfg.train
+    if t.steps < 0:
+        raise ConfigError("train.steps must be >= 0")
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    if t.global_batch_size % world_size:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} {unit} cannot be split evenly over "
+                          f"{world_size} ranks")
+    if t.log_interval < 1:
+        raise ConfigError("train.log_interval must be >= 1")
+    if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
+        raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
+    if cfg.optimizer.min_lr > cfg.optimizer.lr:
+        raise ConfigError(f"optimizer.min_lr={cfg.optimizer.min_lr} is above optimizer.lr={cfg.optimizer.lr}")
+
+
+def check_sources(sources: List[SourceSpec], key: str, required: bool) -> None:
+    if required and not sources:
+        raise ConfigError(f"{key} is empty: give at least one {{path, weight}} source")
+    for i, s in enumerate(sources):
+        if not s.path:
+            raise ConfigError(f"{key}[{i}].path is required")
+        if not s.weight > 0:
+            raise ConfigError(f"{key}[{i}].weight must be > 0, got {s.weight}")
+
+
+def check_ppo(ppo: PPOSection, key: str) -> None:
+    if ppo.clip_eps <= 0 or ppo.epochs < 1 or ppo.mini_batches < 1:
+        raise ConfigError(f"{key}: clip_eps must be > 0, epochs and mini_batches >= 1")
+
+
+def check_rollout(r: RolloutSection) -> None:
+    if r.samples_per_prompt < 1 or r.max_new_tokens < 1 or r.batch_size < 1:
+        raise ConfigError("rollout.samples_per_prompt, rollout.max_new_tokens and rollout.batch_size must be >= 1")
+    if r.temperature <= 0 or r.valid_temperature <= 0:
+        raise ConfigError("rollout temperatures must be > 0")

@@ -1,0 +1,42 @@
+"""Helpers shared by the data tests: an itemic-token copy of a tokenizer and small corpora."""
+from __future__ import annotations
+
+import json
+import os
+
+ITEMIC_LAYERS = 3
+ITEMIC_CODEBOOK = 16
+
+
+def itemic_tokenizer(base_dir: str, out_dir: str) -> str:
+    """Copy of `base_dir` with itemic tokens added by `add_tokens` (3 x 16 codes) and an itemic.json."""
+    if os.path.isfile(os.path.join(out_dir, "itemic.json")):
+        return out_dir
+    from transformers import AutoTokenizer
+
+    from megarec.data.itemic_text import all_itemic_tokens
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    base = len(tok)
+    tok.add_tokens(all_itemic_tokens(ITEMIC_LAYERS, ITEMIC_CODEBOOK))
+    tok.save_pretrained(out_dir)
+    meta = {"first_id": base, "last_id": len(tok) - 1, "num_layers": ITEMIC_LAYERS, "codebook_size": ITEMIC_CODEBOOK,
+            "sid_begin_id": len(tok) - 2, "sid_end_id": len(tok) - 1, "layer_letters": ["a", "b", "c"],
+            "base_vocab_size": base}
+    with open(os.path.join(out_dir, "itemic.json"), "w") as f:
+        json.dump(meta, f)
+    return out_dir
+
+
+def write_jsonl(path: str, rows: list) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+    return path
+
+
+def read_dataset(prefix: str) -> list[list[int]]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix)
+    return [ds[i].tolist() for i in range(len(ds))]
