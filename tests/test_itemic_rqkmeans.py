@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -288,3 +289,160 @@ def test_cli_train_encode_stats(tmp_path):
     assert res.returncode == 2
     want = f"megarec itemic: error: {tmp_path / 'missing.npy'}: embeddings file not found"
     assert res.stderr.strip().splitlines() == [want]
+
+
+# ---- nearest-centroid backends (numpy / faiss), faster update and grouping paths ---------------------------
+HAS_FAISS = km.faiss_available()
+needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss is not importable")
+BACKENDS = ["numpy", pytest.param("faiss", marks=needs_faiss)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_recover_clusters(tmp_path, backend):
+    x, labels = clustered(n_clusters=8, per=40, dim=16, seed=6)
+    src = open_embeddings(save_npy(tmp_path, x))
+    stats = train_itemic_tokenizer(src, tmp_path / "tok", layers=2, codebook_size=8, iters=10, seed=0,
+                                   dedup="none", backend=backend, **QUIET)
+    _, codes = codes_of(tmp_path / "tok", 2)
+    mapping = {lab: set(codes[labels == lab, 0].tolist()) for lab in range(8)}
+    assert all(len(v) == 1 for v in mapping.values())  # exact recovery up to a permutation
+    assert len({next(iter(v)) for v in mapping.values()}) == 8
+    assert stats["raw"]["relative_mse"][0] < 0.01 and stats["backend"] == backend
+    meta = json.load(open(tmp_path / "tok" / "meta.json"))
+    assert meta["backend"] == backend
+    assert meta["iters_run"][0] < 10  # converged: early stop works with either backend
+    # encode (auto = the training backend) reproduces the training codes
+    assert np.array_equal(encode_items(tmp_path / "tok", src, dedup="none", reuse_known=False, **QUIET)[1], codes)
+
+
+@needs_faiss
+def test_faiss_backend_seed_iters_and_agreement(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    src = open_embeddings(save_npy(tmp_path, x))
+    common = dict(layers=2, codebook_size=16, dedup="none", backend="faiss", **QUIET)
+    s_a = train_itemic_tokenizer(src, tmp_path / "a", iters=5, seed=7, **common)
+    train_itemic_tokenizer(src, tmp_path / "b", iters=5, seed=7, **common)
+    train_itemic_tokenizer(src, tmp_path / "c", iters=5, seed=8, **common)
+    s_0 = train_itemic_tokenizer(src, tmp_path / "d", iters=0, seed=7, **common)
+    cents = {k: np.load(tmp_path / k / "centroids.npy") for k in "abcd"}
+    assert np.array_equal(cents["a"], cents["b"])
+    assert not np.allclose(cents["a"], cents["c"]) and not np.allclose(cents["a"], cents["d"])
+    assert json.load(open(tmp_path / "d" / "meta.json"))["iters_run"] == [0, 0]
+    assert all(1 <= n <= 5 for n in json.load(open(tmp_path / "a" / "meta.json"))["iters_run"])
+    assert s_a["raw"]["relative_mse"][0] < s_0["raw"]["relative_mse"][0]
+    # same seed, same seeding and Lloyd steps: the numpy backend gives the same tokenizer on clustered data
+    y, _ = clustered(n_clusters=8, per=40, dim=16, seed=3)
+    ysrc = open_embeddings(save_npy(tmp_path, y, "y.npy"))
+    for b in ("numpy", "faiss"):
+        train_itemic_tokenizer(ysrc, tmp_path / b, layers=3, codebook_size=8, iters=8, seed=2, dedup="none",
+                               backend=b, **QUIET)
+    assert np.array_equal(codes_of(tmp_path / "numpy", 3)[1], codes_of(tmp_path / "faiss", 3)[1])
+    np.testing.assert_allclose(np.load(tmp_path / "numpy" / "centroids.npy"),
+                               np.load(tmp_path / "faiss" / "centroids.npy"), atol=1e-4)
+
+
+@needs_faiss
+def test_assign_backends_agree_including_ties():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    cent = rng.normal(size=(64, 32)).astype(np.float32)
+    cent[10] = cent[3]  # exact duplicate centroid: either index is a right answer
+    x[:5] = cent[3]
+    l_np, d_np = km.assign(x, cent, backend="numpy")
+    l_fs, d_fs = km.assign(x, cent, backend="faiss")
+    exact = ((x[:, None, :].astype(np.float64) - cent[None].astype(np.float64)) ** 2).sum(-1)
+    best = exact.min(1)
+    for lab in (l_np, l_fs):  # each is a nearest centroid up to float32 rounding
+        assert np.all(exact[np.arange(len(x)), lab] <= best + 1e-4 * (1 + best))
+    differ = l_np != l_fs
+    assert set(np.flatnonzero(differ).tolist()) <= set(np.flatnonzero(np.isin(l_np, [3, 10])).tolist())
+    assert np.isin(l_fs[:5], [3, 10]).all() and d_fs[:5].max() < 1e-3
+    assert l_fs.dtype == np.int64 and d_fs.dtype == np.float32 and (d_fs >= 0).all()
+    np.testing.assert_allclose(d_np, d_fs, rtol=1e-4, atol=1e-3)
+    empty = km.assign(x[:0], cent, backend="faiss")
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
+
+
+def test_backend_resolution_and_missing_faiss(tmp_path, monkeypatch):
+    if HAS_FAISS:
+        assert km.resolve_backend("auto", work=km.AUTO_FAISS_MIN_WORK) == "faiss"
+        assert km.resolve_backend("auto", work=km.AUTO_FAISS_MIN_WORK - 1) == "numpy"  # too small to pay off
+    assert km.resolve_backend("numpy") == "numpy"
+    with pytest.raises(ConfigError, match="--backend must be one of auto, numpy, faiss"):
+        km.resolve_backend("gpu")
+    x, _ = clustered(per=5, dim=8)
+    src = open_embeddings(save_npy(tmp_path, x))
+    train_itemic_tokenizer(src, tmp_path / "tok", layers=1, codebook_size=8, iters=2, dedup="none",
+                           backend="numpy", **QUIET)
+    meta_path = tmp_path / "tok" / "meta.json"
+    meta = json.load(open(meta_path))
+    meta["backend"] = "faiss"  # as if trained with faiss on another machine
+    meta_path.write_text(json.dumps(meta))
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    assert not km.faiss_available() and km.resolve_backend("auto") == "numpy"
+    with pytest.raises(ConfigError, match=r"--backend faiss needs the faiss package.*pip install faiss-cpu"):
+        km.resolve_backend("faiss")
+    with pytest.raises(ConfigError, match="--backend faiss needs the faiss package"):
+        train_itemic_tokenizer(src, tmp_path / "t2", layers=1, codebook_size=8, iters=2, backend="faiss", **QUIET)
+    # encode's auto falls back to numpy; an explicit faiss request fails clearly
+    assert encode_items(tmp_path / "tok", src, dedup="none", reuse_known=False, **QUIET)[1].shape == (40, 1)
+    with pytest.raises(ConfigError, match="--backend faiss needs the faiss package"):
+        encode_items(tmp_path / "tok", src, backend="faiss", **QUIET)
+
+
+def test_cli_backend_flag_and_missing_faiss_error(tmp_path):
+    x, _ = clustered(per=6, dim=8)
+    emb = save_npy(tmp_path, x)
+    res = run_cli(["itemic", "train", "--embeddings", emb, "--out", str(tmp_path / "tok"), "--layers", "2",
+                   "--codebook-size", "8", "--iters", "3", "--backend", "numpy"])
+    assert res.returncode == 0, res.stderr
+    assert "(numpy backend)" in res.stdout
+    assert json.load(open(tmp_path / "tok" / "meta.json"))["backend"] == "numpy"
+    fake = tmp_path / "nofaiss"
+    fake.mkdir()
+    (fake / "faiss.py").write_text("raise ImportError('No module named faiss (test stub)')\n")
+    res = run_cli(["itemic", "train", "--embeddings", emb, "--out", str(tmp_path / "t2"), "--codebook-size", "8",
+                   "--backend", "faiss"], env={"PYTHONPATH": str(fake)})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "megarec itemic: error: --backend faiss needs the faiss package, which cannot be imported (No module named "
+        "faiss (test stub)); install faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto"]
+
+
+def test_kmeans_incremental_update_matches_plain_lloyd():
+    """The Lloyd loop updates cluster sums with the rows that changed cluster only; check it against a
+    from-scratch mean computation driven by the same assignments."""
+    x, _ = clustered(n_clusters=12, per=50, dim=6, seed=9, spread=3.0)  # overlapping: many rows move
+    k, iters = 12, 6
+    cent, done = km.kmeans(x, k, iters=iters, rng=np.random.default_rng(4))
+    # replay: the same seeding (16·k rows sampled, then k-means++ with the same generator), then plain Lloyd
+    rng = np.random.default_rng(4)
+    ref = km.kmeans_plusplus(x[np.sort(rng.choice(len(x), size=16 * k, replace=False))], k, rng)
+    prev, moved = None, []
+    for _ in range(done):
+        lab, _ = km.assign(x, ref)
+        if prev is not None:
+            moved.append(int((lab != prev).sum()))
+        prev = lab
+        for c in range(k):
+            assert (lab == c).any()  # no empty clusters here: the replay needs no re-seeding
+            ref[c] = x[lab == c].astype(np.float64).mean(0)
+    assert done >= 3 and any(0 < m < len(x) // 2 for m in moved)  # the incremental path ran
+    np.testing.assert_allclose(cent, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tuple_groups_and_contiguous_take(tmp_path):
+    from megarec.itemic.stats import tuple_groups
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 2 ** 22, size=(40, 3))  # spans multiply past 2^62: the np.unique(axis=0) path
+    for codes in (rng.integers(0, 4, size=(500, 3)), np.concatenate([wide, wide[::2]]),
+                  np.concatenate([rng.integers(0, 3, size=(30, 2)), np.full((30, 1), 2 ** 62)], 1)):
+        _, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+        g, c = tuple_groups(codes)
+        assert np.array_equal(g, inv.reshape(-1)) and np.array_equal(c, counts)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    src = open_embeddings(save_npy(tmp_path, x))
+    for rows in (np.arange(50), np.arange(10, 30), np.arange(30)[::-1], np.array([3, 4, 4, 6]), np.array([], int)):
+        assert np.array_equal(src.take(rows, batch_rows=7), x[rows])

@@ -46,8 +46,8 @@ def register(sub) -> None:
                         "code; extra-layer: append a numbering code; none: keep collisions).")
     t.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto",
                    help="Nearest-centroid search for training and encoding: numpy (BLAS), faiss (needs faiss-cpu) "
-                        "or auto (default: faiss when importable and the codebook size is one where it measured faster, "
-                        "see docs/itemic.md; else numpy). Seeding, --seed and --iters behave the same.")
+                        "or auto (default: faiss when importable and training rows × codebook size × dim ≥ 2^24, "
+                        "where it measured faster; else numpy). Seeding, --seed and --iters act the same in both.")
     t.add_argument("--codes-out", default=None,
                    help="Codes table path (.parquet or .csv; default <out>/codes.parquet).")
     t.set_defaults(func=run_train)

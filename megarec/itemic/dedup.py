@@ -18,16 +18,14 @@ import numpy as np
 
 from megarec.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
+from megarec.itemic.stats import tuple_groups
 
 DEDUP_METHODS = ("last-layer", "extra-layer", "none")
 
 
 def _group_ids(codes: np.ndarray) -> np.ndarray:
     """Dense group index per row for identical rows of `codes` (all rows in one group when it has 0 columns)."""
-    if codes.shape[1] == 0:
-        return np.zeros(len(codes), dtype=np.int64)
-    _, inv = np.unique(codes, axis=0, return_inverse=True)
-    return inv.reshape(-1)
+    return tuple_groups(codes)[0]
 
 
 def _movers(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarray) -> np.ndarray:

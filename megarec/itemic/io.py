@@ -92,7 +92,13 @@ class EmbeddingSource:
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
-        if self._array is not None:
+        contiguous = len(rows) > 0 and int(sorted_rows[-1]) - int(sorted_rows[0]) + 1 == len(rows) \
+            and bool(np.all(np.diff(sorted_rows) == 1))
+        if self._array is not None and contiguous and np.array_equal(order, np.arange(len(rows))):
+            first = int(sorted_rows[0])  # a run of rows in order (e.g. all rows): copy slices, no fancy indexing
+            for s in range(0, len(rows), batch_rows):
+                out[s:s + batch_rows] = self._array[first + s:first + min(s + batch_rows, len(rows))]
+        elif self._array is not None:
             for s in range(0, len(rows), batch_rows):
                 sel = sorted_rows[s:s + batch_rows]
                 out[order[s:s + batch_rows]] = np.asarray(self._array[sel], dtype=np.float32)

@@ -105,16 +105,24 @@ class RQKMeans:
                             f"trained on width {self.meta.dim}")
         return normalize(x, self.meta.normalization, first_row, ids, path)
 
-    def encode_batch(self, x: np.ndarray, backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
-        """Codes [n, layers] and the squared residual norm after each layer [n, layers] for normalised rows."""
+    def encode_batch(self, x: np.ndarray, backend: str = "numpy", work: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Codes [n, layers] and the squared residual norm after each layer [n, layers] for normalised rows.
+
+        `work`: optional float32 scratch of at least [n, D] for the residuals (reused across batches, it saves
+        paging in a fresh batch-sized array each time)."""
         n = len(x)
         codes = np.empty((n, self.meta.layers), dtype=np.int64)
         err = np.empty((n, self.meta.layers), dtype=np.float32)
-        r = np.array(x, dtype=np.float32, copy=True)
+        if work is None or len(work) < n:
+            r = np.array(x, dtype=np.float32, copy=True)
+        else:
+            r = work[:n]
+            np.copyto(r, x, casting="same_kind")
         for layer, cent in enumerate(self.centroids):
             lab, dist = km.assign(r, cent, backend=backend)
             codes[:, layer] = lab
-            r -= cent[lab]
+            km.subtract_assigned(r, cent, lab)
             err[:, layer] = dist
         return codes, err
 
@@ -152,7 +160,7 @@ def encode_backend(model: RQKMeans, backend: str = "auto") -> str:
     re-encode bit-for-bit), falling back to numpy when faiss is not importable."""
     if backend == "auto":
         return "faiss" if model.meta.backend == "faiss" and km.faiss_available() else "numpy"
-    return km.resolve_backend(backend, model.meta.codebook_size)
+    return km.resolve_backend(backend)
 
 
 def validate_params(layers: int, codebook_size: int, iters: int, normalization: str, init: str) -> None:
@@ -178,7 +186,6 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
     from tqdm import tqdm
 
     validate_params(layers, codebook_size, iters, normalization, init)
-    backend = km.resolve_backend(backend, codebook_size)
     n = source.num_items
     if n < codebook_size:
         raise DataError(f"{source.path}: {n} items, but a codebook of size {codebook_size} needs at least "
@@ -187,14 +194,15 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
         raise ConfigError(f"--max-train-samples ({max_train_samples}) must be >= --codebook-size ({codebook_size})")
     rng = np.random.default_rng(seed)
     n_train = n if max_train_samples is None else min(n, max_train_samples)
+    backend = km.resolve_backend(backend, work=n_train * codebook_size * source.dim)
     rows = np.arange(n) if n_train == n else np.sort(rng.choice(n, size=n_train, replace=False))
     x = source.take(rows)
     model = RQKMeans(RQMeta(layers=layers, codebook_size=codebook_size, dim=source.dim, seed=seed, iters=iters,
-                            normalization=normalization, init=init, backend=backend, num_items=n, train_samples=n_train,
-                            source=os.path.abspath(source.path)),
+                            normalization=normalization, init=init, backend=backend, num_items=n,
+                            train_samples=n_train, source=os.path.abspath(source.path)),
                      np.zeros((layers, codebook_size, source.dim), dtype=np.float32))
-    r = model.prepare(x, 0, source.ids[rows], source.path)
-    r = np.array(r, dtype=np.float32, copy=True)
+    r = model.prepare(x, 0, source.ids[rows], source.path)  # `x` is a fresh array: residuals overwrite it
+    r = np.ascontiguousarray(r, dtype=np.float32)
     with tqdm(total=layers * iters, desc="rq-kmeans", unit="iter", disable=not show_progress) as bar:
         for layer in range(layers):
             bar.set_postfix(layer=layer + 1)
@@ -204,7 +212,7 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
             model.centroids[layer] = cent
             model.meta.iters_run.append(done)
             lab, _ = km.assign(r, cent, backend=backend)
-            r -= cent[lab]
+            km.subtract_assigned(r, cent, lab)
     return model
 
 
@@ -235,10 +243,11 @@ def encode_source(model: RQKMeans, source: EmbeddingSource, *, batch_rows: int |
     sse = np.zeros(model.meta.layers, dtype=np.float64)
     sum_x = np.zeros(source.dim, dtype=np.float64)
     sum_sq = 0.0
+    work = np.empty((min(batch_rows, n), source.dim), dtype=np.float32)
     with tqdm(total=n, desc="encode", unit="item", disable=not show_progress) as bar:
         for start, ids, x in source.iter_batches(batch_rows):
             x = model.prepare(x, start, ids, source.path)
-            c, err = model.encode_batch(x, backend)
+            c, err = model.encode_batch(x, backend, work)
             codes[start:start + len(x)] = c
             last[start:start + len(x)] = err[:, -1]
             sse += err.sum(axis=0, dtype=np.float64)
