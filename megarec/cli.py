@@ -14,6 +14,7 @@ from megarec.errors import MegarecError
 COMMAND_MODULES = [
     "megarec.training.cli",
     "megarec.tokenizer.cli",
+    "megarec.models.cli",
     "megarec.itemic.cli",
     "megarec.convert.cli",
     "megarec.posttrain.cli",
@@ -21,6 +22,7 @@ COMMAND_MODULES = [
     "megarec.eval.cli",
     "megarec.eval.bench_cli",
     "megarec.scaling.cli",
+    "megarec.demo.cli",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: offline real Qwen3-layout tokenizer, free ports, CLI runner."""
+"""Shared pytest fixtures: offline real Qwen3-layout tokenizer, one torch thread, free ports, CLI runner."""
 from __future__ import annotations
 
 import os
@@ -41,3 +41,23 @@ def qwen3_tokenizer_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("qwen3_tokenizer")
     build_qwen3_tokenizer(str(out))
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("torch_one_thread")`): for
+    tiny models, thread hand-offs cost more than they save."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def qwen3_tok(qwen3_tokenizer_dir):
+    """The offline Qwen3-layout tokenizer loaded with transformers.AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)

@@ -72,25 +72,30 @@ def test_kmeans_plusplus_separated_points_one_per_cluster():
     assert sorted(nearest_cluster.tolist()) == list(range(8))
 
 
-def test_seed_and_iters_take_effect(tmp_path):
+def check_seed_and_iters(tmp_path, **train_kwargs) -> None:
+    """Tokenizers a, b (same seed), c (another seed) and d (no Lloyd steps) on the same random rows:
+    the seed reproduces and matters, `iters` bounds the Lloyd steps and they lower the error."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 8)).astype(np.float32)
     src = open_embeddings(save_npy(tmp_path, x))
-    common = dict(layers=2, codebook_size=16, dedup="none", **QUIET)
+    common = dict(layers=2, codebook_size=16, dedup="none", **train_kwargs, **QUIET)
     s_a = train_itemic_tokenizer(src, tmp_path / "a", iters=5, seed=7, **common)
     train_itemic_tokenizer(src, tmp_path / "b", iters=5, seed=7, **common)
     train_itemic_tokenizer(src, tmp_path / "c", iters=5, seed=8, **common)
     s_0 = train_itemic_tokenizer(src, tmp_path / "d", iters=0, seed=7, **common)
     cents = {k: np.load(tmp_path / k / "centroids.npy") for k in "abcd"}
     assert np.array_equal(cents["a"], cents["b"])
-    assert np.array_equal(codes_of(tmp_path / "a", 2)[1], codes_of(tmp_path / "b", 2)[1])
     assert not np.allclose(cents["a"], cents["c"])
     assert not np.allclose(cents["a"], cents["d"])
-    meta = json.load(open(tmp_path / "a" / "meta.json"))
-    assert all(1 <= n <= 5 for n in meta["iters_run"])
+    assert all(1 <= n <= 5 for n in json.load(open(tmp_path / "a" / "meta.json"))["iters_run"])
     assert json.load(open(tmp_path / "d" / "meta.json"))["iters_run"] == [0, 0]
     # Lloyd steps only lower the layer-1 error of the seeding they start from (same seed → same seeds)
     assert s_a["raw"]["relative_mse"][0] < s_0["raw"]["relative_mse"][0]
+
+
+def test_seed_and_iters_take_effect(tmp_path):
+    check_seed_and_iters(tmp_path)
+    assert np.array_equal(codes_of(tmp_path / "a", 2)[1], codes_of(tmp_path / "b", 2)[1])
 
 
 def test_streaming_batches_and_sampled_training(tmp_path):
@@ -317,20 +322,7 @@ def test_backends_recover_clusters(tmp_path, backend):
 
 @needs_faiss
 def test_faiss_backend_seed_iters_and_agreement(tmp_path):
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(300, 8)).astype(np.float32)
-    src = open_embeddings(save_npy(tmp_path, x))
-    common = dict(layers=2, codebook_size=16, dedup="none", backend="faiss", **QUIET)
-    s_a = train_itemic_tokenizer(src, tmp_path / "a", iters=5, seed=7, **common)
-    train_itemic_tokenizer(src, tmp_path / "b", iters=5, seed=7, **common)
-    train_itemic_tokenizer(src, tmp_path / "c", iters=5, seed=8, **common)
-    s_0 = train_itemic_tokenizer(src, tmp_path / "d", iters=0, seed=7, **common)
-    cents = {k: np.load(tmp_path / k / "centroids.npy") for k in "abcd"}
-    assert np.array_equal(cents["a"], cents["b"])
-    assert not np.allclose(cents["a"], cents["c"]) and not np.allclose(cents["a"], cents["d"])
-    assert json.load(open(tmp_path / "d" / "meta.json"))["iters_run"] == [0, 0]
-    assert all(1 <= n <= 5 for n in json.load(open(tmp_path / "a" / "meta.json"))["iters_run"])
-    assert s_a["raw"]["relative_mse"][0] < s_0["raw"]["relative_mse"][0]
+    check_seed_and_iters(tmp_path, backend="faiss")
     # same seed, same seeding and Lloyd steps: the numpy backend gives the same tokenizer on clustered data
     y, _ = clustered(n_clusters=8, per=40, dim=16, seed=3)
     ysrc = open_embeddings(save_npy(tmp_path, y, "y.npy"))

@@ -13,14 +13,7 @@ from megarec.errors import ConfigError
 from megarec.posttrain import tiny
 
 WORDS = ["film", "song", "video", "hello", "world", "topic3", "user2", "calm", "fun"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

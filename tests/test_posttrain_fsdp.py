@@ -13,22 +13,13 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
 import pytest
-import torch
 
 from conftest import run_cli
 from megarec.posttrain import tiny
+from posttrain_helpers import write_rec_task
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 
 def _metrics(run_dir):
@@ -37,8 +28,6 @@ def _metrics(run_dir):
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from megarec.itemic.io import write_codes_table
-
     d = tmp_path_factory.mktemp("fsdp")
     tiny.build_tokenizer(str(d / "tok"))
     tiny.build_model(str(d / "base"), str(d / "tok"), seed=0)
@@ -52,10 +41,7 @@ def assets(tmp_path_factory):
     tiny.write_jsonl(str(d / "valid.jsonl"), rows[32:])
     tiny.expand(str(d / "base"), str(d / "rec"), 2, 4, seed=0)
     tiny.expand(str(d / "base"), str(d / "student"), 2, 4, seed=0, itemic_logit_bias=3.0)
-    items = {f"it{k}": c for k, c in enumerate([(0, 0), (0, 1), (1, 2), (2, 3), (3, 0), (3, 3)])}
-    write_codes_table(str(d / "codes.parquet"), np.array(list(items), dtype=object), np.array(list(items.values())))
-    tiny.write_jsonl(str(d / "rl.jsonl"), [tiny.chat_row(f"recommend next item for user{u}", target_item_ids=[f"it{u % 6}"])
-                                           for u in range(6)])
+    write_rec_task(d, "rl.jsonl")
     tiny.write_jsonl(str(d / "prompts.jsonl"), [tiny.chat_row(f"hello world topic{k} film") for k in range(16)])
     return d
 

@@ -5,38 +5,25 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from conftest import run_cli
 from megarec.errors import DataError
 from megarec.posttrain import tiny
+from posttrain_helpers import REC_ITEMS as ITEMS
+from posttrain_helpers import write_rec_task
 
-ITEMS = {f"it{k}": c for k, c in enumerate([(0, 0), (0, 1), (1, 2), (2, 3), (3, 0), (3, 3)])}
 RECIPE = "configs/posttrain/grpo_tiny_cpu.yaml"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from megarec.itemic.io import write_codes_table
-
     d = tmp_path_factory.mktemp("grpo")
     tiny.build_tokenizer(str(d / "tok"))
     tiny.build_model(str(d / "base"), str(d / "tok"), seed=0)
     tiny.expand(str(d / "base"), str(d / "model"), 2, 4, seed=0)   # 2 code layers × 4 codes, 6 real items
-    write_codes_table(str(d / "codes.parquet"), np.array(list(ITEMS), dtype=object), np.array(list(ITEMS.values())))
-    # user u's next item is it{u % 6}
-    tiny.write_jsonl(str(d / "train.jsonl"), [tiny.chat_row(f"recommend next item for user{u}", target_item_ids=[f"it{u % 6}"])
-                                              for u in range(6)])
+    write_rec_task(d, "train.jsonl")   # user u's next item is it{u % 6}
     tiny.write_jsonl(str(d / "empty.jsonl"), [tiny.chat_row("recommend next item for user1", target_item_ids=[])])
     tiny.write_jsonl(str(d / "long.jsonl"), [tiny.chat_row("film " * 80, target_item_ids=["it1"])])
     return d

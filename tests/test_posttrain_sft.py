@@ -12,20 +12,7 @@ from megarec.errors import DataError
 from megarec.posttrain import chat, tiny
 from megarec.posttrain.sft_data import ChatEncoder, encode_conversation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread hand-offs cost more than they save
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def qwen3_tok(qwen3_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +98,24 @@ def assets(tmp_path_factory):
 def _overrides(d, run, *extra):
     return [f"model.path={d}/base", f"data.sources=[{{path: {d}/train.jsonl}}]",
             f"data.valid=[{{path: {d}/valid.jsonl}}]", f"logging.run_dir={d}/{run}", *extra]
+
+
+def test_export_keeps_itemic_json_after_resumed_checkpoint_is_pruned(assets, tmp_path):
+    """A resumed run loads its weights from a checkpoint that keep_last may prune before the final export;
+    the export still carries itemic.json and the generation config (from model.path)."""
+    import shutil
+
+    from megarec.posttrain.models.policy import PolicyModel
+
+    tiny.expand(str(assets / "base"), str(tmp_path / "expanded"), num_layers=2, codebook_size=4)
+    model_path = str(tmp_path / "expanded")
+    resumed_from = tmp_path / "step_0000002" / "hf"
+    shutil.copytree(model_path, resumed_from)
+    policy = PolicyModel(str(resumed_from), tiny_env(), asset_dirs=[model_path])
+    shutil.rmtree(tmp_path / "step_0000002")
+    policy.save(str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "itemic.json").read_text() == (tmp_path / "expanded" / "itemic.json").read_text()
+    assert (tmp_path / "hf" / "generation_config.json").is_file()
 
 
 def test_user_and_system_tokens_never_contribute(assets):

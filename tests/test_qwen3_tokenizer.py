@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 
 from conftest import run_cli
-from megarec.errors import DataError
+from megarec.errors import DataError, MegarecError
 from megarec.tokenizer import qwen3_offline as q3
 
 MIXED = ("推荐系统 (recommender systems) 把物品写成 itemic tokens：“短视频”、广告和商品。\n"
@@ -16,10 +16,8 @@ MIXED = ("推荐系统 (recommender systems) 把物品写成 itemic tokens：“
 
 
 @pytest.fixture(scope="module")
-def tok(qwen3_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+def tok(qwen3_tok):
+    return qwen3_tok
 
 
 def test_known_vector_and_size(tok):
@@ -162,3 +160,27 @@ def test_cli_build(tmp_path):
     assert sorted(os.listdir(out)) == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
     res = run_cli(["tokenizer", "build-qwen3", "--out", str(out), "--tiktoken", str(tmp_path / "nope")])
     assert res.returncode == 2 and "tiktoken file not found" in res.stderr
+
+
+def test_bpe_rank_truncation_matches_tiktoken_and_keeps_layout(tmp_path):
+    """--bpe-ranks N: ids equal tiktoken's BPE over the first N ranks; added tokens and template follow at N."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken.load import load_tiktoken_bpe
+    from transformers import AutoTokenizer
+
+    n = 4096
+    res = run_cli(["tokenizer", "build-qwen3", "--out", str(tmp_path / "t"), "--bpe-ranks", str(n),
+                   "--tiktoken", q3.ensure_qwen_tiktoken()])
+    assert res.returncode == 0, res.stderr
+    small = AutoTokenizer.from_pretrained(tmp_path / "t")
+    assert len(small) == n + len(q3.QWEN3_ADDED_TOKENS)
+    assert small.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "</think>"]) == [n, n + 1, n + 25]
+    ranks = {tok: r for tok, r in load_tiktoken_bpe(q3.ensure_qwen_tiktoken()).items() if r < n}
+    enc = tiktoken.Encoding("qwen-first-n", pat_str=q3.PRETOKENIZE_REGEX, mergeable_ranks=ranks, special_tokens={})
+    text = unicodedata.normalize("NFC", MIXED)
+    ids = small(text, add_special_tokens=False).input_ids
+    assert ids == enc.encode_ordinary(text) and max(ids) < n and small.decode(ids) == text
+    chat = small.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.startswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(MegarecError, match="single-byte"):
+        q3.truncate_ranks(q3.load_tiktoken_ranks(q3.ensure_qwen_tiktoken()), 100)

@@ -116,6 +116,8 @@ def test_bench_seqrec_generative_model(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     gen = json.loads((out / "results.json").read_text())["models"]["megarec"]["test"]
     assert gen["users"] == 12 and gen["coverage"] == 1.0
+    # history items are excluded inside each user's trie: every user gets a full list of unseen items
+    assert gen["mean_ranked_items"] == 12.0
     assert all(0.0 <= gen[k] <= 1.0 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
     r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--model", str(tmp_path / "model"), "--out", str(out)])
     assert r.returncode == 2 and "--codes" in r.stderr

@@ -2,6 +2,11 @@
 in torch and take seconds per process): the Rust `tokenizers.Tokenizer` from tokenizer.json, special
 tokens from tokenizer_config.json / special_tokens_map.json, and the chat template rendered by
 transformers' own Jinja renderer, so the text is exactly what `apply_chat_template` produces.
+
+`FastTokenizer.text_encoder()` builds the C++ batch encoder (csrc/text_encoder.cpp) for this tokenizer: added
+tokens are split off exactly as the Rust tokenizer does it, and when the tokenizer is a byte-level BPE with
+the Qwen2/Qwen3 pre-tokenizer (checked field by field in tokenizer.json), ASCII text is BPE-encoded in C++
+with the tokenizer's own merges. Anything not covered goes to the Rust tokenizer, so ids never change.
 """
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ from typing import Any, Optional
 from megarec.errors import ConfigError
 
 EOD_TOKEN = "<|endoftext|>"
+# The Qwen2/Qwen3 pre-tokenizer split pattern: the only one the C++ BPE implements (for ASCII text).
+QWEN2_SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                     r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+FAST_ENCODER_ENV = "MEGAREC_FAST_ENCODER"  # "0": every text goes to the Rust tokenizer; "split": no C++ BPE
 
 
 def _content(value: Any) -> Optional[str]:
@@ -71,6 +80,75 @@ class FastTokenizer:
                 return int(self.token_id(token))
         raise ConfigError(f"--tokenizer {self.path}: defines neither {EOD_TOKEN} nor an eos token")
 
+    def text_encoder(self):
+        """The C++ batch encoder for this tokenizer (`megarec._cpp.TextEncoder`), or None when its added tokens
+        are not plain (lstrip/rstrip/single_word, or special tokens encoded as text): then the Rust tokenizer
+        does everything. `.has_bpe` tells whether ASCII text is BPE-encoded in C++ too."""
+        mode = os.environ.get(FAST_ENCODER_ENV, "1")
+        if mode == "0" or getattr(self.backend, "encode_special_tokens", False):
+            return None
+        added, normalized = [], False
+        for token_id, tok in sorted(self.backend.get_added_tokens_decoder().items()):
+            if tok.normalized:
+                normalized = True
+                continue
+            if tok.lstrip or tok.rstrip or tok.single_word:
+                return None
+            if tok.content:
+                added.append((tok.content.encode("utf-8"), int(token_id)))
+        from megarec import _cpp
+
+        bpe = None if mode == "split" or normalized else self._byte_bpe_spec()
+        return _cpp.TextEncoder(added, bpe)
+
+    def _byte_bpe_spec(self) -> Optional[dict]:
+        """Vocabulary and merges for the C++ BPE if tokenizer.json is exactly a byte-level BPE with the Qwen2/3
+        split pattern and at most NFC normalisation (an identity on ASCII); otherwise None."""
+        with open(os.path.join(self.path, "tokenizer.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+        norm, pre, model = spec.get("normalizer"), spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        if norm is not None and norm != {"type": "NFC"} and not (
+                norm.get("type") == "Sequence" and all(n == {"type": "NFC"} for n in norm.get("normalizers", []))):
+            return None
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+        if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel":
+            return None
+        split, level = steps
+        if (split.get("pattern") != {"Regex": QWEN2_SPLIT_REGEX} or split.get("behavior") != "Isolated"
+                or split.get("invert") or level.get("add_prefix_space") or level.get("use_regex")):
+            return None
+        if (model.get("type") != "BPE" or model.get("dropout") is not None or model.get("byte_fallback")
+                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")):
+            return None
+        to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
+        vocab: dict = model.get("vocab") or {}
+
+        def raw(token: str) -> Optional[bytes]:
+            try:
+                return bytes(to_byte[ch] for ch in token)
+            except KeyError:
+                return None
+
+        byte_ids = [vocab.get(_bytes_to_unicode()[b]) for b in range(256)]
+        if any(i is None for i in byte_ids):
+            return None
+        merges = []
+        for m in model.get("merges") or []:
+            a, b = m.split(" ", 1) if isinstance(m, str) else m
+            ids = vocab.get(a), vocab.get(b), vocab.get(a + b)
+            if None in ids:
+                return None  # tokenizers itself refuses such a file
+            merges.append(ids)
+        whole = None
+        if model.get("ignore_merges"):
+            whole = {}
+            for token, token_id in vocab.items():
+                b = raw(token)
+                if b is None:
+                    return None
+                whole[b] = token_id
+        return {"byte_ids": byte_ids, "merges": merges, "whole_words": whole}
+
     def render_chat(self, messages: list[dict], **kwargs) -> str:
         """The chat template applied to one conversation (no generation prompt unless asked)."""
         if not self.chat_template:
@@ -81,3 +159,16 @@ class FastTokenizer:
         values.update(kwargs)
         rendered, _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template, **values)
         return rendered[0]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to chr(256 + k)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, shift = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + shift)
+            shift += 1
+    return out

@@ -2,38 +2,16 @@
 that keeps the file name and 1-based row number of every record (for error messages)."""
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
-import uuid
 from typing import Any, Iterable, Iterator
 
+from megarec.atomic import atomic_open, temp_path, write_json  # noqa: F401  (atomic writes, re-exported)
 from megarec.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def temp_path(path: str) -> str:
-    """A hidden sibling name for writing `path` before an atomic os.replace."""
-    head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, f".{tail}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", **kwargs):
-    """Open a temporary sibling of `path`; on success it replaces `path`, on error it is removed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> int:
@@ -45,12 +23,6 @@ def write_jsonl(path: str, records: Iterable[dict]) -> int:
             fh.write("\n")
             n += 1
     return n
-
-
-def write_json(path: str, obj: Any) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, sort_keys=False)
-        fh.write("\n")
 
 
 def file_format(path: str) -> str:

@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
-import string
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from megarec.errors import ConfigError, DataError
-
-SID_BEGIN = "<|sid_begin|>"
-SID_END = "<|sid_end|>"
-
-
-def layer_letters(num_layers: int) -> list[str]:
-    """a, b, c, ... one letter per codebook layer."""
-    if not 1 <= num_layers <= 26:
-        raise ConfigError(f"num_layers must be in 1..26, got {num_layers}")
-    return list(string.ascii_lowercase[:num_layers])
-
-
-def code_token(letter: str, code: int) -> str:
-    return f"<s_{letter}_{code}>"
+from megarec.itemic import codes as _codes
+from megarec.itemic.codes import SID_BEGIN, SID_END, code_token, layer_letters  # noqa: F401  (re-exported)
+from megarec.itemic.layout import ItemicIdFields, read_itemic_json
 
 
 def all_itemic_tokens(num_layers: int, codebook_size: int) -> list[str]:
@@ -42,7 +29,7 @@ def item_string(codes: Sequence[int], letters: Sequence[str] | None = None) -> s
     letters = letters or layer_letters(len(codes))
     if len(letters) < len(codes):
         raise ConfigError(f"{len(codes)} codes but only {len(letters)} layer letters")
-    return SID_BEGIN + "".join(code_token(letters[i], int(c)) for i, c in enumerate(codes)) + SID_END
+    return _codes.item_string(codes, list(letters))
 
 
 def items_string(codes_list: Iterable[Sequence[int]]) -> str:
@@ -51,29 +38,12 @@ def items_string(codes_list: Iterable[Sequence[int]]) -> str:
 
 
 @dataclass(frozen=True)
-class ItemicIds:
+class ItemicIds(ItemicIdFields):
     """The id layout written by vocab expansion to itemic.json."""
-
-    first_id: int
-    last_id: int
-    num_layers: int
-    codebook_size: int
-    sid_begin_id: int
-    sid_end_id: int
-    layer_letters: tuple[str, ...]
-    base_vocab_size: int
 
     @classmethod
     def load(cls, path: str) -> "ItemicIds":
-        if os.path.isdir(path):
-            path = os.path.join(path, "itemic.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: itemic.json not found") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON ({e.msg})") from None
+        path, meta = read_itemic_json(path)
         try:
             letters = meta.get("layer_letters") or layer_letters(int(meta["num_layers"]))
             ids = cls(int(meta["first_id"]), int(meta["last_id"]), int(meta["num_layers"]),

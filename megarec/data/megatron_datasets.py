@@ -8,8 +8,9 @@
 * `PackedSequenceDataset` — over `--pack` output (each pack = one Megatron document made of sample
   sequences): one pack per item, padded to `sequence_length`, with position ids restarting at every
   sample, a block-diagonal causal attention mask ([1, S, S] bool, True = masked) so samples never attend
-  to each other, and loss only within a sample (assistant tokens only when a loss-mask sibling exists).
-  Also a MegatronDataset, so it blends and splits through BlendedMegatronDatasetBuilder.
+  to each other, and loss only within a sample (assistant tokens only with the loss-mask sibling; see
+  `MegarecDatasetConfig.loss_mask`; EOD labels too with `eod_mask_loss`). Also a MegatronDataset, so it
+  blends and splits through BlendedMegatronDatasetBuilder; `megarec pretrain data.packed=true` uses it.
 
 `dataset_config(...)` and `build_datasets(...)` are small factories for both.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,6 +32,15 @@ from megatron.core.datasets.utils import Split
 
 from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
 from megarec.errors import ConfigError, DataError
+
+
+@dataclass
+class MegarecDatasetConfig(GPTDatasetConfig):
+    """GPTDatasetConfig plus the loss-mask choice of PackedSequenceDataset."""
+
+    loss_mask: Optional[bool] = None
+    """Packed datasets: None = use the `_loss_mask_document` sibling when it exists, True = require it,
+    False = ignore it (every in-document token is trained). LossMaskedGPTDataset always requires it."""
 
 
 class DatasetTokenizer:
@@ -57,12 +68,15 @@ class DatasetTokenizer:
 def dataset_config(seq_length: int, tokenizer, *, seed: int = 1234, blend=None, split: str = "1,0,0",
                    cache_dir: Optional[str] = None, reset_position_ids: bool = False,
                    reset_attention_mask: bool = False, eod_mask_loss: bool = False,
-                   create_attention_mask: bool = True, **kwargs) -> GPTDatasetConfig:
-    """A GPTDatasetConfig for either dataset class (blend = (prefixes, weights or None))."""
-    return GPTDatasetConfig(random_seed=seed, sequence_length=seq_length, blend=blend, split=split,
-                            path_to_cache=cache_dir, tokenizer=tokenizer, reset_position_ids=reset_position_ids,
-                            reset_attention_mask=reset_attention_mask, eod_mask_loss=eod_mask_loss,
-                            create_attention_mask=create_attention_mask, mmap_bin_files=True, **kwargs)
+                   create_attention_mask: bool = True, loss_mask: Optional[bool] = None,
+                   **kwargs) -> MegarecDatasetConfig:
+    """A GPTDatasetConfig for either dataset class (blend = (prefixes, weights or None)); `loss_mask` is
+    PackedSequenceDataset's choice (see MegarecDatasetConfig)."""
+    return MegarecDatasetConfig(random_seed=seed, sequence_length=seq_length, blend=blend, split=split,
+                                path_to_cache=cache_dir, tokenizer=tokenizer, reset_position_ids=reset_position_ids,
+                                reset_attention_mask=reset_attention_mask, eod_mask_loss=eod_mask_loss,
+                                create_attention_mask=create_attention_mask, mmap_bin_files=True,
+                                loss_mask=loss_mask, **kwargs)
 
 
 def build_datasets(dataset_cls, prefixes: Sequence[str], weights: Optional[Sequence[float]], sizes: list,
@@ -136,8 +150,9 @@ class PackedSequenceDataset(MegatronDataset):
     def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str], indexed_indices: np.ndarray,
                  num_samples: Optional[int], index_split: Split, config: GPTDatasetConfig) -> None:
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
-        self.loss_mask_dataset = _open_loss_mask(indexed_dataset.path_prefix, indexed_dataset,
-                                                 config.mmap_bin_files, required=False)
+        use_mask = getattr(config, "loss_mask", None)
+        self.loss_mask_dataset = None if use_mask is False else _open_loss_mask(
+            indexed_dataset.path_prefix, indexed_dataset, config.mmap_bin_files, required=bool(use_mask))
         docs = np.asarray(indexed_dataset.document_indices, dtype=np.int64)
         cum = np.zeros(indexed_dataset.sequence_lengths.size + 1, dtype=np.int64)
         np.cumsum(indexed_dataset.sequence_lengths, out=cum[1:])
@@ -147,9 +162,11 @@ class PackedSequenceDataset(MegatronDataset):
                             f"sequence_length={config.sequence_length}; preprocess with --seq-length <= that")
         self.document_starts = docs
         n = len(self.indices)
-        if n == 0:
-            raise DataError(f"{indexed_dataset.path_prefix}: no packs in split {index_split.name}")
-        self.epochs = max(1, -(-(num_samples or n) // n))
+        if n == 0 and num_samples:
+            raise DataError(f"{indexed_dataset.path_prefix}: no packs in split {index_split.name} "
+                            f"({num_samples} samples requested); change the split or add data")
+        # an empty split that nobody samples from (e.g. valid when evaluation is off) has length 0
+        self.epochs = max(1, -(-(num_samples or n) // n)) if n else 0
         self._perms: dict[int, np.ndarray] = {}
 
     @staticmethod
@@ -177,13 +194,16 @@ class PackedSequenceDataset(MegatronDataset):
         pack = self._pack_id(0 if idx is None else idx)
         first, last = int(self.document_starts[pack]), int(self.document_starts[pack + 1])
         seqs = self.dataset[first:last] if last > first else []
-        return packed_sample(seqs, self.loss_mask_dataset[first:last] if self.loss_mask_dataset is not None and last > first
-                             else None, self.config.sequence_length, zero_loss=idx is None)
+        masks = self.loss_mask_dataset[first:last] if self.loss_mask_dataset is not None and last > first else None
+        eod = self.config.tokenizer.eod if self.config.eod_mask_loss else None
+        return packed_sample(seqs, masks, self.config.sequence_length, zero_loss=idx is None, eod_id=eod)
 
 
 def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq_length: int,
-                  zero_loss: bool = False) -> dict[str, torch.Tensor]:
-    """tokens/labels/loss_mask/position_ids/attention_mask of samples packed side by side, padded to S."""
+                  zero_loss: bool = False, eod_id: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """tokens/labels/loss_mask/position_ids/attention_mask of samples packed side by side, padded to S.
+    Loss only where label i+1 is in the same sample as token i (times the per-token `masks`, shifted like
+    the labels, when given; and never on EOD labels when `eod_id` is given)."""
     lens = np.array([s.size for s in seqs], dtype=np.int64)
     n = int(lens.sum())
     tokens = np.zeros(seq_length, np.int64)
@@ -208,6 +228,8 @@ def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq
         loss *= target_ok
     else:
         loss = target_ok
+    if eod_id is not None:
+        loss[: max(n - 1, 0)] *= labels[: max(n - 1, 0)] != eod_id
     if zero_loss:
         loss = np.zeros_like(loss)
     seg_t = torch.from_numpy(seg)
@@ -220,10 +242,11 @@ def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq
 
 
 def build_packed_dataset(prefix: str, seq_length: int, *, tokenizer=None, seed: int = 1234,
-                         num_samples: Optional[int] = None) -> PackedSequenceDataset:
-    """A PackedSequenceDataset over all packs of `prefix` (P_text_document), without a builder."""
+                         num_samples: Optional[int] = None, **config_kwargs) -> PackedSequenceDataset:
+    """A PackedSequenceDataset over all packs of `prefix` (P_text_document), without a builder
+    (`config_kwargs` go to `dataset_config`, e.g. loss_mask=False, eod_mask_loss=True)."""
     tokenizer = tokenizer or DatasetTokenizer.from_preprocess_summary(prefix)
-    cfg = dataset_config(seq_length, tokenizer, seed=seed, blend=([prefix], None))
+    cfg = dataset_config(seq_length, tokenizer, seed=seed, blend=([prefix], None), **config_kwargs)
     low = PackedSequenceDataset.build_low_level_dataset(prefix, cfg)
     indices = np.arange(PackedSequenceDataset.numel_low_level_dataset(low), dtype=np.int32)
     return PackedSequenceDataset(low, prefix, indices, num_samples, Split.train, cfg)

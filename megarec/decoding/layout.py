@@ -1,18 +1,18 @@
 """Which token ids spell an item: `<|sid_begin|>`, one code token per layer, `<|sid_end|>`.
 
-`ItemTokenLayout` is a small self-contained description (no dependency on the itemic package). Build it
-from itemic.json (written by vocab expansion), from a tokenizer that holds the itemic tokens, from a plain
-dict, or from any object with the itemic.json attributes (e.g. `megarec.itemic` layout classes).
+`ItemTokenLayout` is a small self-contained description (from the itemic package it uses only the itemic.json
+reader). Build it from itemic.json (written by vocab expansion), from a tokenizer that holds the itemic tokens,
+from a plain dict, or from any object with the itemic.json attributes (e.g. `megarec.itemic` layout classes).
 """
 from __future__ import annotations
 
-import json
 import os
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from megarec.errors import ConfigError, DataError
+from megarec.itemic.layout import read_itemic_json
 
 
 @dataclass(frozen=True)
@@ -128,17 +128,7 @@ class ItemTokenLayout:
     @classmethod
     def from_itemic_json(cls, path: str | os.PathLike) -> "ItemTokenLayout":
         """From itemic.json (or a directory holding it, e.g. an expanded HF checkpoint)."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, "itemic.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: itemic.json not found") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON ({e.msg})") from None
-        return cls.from_itemic_meta(meta)
+        return cls.from_itemic_meta(read_itemic_json(path)[1])
 
     @classmethod
     def from_tokenizer(cls, tokenizer, num_layers: int, codebook_size: int | Sequence[int],

@@ -63,8 +63,9 @@ def run_seqrec(args) -> int:
 
     import torch
 
+    from megarec.atomic import atomic_write_text
     from megarec.errors import ConfigError
-    from megarec.eval.report import atomic_write_text, format_table
+    from megarec.eval.report import format_table
     from megarec.eval.seqrec_data import load_seqrec
 
     unknown = set(args.baselines) - set(BASELINES)

@@ -1,8 +1,8 @@
 """The generative model on the transfer benchmark: each user's history is written as itemic tokens in the
 SFT next-item prompt (the task builders' templates), the model decodes items with trie-constrained beam
 search over the dataset's catalogue, and the decoded code tuples become an item ranking (most popular
-item first when several items share a tuple). Items already in the history are dropped from the
-ranking, as for the baselines, so the beam is wider than the largest k."""
+item first when several items share a tuple). Items already in the history are excluded from each
+user's trie, as the baselines exclude them from their ranking, so every beam is an unseen item."""
 from __future__ import annotations
 
 import random
@@ -51,7 +51,14 @@ def evaluate_generative(loaded, data: SeqRecData, codes: dict[str, tuple[int, ..
         hist_codes = [known[data.item_ids[i - 1]] for i in h[-max_history:] if data.item_ids[i - 1] in known]
         prompts.append(chat_prompt(loaded.tokenizer, rec_messages(hist_codes, data.domain, lang, seed,
                                                                   loaded.layout.layer_letters)))
-    cands = constrained_beam_search(loaded.model, loaded.tokenizer, prompts, trie, num_beams=num_beams,
+    tries = trie
+    if exclude_history:  # search only unseen items, so every user gets num_beams candidates as Pop/SASRec do
+        tries = []
+        for h in histories:
+            seen_ids = {data.item_ids[int(i) - 1] for i in h}
+            tries.append(ItemTrie({k: c for k, c in known.items() if k not in seen_ids}, loaded.layout,
+                                  popularity=popularity))
+    cands = constrained_beam_search(loaded.model, loaded.tokenizer, prompts, tries, num_beams=num_beams,
                                     batch_size=batch_size, progress=True)
     top = []
     for h, cs in zip(histories, cands):
@@ -65,5 +72,7 @@ def evaluate_generative(loaded, data: SeqRecData, codes: dict[str, tuple[int, ..
         top.append(ranked)
     out = ranking_metrics(top, [int(t) for t in targets], ks)
     out["users"] = len(top)
+    # beams whose item the user has already seen are dropped, so lists can be shorter than the beam
+    out["mean_ranked_items"] = float(np.mean([len(r) for r in top])) if top else 0.0
     out["coverage"] = float(np.mean([data.item_ids[int(t) - 1] in known for t in targets]))
     return out

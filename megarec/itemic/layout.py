@@ -13,15 +13,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from megarec.errors import DataError
+from megarec.errors import ConfigError, DataError
 from megarec.itemic.codes import CODE_TOKEN_RE, SID_BEGIN, SID_END, code_token, item_string, layer_letters
 
 ITEMIC_JSON = "itemic.json"
 _ITEM_RE = re.compile(re.escape(SID_BEGIN) + r"(.*?)" + re.escape(SID_END), re.S)
 
 
+def read_itemic_json(path: str | os.PathLike) -> tuple[str, dict]:
+    """(path, fields) of itemic.json, given the file or a directory holding it (e.g. an expanded HF
+    checkpoint); ConfigError when it is missing, DataError when it is not JSON."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, ITEMIC_JSON)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: itemic.json not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e.msg})") from None
+
+
 @dataclass(frozen=True)
-class ItemicLayout:
+class ItemicIdFields:
+    """The token-id fields of itemic.json (shared by `ItemicLayout` and the data side's `ItemicIds`)."""
+
     first_id: int
     last_id: int
     num_layers: int
@@ -30,6 +47,10 @@ class ItemicLayout:
     sid_end_id: int
     layer_letters: tuple[str, ...]
     base_vocab_size: int
+
+
+@dataclass(frozen=True)
+class ItemicLayout(ItemicIdFields):
     padded_vocab_size: int
 
     @classmethod
@@ -78,7 +99,7 @@ class ItemicLayout:
         return d
 
     def save(self, path_or_dir: str | os.PathLike, **extra) -> None:
-        from megarec.itemic.atomic import write_json
+        from megarec.atomic import write_json
 
         path = Path(path_or_dir)
         write_json(path / ITEMIC_JSON if path.is_dir() else path, {**self.to_dict(), **extra})

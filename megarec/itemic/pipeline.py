@@ -16,7 +16,7 @@ import numpy as np
 from megarec.errors import DataError
 from megarec.itemic import dedup as dd
 from megarec.itemic import stats as st
-from megarec.itemic.atomic import write_json
+from megarec.atomic import write_json
 from megarec.itemic.io import EmbeddingSource, lookup_rows, read_codes_table, show_id, write_codes_table
 from megarec.itemic.rqkmeans import CODES_FILE, STATS_FILE, RQKMeans, encode_source, train_centroids
 

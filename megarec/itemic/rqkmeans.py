@@ -18,7 +18,7 @@ import numpy as np
 
 from megarec.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
-from megarec.itemic.atomic import save_npy, write_json
+from megarec.atomic import save_npy, write_json
 from megarec.itemic.io import EmbeddingSource, show_id
 
 META_FILE = "meta.json"

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from megarec.atomic import atomic_write_text
 from megarec.errors import ConfigError
 from megarec.posttrain import distributed as dist_utils
 from megarec.posttrain.models import sharding
@@ -41,13 +42,6 @@ def latest_checkpoint(root: Optional[str]) -> Optional[str]:
     return path
 
 
-def _write_pointer(root: str, name: str) -> None:
-    tmp = os.path.join(root, f".{LATEST}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-    os.replace(tmp, os.path.join(root, LATEST))
-
-
 def save(root: str, step: int, policy, state: dict, keep_last: int) -> str:
     """Collective: every rank calls; rank 0 writes."""
     final = step_dir(root, step)
@@ -66,7 +60,7 @@ def save(root: str, step: int, policy, state: dict, keep_last: int) -> str:
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_pointer(root, os.path.basename(final))
+        atomic_write_text(os.path.join(root, LATEST), os.path.basename(final) + "\n")
         if keep_last > 0:
             _prune(root, keep_last)
     dist_utils.barrier()

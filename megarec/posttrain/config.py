@@ -1,7 +1,8 @@
 """Typed recipes of the three post-training verbs (`megarec sft | distill | grpo`).
 
 Sections shared by every verb (model, train, optimizer, checkpoint, logging, parallel) come first; each
-verb adds its own data / rollout / algorithm sections. Values come from `configs/posttrain/*.yaml`, then
+verb adds its own data / rollout / algorithm sections; the optimizer and logging keys extend pre-training's
+(`megarec.training.config`). Values come from `configs/posttrain/*.yaml`, then
 from dotted `key=value` overrides (see `megarec.config`).
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import List, Literal, Optional
 
 from megarec.config import help_field
 from megarec.errors import ConfigError
+from megarec.training.config import OptimizerConfig, RunLoggingConfig
 
 
 # ----------------------------------------------------------------------------------------------- shared
@@ -41,17 +43,11 @@ class TrainSection:
 
 
 @dataclass
-class OptimizerSection:
+class OptimizerSection(OptimizerConfig):
+    """Pre-training's AdamW keys with fine-tuning defaults."""
     lr: float = help_field(2e-5, "Peak learning rate.")
     min_lr: float = help_field(5e-6, "Final learning rate of the decay.")
-    weight_decay: float = help_field(0.1, "AdamW decoupled weight decay (never on norms, biases, embeddings).")
-    adam_beta1: float = help_field(0.9, "AdamW beta1.")
-    adam_beta2: float = help_field(0.95, "AdamW beta2.")
-    adam_eps: float = help_field(1e-8, "AdamW epsilon.")
-    clip_grad: float = help_field(1.0, "Clip the global gradient norm (0 = off); the logged grad_norm is the "
-                                  "norm before clipping.")
     warmup_fraction: float = help_field(0.03, "Linear warm-up over this fraction of the optimizer steps.")
-    lr_decay_style: Literal["cosine", "linear", "constant"] = help_field("cosine", "Decay after warm-up.")
 
 
 @dataclass
@@ -68,12 +64,8 @@ class CheckpointSection:
 
 
 @dataclass
-class LoggingSection:
+class LoggingSection(RunLoggingConfig):
     run_dir: str = help_field("runs/posttrain", "Run directory: metrics.jsonl, config.yaml, checkpoints.")
-    wandb_mode: Literal["offline", "online", "disabled"] = help_field("offline", "Weights & Biases mode.")
-    wandb_project: str = help_field("megarec", "Weights & Biases project.")
-    wandb_name: Optional[str] = help_field(None, "Weights & Biases run name (default: run_dir name).")
-    progress: bool = help_field(True, "Show a progress bar on rank 0.")
 
 
 @dataclass

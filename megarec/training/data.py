@@ -1,12 +1,15 @@
-"""Training data: Megatron-Core GPTDataset through BlendedMegatronDatasetBuilder (weighted blends,
-train/valid split, mock data), a tokenizer adapter, and deterministic resumable batch iteration."""
+"""Training data: Megatron-Core GPTDataset (or, for chat data, LossMaskedGPTDataset; for `--pack` output,
+PackedSequenceDataset) through BlendedMegatronDatasetBuilder (weighted blends, train/valid split, mock data),
+a tokenizer adapter, and deterministic resumable batch iteration."""
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 from megarec.errors import ConfigError
@@ -82,6 +85,82 @@ def parse_blend(data_path: list[str]) -> tuple[list[str], Optional[list[float]]]
     return prefixes, weights
 
 
+def split_matrix(split: str) -> list[Optional[tuple[float, float]]]:
+    """(begin, end) fractions, or None for an empty split, of train/valid/test for a data.split string: the
+    rule of Megatron-Core's parse_and_normalize_split + convert_split_vector_to_split_matrix, computed here so
+    that config checks run without importing Megatron."""
+    weights = [float(w) for w in re.findall(r"[.0-9]+", split)]
+    if not weights or len(weights) > 3 or sum(weights) <= 0:
+        raise ConfigError(f"data.split={split!r}: expected up to three non-negative weights, e.g. 98,2,0")
+    weights += [0.0] * (3 - len(weights))
+    bounds = np.cumsum([0.0] + [w / sum(weights) for w in weights])
+    return [None if bounds[i] == bounds[i + 1] else (float(bounds[i]), float(bounds[i + 1])) for i in range(3)]
+
+
+def read_preprocess_summary(dataset_prefix: str) -> Optional[dict]:
+    """`P.preprocess.json` (tokenizer, EOD, kind, pack, seq_length, ...) of a `P_text_document` prefix written
+    by `megarec preprocess`, or None for datasets from elsewhere."""
+    from megarec.data.indexed import TEXT_SUFFIX
+
+    base = dataset_prefix[: -len(TEXT_SUFFIX)] if dataset_prefix.endswith(TEXT_SUFFIX) else dataset_prefix
+    path = base + ".preprocess.json"
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable preprocess summary ({e})") from None
+
+
+def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
+    """Before any process starts: the prefixes fit data.packed / data.loss_mask (from `P.preprocess.json`
+    when present, and the loss-mask siblings on disk), and every split the run reads holds documents
+    (Megatron's GPTDataset loops forever on an empty split it must draw samples from)."""
+    from megarec.data.indexed import read_index_header, sibling_loss_mask_prefix
+
+    seq_length = train.seq_length
+    if data.mock:
+        if data.loss_mask or data.packed:
+            raise ConfigError("data.loss_mask and data.packed need real (chat / packed) datasets, not mock data")
+        return
+    prefixes, _ = parse_blend(data.data_path)
+    for prefix in prefixes:
+        meta = read_preprocess_summary(prefix) or {}
+        packed = meta.get("pack")
+        if data.packed and packed is False:
+            raise ConfigError(f"data.packed=true but {prefix} was preprocessed without --pack; re-run "
+                              "`megarec preprocess --pack --seq-length S` or set data.packed=false")
+        if not data.packed and packed:
+            raise ConfigError(f"{prefix} was written by `megarec preprocess --pack`: train it with data.packed=true "
+                              "(one pack per sequence, per-document positions, attention and loss), or "
+                              "preprocess without --pack for a GPTDataset stream")
+        if data.packed and meta.get("seq_length") and int(meta["seq_length"]) > seq_length:
+            raise ConfigError(f"{prefix} holds packs of up to {meta['seq_length']} tokens, more than "
+                              f"train.seq_length={seq_length}: raise train.seq_length or re-pack")
+        if data.loss_mask:
+            try:
+                mask = sibling_loss_mask_prefix(prefix)
+            except ValueError as e:
+                raise ConfigError(f"data.loss_mask: {e}") from None
+            if not (os.path.isfile(mask + ".bin") and os.path.isfile(mask + ".idx")):
+                raise ConfigError(f"data.loss_mask: {mask}.bin/.idx not found (chat data is preprocessed with "
+                                  "--kind messages)")
+        try:
+            documents = read_index_header(prefix + ".idx")["documents"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"data.data_path: {prefix}.idx: {e}") from None
+        matrix = split_matrix(data.split)
+        for i, name in [(0, "train")] + ([(1, "valid")] if train.eval_interval else []):
+            if matrix[i] is None and name == "valid":
+                continue  # no valid weight in data.split: evaluation is skipped, as before
+            begin, end = matrix[i] or (0.0, 0.0)
+            if int(round(end * documents)) - int(round(begin * documents)) < 1:
+                raise ConfigError(f"data.split={data.split} leaves the {name} split of {prefix} without a document "
+                                  f"({documents} {'packs' if data.packed else 'documents'} in all): change "
+                                  f"data.split{' or set train.eval_interval=0' if name == 'valid' else ''}")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -100,7 +179,9 @@ class Datasets:
 def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str) -> Datasets:
     """Train/valid datasets sized for the whole run (train_iters × global batch)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
+
+    from megarec.data.megatron_datasets import MegarecDatasetConfig
 
     tokenizer = TokenizerInfo.from_hf(data.tokenizer) if data.tokenizer else None
     if tokenizer is None:
@@ -113,7 +194,7 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
     blend = None if data.mock else parse_blend(data.data_path)
     n_eval = (train.train_iters // train.eval_interval + 1) * train.eval_iters if train.eval_interval else 0
     sizes = [train.train_iters * train.global_batch_size, n_eval * train.global_batch_size, 0]
-    cfg = GPTDatasetConfig(
+    cfg = MegarecDatasetConfig(
         random_seed=train.seed,
         sequence_length=train.seq_length,
         blend=blend,
@@ -125,10 +206,15 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
         eod_mask_loss=data.eod_mask_loss,
         create_attention_mask=data.reset_attention_mask,
         mmap_bin_files=True,
+        loss_mask=data.loss_mask,  # packed: require the sibling mask, or train every in-document token
     )
+    # Build only the splits the run reads: no test split, and no valid split without evaluation.
+    cfg.split_matrix = [cfg.split_matrix[0], cfg.split_matrix[1] if n_eval else None, None]
     if data.mock:
         dataset_cls = MockGPTDataset
         cfg.mock = True
+    elif data.packed:
+        from megarec.data.megatron_datasets import PackedSequenceDataset as dataset_cls
     elif data.loss_mask:
         from megarec.data.megatron_datasets import LossMaskedGPTDataset as dataset_cls
     else:

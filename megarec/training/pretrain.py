@@ -49,10 +49,14 @@ def validate(cfg: PretrainConfig, world_size: int):
         raise ConfigError("no training data: set data.data_path=PREFIX (or a 'W1 P1 W2 P2' blend) or data.mock=true")
     if cfg.data.loss_mask and cfg.data.mock:
         raise ConfigError("data.loss_mask needs real chat datasets, not mock data")
-    if not cfg.data.mock:
-        from megarec.training.data import parse_blend
+    from megarec.training.data import check_data_sources
 
-        parse_blend(cfg.data.data_path)
+    check_data_sources(cfg.data, t)
+    if impl == "transformer_engine" and (cfg.data.packed or cfg.data.reset_attention_mask):
+        # TE's fused attention with the causal mask type ignores an explicit attention_mask, so documents
+        # would silently attend to each other; per-document attention there needs THD packed_seq_params.
+        raise ConfigError("data.packed / data.reset_attention_mask need per-document attention masks, which "
+                          "Transformer Engine ignores; use model.transformer_impl=local")
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     return arch, impl

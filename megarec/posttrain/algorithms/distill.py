@@ -17,23 +17,18 @@ import torch
 
 from megarec.errors import ConfigError
 from megarec.posttrain import chat
-from megarec.posttrain.algorithms.base import Trainer, even_share, global_sum
-from megarec.posttrain.algorithms.rl_common import check_mini_batches, ppo_update, rollout_batch
+from megarec.posttrain.algorithms.base import even_share, global_sum
+from megarec.posttrain.algorithms.rl_common import (OnPolicyTrainer, check_mini_batches, check_on_policy_config,
+                                                    ppo_update, rollout_batch)
 from megarec.posttrain.batching import micro_batches, rank_slice
-from megarec.posttrain.config import DistillConfig, check_common, check_ppo, check_rollout, check_sources
-from megarec.posttrain.datasets import MixtureSampler, OverlongError, load_sources, seeded_rng
+from megarec.posttrain.config import DistillConfig
+from megarec.posttrain.datasets import OverlongError, seeded_rng
 from megarec.posttrain.models.frozen import TeacherModel, check_teacher_compatible
-from megarec.posttrain.models.losses import ClippedPolicyGradientLoss
-from megarec.posttrain.models.policy import PolicyModel
 from megarec.posttrain.rollout import SamplingSpec
 
 
 def validate_config(cfg: DistillConfig, world_size: int) -> None:
-    check_common(cfg, world_size, "prompts")
-    check_sources(cfg.data.sources, "data.sources", required=True)
-    check_sources(cfg.data.valid, "data.valid", required=False)
-    check_rollout(cfg.rollout)
-    check_ppo(cfg.algorithm.ppo, "algorithm.ppo")
+    check_on_policy_config(cfg, world_size)
     a = cfg.algorithm
     if not cfg.teacher.path:
         raise ConfigError("teacher.path is required (the original base model's HF checkpoint)")
@@ -42,8 +37,7 @@ def validate_config(cfg: DistillConfig, world_size: int) -> None:
     probs = a.think_suffix_probs
     if len(probs) != 3 or any(p < 0 for p in probs) or sum(probs) <= 0:
         raise ConfigError("algorithm.think_suffix_probs needs three non-negative weights (/think, /no_think, none)")
-    rows = cfg.train.global_batch_size // world_size * cfg.rollout.samples_per_prompt
-    check_mini_batches(rows, a.ppo.mini_batches, "algorithm.ppo.mini_batches")
+    check_mini_batches(cfg, world_size)
 
 
 def prompt_builder(tokenizer, max_len: int):
@@ -60,7 +54,7 @@ def prompt_builder(tokenizer, max_len: int):
     return prepare
 
 
-class OnPolicyDistillationTrainer(Trainer):
+class OnPolicyDistillationTrainer(OnPolicyTrainer):
     verb = "distill"
 
     def setup(self) -> None:
@@ -72,14 +66,8 @@ class OnPolicyDistillationTrainer(Trainer):
         validate_config(cfg, env.world_size)
         hf.check_hf_dir(cfg.teacher.path, "teacher.path")
         a = cfg.algorithm
-        self.policy = PolicyModel(self.policy_path, env, tokenizer_path=None if self.resume_from else cfg.model.tokenizer,
-                                  dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
-                                  reshard_after_forward=cfg.parallel.reshard_after_forward,
-                                  micro_batch_size=cfg.train.micro_batch_size,
-                                  loss_fn=ClippedPolicyGradientLoss(a.ppo.clip_eps, 0.0))
+        self.policy = self.build_policy(kl_coef=0.0)
         tok = self.policy.tokenizer
-        self.policy.vocab_limit = len(tok)
         t_tok = hf.load_tokenizer(cfg.teacher.path)
         check_teacher_compatible(self.policy, AutoConfig.from_pretrained(cfg.teacher.path), t_tok,
                                  cfg.teacher.same_size, cfg.model.path, cfg.teacher.path)
@@ -92,17 +80,8 @@ class OnPolicyDistillationTrainer(Trainer):
         self.teacher = TeacherModel(cfg.teacher.path, env, unknown=unknown, unknown_logprob=a.itemic_teacher_logprob,
                                     dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                                     shard=cfg.parallel.shard_frozen, micro_batch_size=cfg.train.micro_batch_size)
-        prepare = prompt_builder(tok, cfg.data.max_prompt_length)
-        self.sources = load_sources(cfg.data.sources, prepare, cfg.data.overlong)
-        self.valid = load_sources(cfg.data.valid, prepare, cfg.data.overlong, limit=cfg.data.valid_samples) \
-            if cfg.data.valid else []
-        self.sampler = MixtureSampler([len(s.rows) for s in self.sources], [s.weight for s in self.sources],
-                                      cfg.train.seed)
+        self.load_prompts(prompt_builder(tok, cfg.data.max_prompt_length))
         self.eos_ids = [tok.convert_tokens_to_ids("<|im_end|>")]
-
-    def updates_per_step(self) -> int:
-        ppo = self.cfg.algorithm.ppo
-        return ppo.epochs * ppo.mini_batches
 
     def _spec(self, temperature: float) -> SamplingSpec:
         r = self.cfg.rollout
@@ -153,9 +132,6 @@ class OnPolicyDistillationTrainer(Trainer):
                 "tokens": g[6]}
 
     # ---------------------------------------------------------------------------------- validation
-    def has_validation(self) -> bool:
-        return bool(self.valid)
-
     def validate(self, step: int) -> dict:
         cfg, env = self.cfg, self.env
         items = [(k, m) for k, m in enumerate(ex for src in self.valid for ex in src.rows)]
@@ -190,10 +166,3 @@ class OnPolicyDistillationTrainer(Trainer):
                 total += float((kl * mask[b]).sum())
                 count += float(mask[b].sum())
         return total, count
-
-    def data_state(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        if state:
-            self.sampler.load_state_dict(state)

@@ -16,15 +16,14 @@ import torch
 
 from megarec.errors import ConfigError, DataError
 from megarec.posttrain import chat
-from megarec.posttrain.algorithms.base import Trainer, even_share, global_sum
-from megarec.posttrain.algorithms.rl_common import check_mini_batches, ppo_update, rollout_batch
+from megarec.posttrain.algorithms.base import even_share, global_sum
+from megarec.posttrain.algorithms.rl_common import (OnPolicyTrainer, check_mini_batches, check_on_policy_config,
+                                                    ppo_update, rollout_batch)
 from megarec.posttrain.batching import rank_slice
-from megarec.posttrain.config import GRPOConfig, check_common, check_ppo, check_rollout, check_sources
+from megarec.posttrain.config import GRPOConfig
 from megarec.posttrain.constraints import answer_processors, answer_tokens
-from megarec.posttrain.datasets import MixtureSampler, OverlongError, load_sources
+from megarec.posttrain.datasets import OverlongError
 from megarec.posttrain.models.frozen import ReferenceModel
-from megarec.posttrain.models.losses import ClippedPolicyGradientLoss
-from megarec.posttrain.models.policy import PolicyModel
 from megarec.posttrain.rewards import group_advantages, item_reward
 from megarec.posttrain.rollout import SamplingSpec
 
@@ -32,19 +31,14 @@ TARGET_ID_KEYS = ("target_item_ids", "targets", "target_items")
 
 
 def validate_config(cfg: GRPOConfig, world_size: int) -> None:
-    check_common(cfg, world_size, "prompts")
-    check_sources(cfg.data.sources, "data.sources", required=True)
-    check_sources(cfg.data.valid, "data.valid", required=False)
-    check_rollout(cfg.rollout)
-    check_ppo(cfg.algorithm.ppo, "algorithm.ppo")
+    check_on_policy_config(cfg, world_size)
     if not cfg.data.codes:
         raise ConfigError("data.codes is required (the codes table of the real items: item_id, c1..cL)")
     if cfg.algorithm.kl_coef < 0:
         raise ConfigError("algorithm.kl_coef must be >= 0")
     if cfg.rollout.samples_per_prompt < 2:
         raise ConfigError("rollout.samples_per_prompt (the group size G) must be >= 2 for group-relative advantages")
-    rows = cfg.train.global_batch_size // world_size * cfg.rollout.samples_per_prompt
-    check_mini_batches(rows, cfg.algorithm.ppo.mini_batches, "algorithm.ppo.mini_batches")
+    check_mini_batches(cfg, world_size)
 
 
 def targets_of(rec: dict, id_to_codes: dict, where: str) -> set:
@@ -87,7 +81,7 @@ def _empty(where: str):
     raise DataError(f"{where}: empty target set (a Rec-RL prompt needs at least one target item)")
 
 
-class GRPOTrainer(Trainer):
+class GRPOTrainer(OnPolicyTrainer):
     verb = "grpo"
 
     def setup(self) -> None:
@@ -97,15 +91,8 @@ class GRPOTrainer(Trainer):
         cfg, env = self.cfg, self.env
         validate_config(cfg, env.world_size)
         r, a = cfg.rollout, cfg.algorithm
-        self.policy = PolicyModel(self.policy_path, env, tokenizer_path=None if self.resume_from else cfg.model.tokenizer,
-                                  dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
-                                  reshard_after_forward=cfg.parallel.reshard_after_forward,
-                                  micro_batch_size=cfg.train.micro_batch_size,
-                                  loss_fn=ClippedPolicyGradientLoss(a.ppo.clip_eps, a.kl_coef),
-                                  logprob_temperature=r.temperature)
+        self.policy = self.build_policy(kl_coef=a.kl_coef, logprob_temperature=r.temperature)
         tok = self.policy.tokenizer
-        self.policy.vocab_limit = len(tok)
         layout = self.policy.item_layout
         if layout is None:
             raise ConfigError(f"{cfg.model.path} has no itemic.json: GRPO needs a model with itemic tokens")
@@ -131,12 +118,7 @@ class GRPOTrainer(Trainer):
             if len(self.reference.tokenizer) != len(tok):
                 raise ConfigError(f"reference.path tokenizer has {len(self.reference.tokenizer)} tokens, the "
                                   f"policy's {len(tok)}: the reference must share the policy's vocabulary")
-        prepare = self._prompt_builder()
-        self.sources = load_sources(cfg.data.sources, prepare, cfg.data.overlong)
-        self.valid = load_sources(cfg.data.valid, prepare, cfg.data.overlong, limit=cfg.data.valid_samples) \
-            if cfg.data.valid else []
-        self.sampler = MixtureSampler([len(s.rows) for s in self.sources], [s.weight for s in self.sources],
-                                      cfg.train.seed)
+        self.load_prompts(self._prompt_builder())
 
     def _prompt_builder(self):
         tok, cfg = self.policy.tokenizer, self.cfg
@@ -152,10 +134,6 @@ class GRPOTrainer(Trainer):
             return ids, targets
 
         return prepare
-
-    def updates_per_step(self) -> int:
-        ppo = self.cfg.algorithm.ppo
-        return ppo.epochs * ppo.mini_batches
 
     def spec(self, temperature: float) -> SamplingSpec:
         r = self.cfg.rollout
@@ -206,9 +184,6 @@ class GRPOTrainer(Trainer):
                 "response_len": g[9] / g[5], "tokens": g[10], "logprob_mismatch": g[11] / max(g[12], 1.0)}
 
     # ---------------------------------------------------------------------------------- validation
-    def has_validation(self) -> bool:
-        return bool(self.valid)
-
     def validate(self, step: int) -> dict:
         cfg, env = self.cfg, self.env
         items = [ex for src in self.valid for ex in src.rows]
@@ -221,10 +196,3 @@ class GRPOTrainer(Trainer):
         g = global_sum([sum(h for h, ok in zip(hits, real) if ok), sum(x for x, ok in zip(rewards, real) if ok),
                         float(sum(real)), float(counts["invalid"])], env)
         return {"val_hit_rate": g[0] / g[2], "val_reward": g[1] / g[2], "val_invalid_items": g[3]}
-
-    def data_state(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_data_state(self, state: dict) -> None:
-        if state:
-            self.sampler.load_state_dict(state)

@@ -1,5 +1,6 @@
-"""Pieces shared by the on-policy algorithms (distillation, GRPO): turning a rollout into a training batch
-and the clipped policy-gradient update over it."""
+"""Pieces shared by the on-policy algorithms (distillation, GRPO): their common config checks, the
+`OnPolicyTrainer` base (policy with the clipped loss, prompt mixture, PPO update count, data position),
+turning a rollout into a training batch and the clipped policy-gradient update over it."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -7,7 +8,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megarec.errors import ConfigError
+from megarec.posttrain.algorithms.base import Trainer
 from megarec.posttrain.batching import pad_batch, select_rows
+from megarec.posttrain.config import check_common, check_ppo, check_rollout, check_sources
+from megarec.posttrain.datasets import MixtureSampler, load_sources
+from megarec.posttrain.models.losses import ClippedPolicyGradientLoss
+from megarec.posttrain.models.policy import PolicyModel
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
@@ -35,9 +41,64 @@ def rollout_batch(rollout, pad_id: int, sample_mask: Optional[Sequence[bool]] = 
     return batch
 
 
-def check_mini_batches(rows_per_rank: int, mini_batches: int, key: str) -> None:
+def check_on_policy_config(cfg, world_size: int) -> None:
+    """Checks distillation and GRPO share: common keys, prompt sources, rollout and PPO settings."""
+    check_common(cfg, world_size, "prompts")
+    check_sources(cfg.data.sources, "data.sources", required=True)
+    check_sources(cfg.data.valid, "data.valid", required=False)
+    check_rollout(cfg.rollout)
+    check_ppo(cfg.algorithm.ppo, "algorithm.ppo")
+
+
+def check_mini_batches(cfg, world_size: int) -> None:
+    """algorithm.ppo.mini_batches must divide the samples one rank draws per step."""
+    rows_per_rank = cfg.train.global_batch_size // world_size * cfg.rollout.samples_per_prompt
+    mini_batches = cfg.algorithm.ppo.mini_batches
     if rows_per_rank % mini_batches:
-        raise ConfigError(f"{key}={mini_batches} must divide the samples per rank per step ({rows_per_rank})")
+        raise ConfigError(f"algorithm.ppo.mini_batches={mini_batches} must divide the samples per rank per step "
+                          f"({rows_per_rank})")
+
+
+class OnPolicyTrainer(Trainer):
+    """Base of the on-policy trainers: prompts from a mixture of sources, `algorithm.ppo` updates."""
+
+    def build_policy(self, kl_coef: float, **kwargs) -> PolicyModel:
+        """The trained policy (model.*, parallel.* settings) with the PPO-clipped loss; sampling is limited
+        to the tokenizer's ids. `kwargs` go to PolicyModel."""
+        cfg = self.cfg
+        policy = PolicyModel(self.policy_path, self.env,
+                             tokenizer_path=None if self.resume_from else cfg.model.tokenizer,
+                             dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                             gradient_checkpointing=cfg.model.gradient_checkpointing,
+                             reshard_after_forward=cfg.parallel.reshard_after_forward,
+                             micro_batch_size=cfg.train.micro_batch_size,
+                             loss_fn=ClippedPolicyGradientLoss(cfg.algorithm.ppo.clip_eps, kl_coef),
+                             asset_dirs=[cfg.model.path, cfg.model.tokenizer], **kwargs)
+        policy.vocab_limit = len(policy.tokenizer)
+        return policy
+
+    def load_prompts(self, prepare) -> None:
+        """Training and validation prompt sources (rows made by `prepare(rec, where)`) and the mixture
+        sampler over the training ones."""
+        data = self.cfg.data
+        self.sources = load_sources(data.sources, prepare, data.overlong)
+        self.valid = load_sources(data.valid, prepare, data.overlong, limit=data.valid_samples) if data.valid else []
+        self.sampler = MixtureSampler([len(s.rows) for s in self.sources], [s.weight for s in self.sources],
+                                      self.cfg.train.seed)
+
+    def updates_per_step(self) -> int:
+        ppo = self.cfg.algorithm.ppo
+        return ppo.epochs * ppo.mini_batches
+
+    def has_validation(self) -> bool:
+        return bool(self.valid)
+
+    def data_state(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        if state:
+            self.sampler.load_state_dict(state)
 
 
 def ppo_update(policy, batch: dict, epochs: int, mini_batches: int) -> dict:

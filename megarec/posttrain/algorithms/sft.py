@@ -39,7 +39,8 @@ class SFTTrainer(Trainer):
                                   attn_implementation=cfg.model.attn_implementation,
                                   gradient_checkpointing=cfg.model.gradient_checkpointing,
                                   reshard_after_forward=cfg.parallel.reshard_after_forward,
-                                  micro_batch_size=cfg.train.micro_batch_size, loss_fn=NLLLoss())
+                                  micro_batch_size=cfg.train.micro_batch_size, loss_fn=NLLLoss(),
+                                  asset_dirs=[cfg.model.path, cfg.model.tokenizer])
         tok_dir, vocab = self.policy.tokenizer_path, len(self.policy.tokenizer)
         self.sources = load_sft_sources(cfg.data.sources, cfg.data, tok_dir, vocab, cfg.train.seed)
         self.valid = load_sft_sources(cfg.data.valid, cfg.data, tok_dir, vocab, cfg.train.seed,

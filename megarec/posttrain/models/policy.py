@@ -37,10 +37,13 @@ class PolicyModel:
                  attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
                  reshard_after_forward: bool = True, micro_batch_size: int = 4,
                  loss_fn: Optional[TokenLoss] = None, logprob_temperature: float = 1.0,
-                 vocab_limit: Optional[int] = None):
+                 vocab_limit: Optional[int] = None, asset_dirs: Sequence[Optional[str]] = ()):
         hf.check_hf_dir(path, "model.path")
         self.path, self.env = path, env
         self.tokenizer_path = tokenizer_path or path
+        # where exports copy non-weight files (itemic.json, generation config) from, first found wins;
+        # `asset_dirs` (the run's model.path) outlive a resumed-from checkpoint that keep_last prunes
+        self.asset_dirs = [path, self.tokenizer_path, *[d for d in asset_dirs if d]]
         self.tokenizer = hf.load_tokenizer(self.tokenizer_path)
         self.item_layout = hf.load_item_layout(path, tokenizer_path)
         self.source_dtype = hf.source_dtype(path)
@@ -214,6 +217,6 @@ class PolicyModel:
         state = self.state_dict_full()
         if self.env.is_rank0:
             hf.save_hf_checkpoint(out_dir, self.model.config, state, self.tokenizer,
-                                  [self.path, self.tokenizer_path], dtype or torch.float32)
+                                  self.asset_dirs, dtype or torch.float32)
         dist_utils.barrier()
         return out_dir

@@ -1,0 +1,68 @@
+"""`megarec demo`: the reduced (CI) demo runs every stage end to end on MovieLens-100k and its report holds
+what a user is promised; reruns skip finished stages and redo only what changed."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import run_cli
+from megarec.demo.report import curve_summary
+from megarec.demo.stages import STAGES
+
+STAGE_NAMES = [s.name for s in STAGES]
+THREADS = {"OMP_NUM_THREADS": "2"}  # the demo's single-process stages use both cores, as `make demo` does
+
+
+def test_curve_summary_exact():
+    pts = [(i, v) for i, v in enumerate([5.0, 4.0, 3.0, 2.0, 1.0, 1.5, 1.0, 0.5, 0.5, 0.5])]
+    s = curve_summary(pts)
+    assert (s["first"], s["last"], s["min"], s["points"]) == (5.0, 0.5, 0.5, 10)
+    assert s["head_mean"] == 4.5 and s["tail_mean"] == 0.5 and s["falling"] and s["finite"]
+    assert curve_summary([(1, 1.0), (2, float("nan"))])["finite"] is False
+    assert curve_summary([]) == {"points": 0, "finite": False, "falling": False}
+
+
+def test_bad_override_is_one_clear_line(tmp_path):
+    res = run_cli(["demo", "--profile", "ci", "--out", str(tmp_path), "model.hidden=3"])
+    assert res.returncode == 2 and "unknown config key 'model.hidden'" in res.stderr
+    res = run_cli(["demo", "--profile", "ci", "--out", str(tmp_path), "--until", "nope"])
+    assert res.returncode == 2 and "unknown stage 'nope'" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_ci_demo_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    res = run_cli(["demo", "--profile", "ci", "--out", str(out)], timeout=2400, env=THREADS)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.load(open(out / "report.json"))
+
+    assert [r["name"] for r in report["stages"]] == STAGE_NAMES
+    assert all(r["status"] == "ran" and r["command"].split()[0] in ("megarec", "torchrun") for r in report["stages"])
+    for stage in ("stage1", "stage2", "sft"):
+        c = report["curves"][stage]
+        assert c["points"] >= 3 and c["finite"] and c["falling"], (stage, c)
+    assert report["curves"]["grpo"]["finite"]
+    assert all(0.0 <= v <= 1.0 for _, v in report["curves"]["grpo"]["values"])
+
+    models = report["bench"]["models"]
+    assert set(models) == {"pop", "sasrec", "megarec"}
+    for name, m in models.items():
+        for metric, v in m["test"].items():
+            assert math.isfinite(v) and 0.0 <= v <= 1.0, (name, metric, v)
+        assert m["test"]["recall@10"] >= m["test"]["recall@5"] and m["test"]["ndcg@10"] >= m["test"]["ndcg@5"]
+    assert models["pop"]["test"]["ndcg@10"] > 0.0
+
+    gen = report["generations"]
+    assert gen["users"] == 16 and gen["valid_item_fraction"] >= 0.5, gen
+    for f in ("report.md", "losses.png", "bench.png", "grpo/hf/config.json", "stage2/hf/itemic.json"):
+        assert (out / f).is_file(), f
+
+    # a rerun skips every stage; changing one stage's settings redoes that stage (and those after it) only
+    res = run_cli(["demo", "--profile", "ci", "--out", str(out), "bench.sasrec_epochs=3"], timeout=1200,
+                  env=THREADS)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    status = {r["name"]: r["status"] for r in json.load(open(out / "report.json"))["stages"]}
+    assert status == {**{n: "cached" for n in STAGE_NAMES}, "bench": "ran"}
