@@ -40,3 +40,19 @@ def read_dataset(prefix: str) -> list[list[int]]:
 
     ds = IndexedDataset(prefix)
     return [ds[i].tolist() for i in range(len(ds))]
+
+
+def random_chats(n: int, seed: int, max_words: int) -> list[dict]:
+    """`n` seeded chat rows (system + 1-2 user/assistant turns of up to `max_words` filler words)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        turns = [{"role": "system", "content": "You recommend items."}]
+        for t in range(int(rng.integers(1, 3))):
+            turns.append({"role": "user", "content": f"question {i}.{t} " + "word " * int(rng.integers(1, max_words))})
+            turns.append({"role": "assistant",
+                          "content": f"answer {i}.{t} " + "reply " * int(rng.integers(1, max_words))})
+        out.append({"messages": turns})
+    return out

@@ -6,20 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_helpers import itemic_tokenizer, write_jsonl
+from data_helpers import itemic_tokenizer, random_chats, write_jsonl
 from megarec.data.preprocess import PreprocessOptions, run_preprocess
-
-
-def _chats(n, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        turns = [{"role": "system", "content": "You recommend items."}]
-        for t in range(int(rng.integers(1, 3))):
-            turns.append({"role": "user", "content": f"question {i}.{t} " + "word " * int(rng.integers(1, 20))})
-            turns.append({"role": "assistant", "content": f"answer {i}.{t} " + "reply " * int(rng.integers(1, 15))})
-        out.append({"messages": turns})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +16,7 @@ def corpora(qwen3_tokenizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("mds")
     prefixes = {}
     for name, seed in (("a", 0), ("b", 1)):
-        src = write_jsonl(str(root / f"{name}.jsonl"), _chats(80, seed))
+        src = write_jsonl(str(root / f"{name}.jsonl"), random_chats(80, seed, max_words=20))
         run_preprocess(PreprocessOptions([src], tok, str(root / name)))
         run_preprocess(PreprocessOptions([src], tok, str(root / f"{name}_packed"), pack=True, seq_length=256))
         prefixes[name] = str(root / f"{name}_text_document")

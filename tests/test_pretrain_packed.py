@@ -14,24 +14,12 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from data_helpers import write_jsonl
+from data_helpers import random_chats, write_jsonl
 
 SEQ = 128           # --seq-length of the packs and train.seq_length of the engine runs
 ITERS = 3
 GBS = 4             # train.global_batch_size of the engine runs (2 micro-batches of 2)
 ENGINE_TIMEOUT = 240  # a hung checkpoint write or gloo barrier must fail the test, not stall the suite
-
-
-def _chats(n: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        turns = [{"role": "system", "content": "You recommend items."}]
-        for t in range(int(rng.integers(1, 3))):
-            turns.append({"role": "user", "content": f"question {i}.{t} " + "word " * int(rng.integers(1, 6))})
-            turns.append({"role": "assistant", "content": f"answer {i}.{t} " + "reply " * int(rng.integers(1, 6))})
-        out.append({"messages": turns})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +32,7 @@ def chat_data(qwen3_tokenizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("packed_chats")
     out = {"tokenizer": qwen3_tokenizer_dir, "vocab": len(AutoTokenizer.from_pretrained(qwen3_tokenizer_dir))}
     for name, n, seed in (("a", 30, 0), ("b", 20, 1)):
-        src = write_jsonl(str(root / f"{name}.jsonl"), _chats(n, seed))
+        src = write_jsonl(str(root / f"{name}.jsonl"), random_chats(n, seed, max_words=6))
         run_preprocess(PreprocessOptions([src], qwen3_tokenizer_dir, str(root / f"{name}_packed"), kind="messages",
                                          pack=True, seq_length=SEQ))
         run_preprocess(PreprocessOptions([src], qwen3_tokenizer_dir, str(root / name), kind="messages"))

@@ -50,6 +50,8 @@ def run(args) -> int:
     env = distributed.init_distributed()
     try:
         getattr(mod, trainer_name)(cfg, env).fit()
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(sync=True)
     return 0

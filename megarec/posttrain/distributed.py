@@ -50,8 +50,14 @@ def single_process_env() -> DistEnv:
     return DistEnv(0, 1, 0, device)
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = False) -> None:
+    """Destroy the process group. `sync` (the normal exit) first waits for every rank: a rank tearing gloo
+    down while a peer's gloo thread still serves a collective aborts that peer ("terminate called without
+    an active exception", seen intermittently at exit on loaded machines). Error paths skip the barrier,
+    which could hang on a peer that will never arrive."""
     if dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
