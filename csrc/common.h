@@ -13,5 +13,6 @@ void register_loss_mask(py::module_& m);
 void register_itemic_ids(py::module_& m);
 void register_index_builder(py::module_& m);
 void register_token_concat(py::module_& m);
+void register_text_encoder(py::module_& m);
 
 }  // namespace megarec

@@ -68,3 +68,70 @@ def test_concat_documents():
     assert ids.tolist() == [1, 2, 3, 9, 4, 9, 9] and lengths.tolist() == [4, 2, 1]
     ids, lengths = _cpp.concat_documents([[1]], np.array([1]), -1)
     assert ids.tolist() == [1] and lengths.tolist() == [1]
+
+
+def _hand_encoder(**extra):
+    """Byte-level BPE where byte b has id b; merges "hi"→300, " hi"→301, "aa"→302, "aaa"→303; added tokens
+    <a>→500, <ab>→501."""
+    merges = [(ord("h"), ord("i"), 300), (ord(" "), 300, 301), (ord("a"), ord("a"), 302), (302, ord("a"), 303)]
+    return _cpp.TextEncoder([(b"<a>", 500), (b"<ab>", 501)],
+                            {"byte_ids": list(range(256)), "merges": merges, **extra})
+
+
+def test_text_encoder_bpe_and_pretokenizer_hand_cases():
+    enc = _hand_encoder()
+    assert enc.has_bpe
+    cases = {
+        "hi hi": [300, 301],                                   # pre-tokens "hi", " hi"
+        "aaaa": [302, 302],                                    # lowest rank, leftmost first: aa|a|a → aa|aa
+        "aaa": [303],
+        "it's": [105, 116, 39, 115],                           # "it", "'s"
+        "x<ab>y<a>": [120, 501, 121, 500],                     # added tokens: leftmost-longest
+        "<a": [60, 97],                                        # not a token: "<a" is one pre-token, no merge
+        "a  \n\n b": [97, 32, 32, 10, 10, 32, 98],             # "a", "  \n\n", " b"
+        "a   ": [97, 32, 32, 32],                              # trailing whitespace stays whole
+        "a   hi": [97, 32, 32, 301],                           # "a", "  ", " hi": one space goes to the word
+    }
+    for text, ids in cases.items():
+        assert enc.encode_text(text) == (ids, []), text
+    # non-ASCII chunks are holes for the Rust tokenizer; added tokens are still split off around them
+    assert enc.encode_text("é<a>z") == ([-1, 500, 122], ["é"])
+    assert enc.encode_text("héllo hi") == ([-1], ["héllo hi"])
+    # without BPE only the added tokens are resolved
+    split_only = _cpp.TextEncoder([(b"<a>", 500)])
+    assert not split_only.has_bpe and split_only.encode_text("hi<a>hi") == ([-1, 500, -1], ["hi", "hi"])
+
+
+def test_text_encoder_normalized_tokens_and_ignore_merges():
+    enc = _hand_encoder(normalized_added=[(b"<n>", 503)], whole_words={b"aaaa": 600})
+    assert enc.encode_text("a<n>aaaa") == ([97, 503, 600], [])   # whole vocabulary words skip the merges
+    assert enc.encode_text("aaa") == ([303], [])
+    assert enc.encode_text("é<n>") == ([-1], ["é<n>"])             # matched by the Rust tokenizer, after NFC
+
+
+def test_text_encoder_plan_and_fill():
+    enc = _hand_encoder()
+    plan, holes = enc.plan(["hi", [7, 8], "é", np.array([9]), "é hi"], np.array([2, 2, 1]))
+    assert holes == ["é", "é hi"]
+    ids, lengths = plan.fill([[200, 201], [202, 301]], 1)
+    assert ids.tolist() == [300, 7, 8, 1, 200, 201, 9, 1, 202, 301, 1] and lengths.tolist() == [4, 4, 3]
+    ids, lengths = plan.fill([[200], []], -1)
+    assert ids.tolist() == [300, 7, 8, 200, 9] and lengths.tolist() == [3, 2, 0]
+    with pytest.raises(ValueError, match="expected 2 hole encodings, got 1"):
+        plan.fill([[1]], 1)
+    with pytest.raises(ValueError, match=r"sum\(piece_counts\)=3 but 2 pieces"):
+        enc.plan(["a", "b"], np.array([3]))
+
+
+def test_streamed_index_matches_builder():
+    import io
+
+    from megarec.data.indexed import index_bytes, write_index_stream
+
+    chunks = [np.array([3, 1], np.int32), np.zeros(0, np.int32), np.array([4, 1, 5], np.int32)]
+    for dtype in (np.int32, np.uint16, np.uint8):
+        out = io.BytesIO()
+        write_index_stream(out, lambda: iter(chunks), 5, np.dtype(dtype))
+        assert out.getvalue() == index_bytes(np.concatenate(chunks), np.arange(6), np.dtype(dtype))
+    with pytest.raises(ValueError, match="expected 6 sequence lengths, got 5"):
+        write_index_stream(io.BytesIO(), lambda: iter(chunks), 6, np.dtype(np.int32))

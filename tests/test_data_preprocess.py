@@ -1,6 +1,7 @@
 """`megarec preprocess`: Megatron-Core reads back exactly the HF tokenizer's ids (+EOD); chat loss masks line
 up with the assistant spans of the Qwen3 chat format; packing keeps every sample once within capacity;
-interrupted runs resume byte-identically; bad rows fail clearly or are skipped into a reject file."""
+interrupted runs resume byte-identically; bad rows fail clearly or are skipped into a reject file; the C++
+batch encoder (added tokens, ASCII byte-level BPE) gives exactly the Rust tokenizer's ids."""
 from __future__ import annotations
 
 import json
@@ -225,6 +226,7 @@ def test_small_vocab_uses_uint16_and_workers_agree(tmp_path):
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(TEXTS * 3, trainers.WordLevelTrainer(special_tokens=["[UNK]", "</s>"]))
+    tok.enable_truncation(max_length=4)   # saved in tokenizer.json; documents must still come out whole
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="[UNK]").save_pretrained(tmp_path / "tok")
     src = write_jsonl(str(tmp_path / "a.jsonl"), [{"text": t} for t in TEXTS * 5])
     run_preprocess(_opts([src], str(tmp_path / "tok"), tmp_path / "one", shard_rows=4))
@@ -234,3 +236,73 @@ def test_small_vocab_uses_uint16_and_workers_agree(tmp_path):
 
     ds = IndexedDataset(str(tmp_path / "one_text_document"))
     assert ds.index.dtype == np.uint16 and ds[0][-1] == tok.token_to_id("</s>")    # EOD = eos when no <|endoftext|>
+    tok.no_truncation()
+    assert [ds[i].tolist() for i in range(2)] == [tok.encode(t).ids + [tok.token_to_id("</s>")] for t in TEXTS[:2]]
+    assert len(ds[1]) > 5
+    from megarec.data.hf_tokenizer import FastTokenizer
+
+    assert not FastTokenizer(str(tmp_path / "tok")).text_encoder().has_bpe          # WordLevel: Rust does the text
+
+
+def _fuzz_texts(seed: int, n: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    pools = [[chr(c) for c in range(0x20, 0x7F)] + ["\t", "\n", "\r"], list(" \t\n\r'sSrReEvVlLtTmMdD"),
+             list("aaab 0123456789.,!?\n"), list(" \t\n\r'sSaxZ09.,!-_<>|") + [
+                 "<|im_start|>", "<|im_end|>", "<s_a_1>", "<s_b_15>", "<|sid_begin|>", "<|sid_end|>", "<s_a_16>",
+                 "'re", "\r\n", "é", "中", "\x0b", "\x0c", "\x1c", "\x00", "\x7f", "ſ", "K", "e\u0301"]]
+    out = []
+    for _ in range(n):
+        pool = rng.choice(pools)
+        out.append("".join(rng.choice(pool) for _ in range(rng.choice([1, 2, 5, 20, 80]))))
+    return out + ["x" * 3000, "ab" * 1000, " " * 500 + "a", "\n" * 300, "1" * 200, "=" * 400 + "\n\n", *TEXTS]
+
+
+@pytest.mark.parametrize("which", ["itemic", "qwen3"])
+def test_cpp_encoder_gives_the_rust_tokenizer_ids(which, tok_dir, qwen3_tokenizer_dir):
+    """The C++ encoder (added-token split + ASCII byte-level BPE, non-ASCII chunks left to Rust) on random
+    strings built from the pre-tokenizer's tricky characters, contractions, added tokens and non-ASCII."""
+    from megarec.data.hf_tokenizer import FastTokenizer
+
+    tok = FastTokenizer(tok_dir if which == "itemic" else qwen3_tokenizer_dir)
+    enc = tok.text_encoder()
+    assert enc.has_bpe   # Qwen3 layout; the itemic copy's tokens were added with normalized=True
+    texts = _fuzz_texts(0, 3000)
+    plan, holes = enc.plan(texts, np.ones(len(texts), dtype=np.int64))
+    hole_ids = [e.ids for e in tok.backend.encode_batch_fast(holes, add_special_tokens=False)]
+    ids, lengths = plan.fill(hole_ids, -1)
+    expected = [e.ids for e in tok.backend.encode_batch_fast(texts, add_special_tokens=False)]
+    got = [x.tolist() for x in np.split(ids, np.cumsum(lengths)[:-1])]
+    assert got == expected
+    assert 0 < len(holes) < len(texts) // 2 and sum(map(len, expected)) > 40000
+    # pure ASCII texts never reach the Rust tokenizer
+    allowed = {chr(c) for c in range(0x20, 0x7F)} | set("\t\n\r")
+    ascii_only = [t for t in texts if set(t) <= allowed]
+    assert len(ascii_only) > 1500 and enc.plan(ascii_only, np.ones(len(ascii_only), dtype=np.int64))[1] == []
+
+
+def test_fast_encoder_modes_and_batch_size_do_not_change_bytes(tmp_path, tok_dir, monkeypatch):
+    """Default (C++ BPE), MEGAREC_FAST_ENCODER=split (added tokens only) and =0 (Rust for everything), and
+    batches of one row instead of 512, all write the same bytes."""
+    import megarec.data.preprocess as pp
+    from megarec.data.hf_tokenizer import FAST_ENCODER_ENV
+
+    seg_rows = [{"segments": [{"type": "text", "text": f"{t} liked "}, {"type": "itemic", "codes": [[1, 2, 3]]},
+                              {"type": "text", "text": "<|sid_begin|><s_a_4><s_b_5><s_c_6><|sid_end|> next"}]}
+                for t in TEXTS]
+    inputs = {"text": [{"text": t} for t in TEXTS + _fuzz_texts(1, 40) if t.strip()],
+              "segments": seg_rows, "messages": [{"messages": m} for m in CHATS]}
+    runs = {}
+    for mode in ("1", "split", "0", "batch1"):
+        monkeypatch.setenv(FAST_ENCODER_ENV, "1" if mode == "batch1" else mode)
+        if mode == "batch1":
+            monkeypatch.setattr(pp, "ENCODE_BATCH", 1)
+        for kind, rows in inputs.items():
+            src = write_jsonl(str(tmp_path / f"{kind}.jsonl"), rows)
+            run_preprocess(_opts([src], tok_dir, tmp_path / f"{mode}_{kind}", kind=kind, shard_rows=7))
+            runs[mode, kind] = _bytes(tmp_path / f"{mode}_{kind}_text_document")
+            if kind == "messages":
+                runs[mode, "mask"] = _bytes(tmp_path / f"{mode}_{kind}_loss_mask_document")
+    for key in ("text", "segments", "messages", "mask"):
+        assert runs["1", key] == runs["split", key] == runs["0", key] == runs["batch1", key], key

@@ -11,6 +11,10 @@ Kinds of rows:
             including the end token (Qwen3: "<|im_start|>assistant\\n" ... "<|im_end|>").
 Every document ends with the EOD id (`<|endoftext|>` if the vocabulary has it, else the eos id).
 Bad rows are returned as rejects (row, reason), never silently dropped.
+
+A batch is encoded by the C++ `TextEncoder` (see hf_tokenizer.py): added tokens such as itemic tokens become
+ids without passing through the Rust tokenizer, ASCII text of a Qwen2/3-style byte-level BPE is encoded in
+C++, and only the remaining text (e.g. non-ASCII) goes to `encode_batch_fast` — the ids are the same.
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ class DocumentEncoder:
         self.vocab_size = self.tok.vocab_size
         self.eod = self.tok.eod
         self.prefix, self.suffix = self._special_wrapping()
+        self.fast = self.tok.text_encoder()
         self.itemic = None
         itemic = itemic or (os.path.join(tokenizer_dir, "itemic.json")
                             if os.path.isfile(os.path.join(tokenizer_dir, "itemic.json")) else None)
@@ -179,40 +184,40 @@ class DocumentEncoder:
 
     # --- batch ---------------------------------------------------------------------------------------------
 
+    def _token_ids(self, pieces: list, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Documents of pieces (str to tokenise, or ids) → (ids int32, lengths int32), EOD appended."""
+        from megarec import _cpp
+
+        if self.fast is not None:
+            plan, holes = self.fast.plan(pieces, counts)
+            hole_ids = [e.ids for e in self.backend.encode_batch_fast(holes, add_special_tokens=False)] if holes else []
+            return plan.fill(hole_ids, self.eod)
+        slots = [k for k, p in enumerate(pieces) if isinstance(p, str)]
+        if slots:
+            encs = self.backend.encode_batch_fast([pieces[k] for k in slots], add_special_tokens=False)
+            for k, enc in zip(slots, encs):
+                pieces[k] = enc.ids
+        return _cpp.concat_documents(pieces, counts, self.eod)
+
     def encode(self, rows: list[tuple[int, Any]]) -> EncodedBatch:
+        from megarec import _cpp
+
         pieces: list = []
         counts: list[int] = []
         turns: list[int] = []
         kept_rows: list[int] = []
         rejects: list[tuple[int, str]] = []
-        texts: list[str] = []
-        text_slots: list[int] = []
         for row, rec in rows:
             try:
                 doc, n_turns = self._pieces(rec)
             except ValueError as e:
                 rejects.append((row, str(e)))
                 continue
-            n = 0
-            for p in doc:
-                if isinstance(p, str):
-                    if not p:
-                        continue
-                    text_slots.append(len(pieces))
-                    texts.append(p)
-                    pieces.append(None)
-                else:
-                    pieces.append(p)
-                n += 1
-            counts.append(n)
+            pieces.extend(doc)
+            counts.append(len(doc))
             turns.append(n_turns)
             kept_rows.append(row)
-        if texts:
-            for slot, enc in zip(text_slots, self.backend.encode_batch_fast(texts, add_special_tokens=False)):
-                pieces[slot] = enc.ids
-        from megarec import _cpp
-
-        ids, lengths = _cpp.concat_documents(pieces, np.asarray(counts, dtype=np.int64), self.eod)
+        ids, lengths = self._token_ids(pieces, np.asarray(counts, dtype=np.int64))
         mask = None
         keep = np.ones(len(kept_rows), dtype=bool)
         if self.kind == "messages" and len(kept_rows):

@@ -51,6 +51,9 @@ class FastTokenizer:
             raise ConfigError(f"--tokenizer {path}: no tokenizer.json (a fast tokenizer is required)")
         self.path = path
         self.backend = Tokenizer.from_file(tj)
+        # whole documents, as `tokenizer(text)` gives them: truncation/padding saved in tokenizer.json are off
+        self.backend.no_truncation()
+        self.backend.no_padding()
         config = _read_json(os.path.join(path, "tokenizer_config.json"))
         special = _read_json(os.path.join(path, "special_tokens_map.json"))
         self.special_tokens = {k: _content(config.get(k, special.get(k)))
@@ -87,10 +90,12 @@ class FastTokenizer:
         mode = os.environ.get(FAST_ENCODER_ENV, "1")
         if mode == "0" or getattr(self.backend, "encode_special_tokens", False):
             return None
-        added, normalized = [], False
+        added, normalized, plain_normalized = [], [], True
         for token_id, tok in sorted(self.backend.get_added_tokens_decoder().items()):
             if tok.normalized:
-                normalized = True
+                plain_normalized &= not (tok.lstrip or tok.rstrip or tok.single_word)
+                if tok.content.isascii() and tok.content:  # non-ASCII ones never match inside ASCII text
+                    normalized.append((tok.content.encode("utf-8"), int(token_id)))
                 continue
             if tok.lstrip or tok.rstrip or tok.single_word:
                 return None
@@ -98,7 +103,12 @@ class FastTokenizer:
                 added.append((tok.content.encode("utf-8"), int(token_id)))
         from megarec import _cpp
 
-        bpe = None if mode == "split" or normalized else self._byte_bpe_spec()
+        try:
+            bpe = None if mode == "split" or not plain_normalized else self._byte_bpe_spec()
+        except (ValueError, TypeError, KeyError, AttributeError):  # an unexpected tokenizer.json layout
+            bpe = None
+        if bpe is not None:
+            bpe["normalized_added"] = normalized
         return _cpp.TextEncoder(added, bpe)
 
     def _byte_bpe_spec(self) -> Optional[dict]:

@@ -5,6 +5,8 @@ writes `P_text_document` and, for chat data, `P_loss_mask_document` (uint8, iden
 """
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import numpy as np
 
 from megarec.data.io import atomic_open
@@ -45,6 +47,39 @@ def index_bytes(lengths: np.ndarray, document_indices: np.ndarray, dtype: np.dty
 
     return _cpp.build_index(np.ascontiguousarray(lengths, dtype=np.int32),
                             np.ascontiguousarray(document_indices, dtype=np.int64), DTYPE_CODES[np.dtype(dtype)])
+
+
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+STREAM_CHUNK = 1 << 20
+
+
+def write_index_stream(f, length_chunks: Callable[[], Iterable[np.ndarray]], n: int, dtype: np.dtype) -> None:
+    """Write the .idx of `n` sequences, one document each, to the binary file `f` without holding all lengths:
+    `length_chunks()` yields the lengths in order (it is called twice: lengths, then byte pointers). Same bytes
+    as `index_bytes(lengths, arange(n + 1), dtype)`."""
+    import struct
+
+    f.write(INDEX_MAGIC + struct.pack("<QBQQ", 1, DTYPE_CODES[np.dtype(dtype)], n, n + 1))
+    seen = 0
+    for lens in length_chunks():
+        if lens.size and int(lens.min()) < 0:
+            raise ValueError(f"sequence {seen + int(np.argmax(lens < 0))} has negative length")
+        f.write(np.ascontiguousarray(lens, dtype="<i4").tobytes())
+        seen += lens.size
+    if seen != n:
+        raise ValueError(f"expected {n} sequence lengths, got {seen}")
+    pointer = 0
+    for lens in length_chunks():
+        sizes = lens.astype(np.int64) * np.dtype(dtype).itemsize
+        starts = np.empty(lens.size, dtype="<i8")
+        if lens.size:
+            starts[0] = pointer
+            np.cumsum(sizes[:-1], out=starts[1:])
+            starts[1:] += pointer
+            pointer += int(sizes.sum())
+        f.write(starts.tobytes())
+    for a in range(0, n + 1, STREAM_CHUNK):
+        f.write(np.arange(a, min(n + 1, a + STREAM_CHUNK), dtype="<i8").tobytes())
 
 
 def write_index(path: str, lengths: np.ndarray, document_indices: np.ndarray, dtype: np.dtype) -> None:

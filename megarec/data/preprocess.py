@@ -1,12 +1,15 @@
 """`megarec preprocess`: JSONL/parquet samples → Megatron-Core indexed dataset(s), in parallel, resumably.
 
-1. Plan shards (row ranges of the inputs). Worker processes each load the fast tokenizer once, read their
-   shard themselves, batch-encode it and write the shard's tokens / lengths / loss mask / rejects into
-   `P.parts/` (atomically; a `.done.json` marker last). Tokens never travel back through a pipe.
+1. Plan shards (row ranges of the inputs). Worker processes each load the fast tokenizer once, stream their
+   shard themselves, encode it 512 rows at a time (C++ `TextEncoder` + Rust tokenizer, see encoder.py) and
+   append each batch's tokens / lengths / loss mask to the shard's files in `P.parts/` (made visible
+   atomically; rejects, then a `.done.json` marker last). Tokens never travel back through a pipe, and
+   memory does not grow with the shard or the input.
 2. A re-run with the same inputs and options skips shards that are done (interrupted runs resume; the
    result is byte-identical to an uninterrupted run). Other leftovers in `P.parts/` are discarded.
-3. Merge: concatenate shards in input order, or with --pack place samples into packs of <= S tokens by
-   best-fit-decreasing (C++); build the .idx (C++); write `P_text_document.{bin,idx}`, for chat data
+3. Merge: concatenate shards in input order and stream the .idx shard by shard, or with --pack place samples
+   into packs of <= S tokens by best-fit-decreasing (C++; needs all lengths) and build the .idx (C++);
+   write `P_text_document.{bin,idx}`, for chat data
    `P_loss_mask_document.{bin,idx}`, `P.preprocess.json` (summary) and, with --on-error skip,
    `P.rejects.jsonl` — each via a temporary name and os.replace. Then `P.parts/` is removed.
 
@@ -30,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from megarec.data.encoder import DocumentEncoder, detect_kind
-from megarec.data.indexed import index_bytes, loss_mask_prefix, text_prefix, token_dtype
+from megarec.data.indexed import index_bytes, loss_mask_prefix, text_prefix, token_dtype, write_index_stream
 from megarec.data.io import atomic_open, temp_path, write_json
 from megarec.data.shards import Shard, plan_shards, read_shard
 from megarec.errors import ConfigError, DataError
@@ -103,48 +106,47 @@ def _shard_file(parts: str, index: int, ext: str) -> str:
 
 
 def _process_shard(task: tuple[Shard, str, str, str]) -> dict:
-    """Encode one shard into parts/ (tokens, lens, mask, rejects, then the done marker); returns stats."""
+    """Encode one shard into parts/ (tokens, lens, mask, rejects, then the done marker); returns stats.
+    Each batch is written as soon as it is encoded, so a worker's memory does not grow with the shard."""
     shard, parts, dtype_name, on_error = task
     enc = _ENCODER
     dtype = np.dtype(dtype_name)
-    ids_out, lens_out, mask_out, rejects = [], [], [], []
-    batch: list = []
+    top = np.iinfo(dtype).max
+    rejects: list = []
+    documents = tokens = 0
+    with contextlib.ExitStack() as files:
+        out = {ext: files.enter_context(atomic_open(_shard_file(parts, shard.index, ext), "wb"))
+               for ext in ("tokens", "lens") + (("mask",) if enc.kind == "messages" else ())}
+        batch: list = []
 
-    def flush():
-        if not batch:
-            return
-        res = enc.encode(batch)
-        if res.rejects and on_error == "fail":
-            row, reason = res.rejects[0]
-            raise DataError(f"{shard.path}: row {row}: {reason}")
-        rejects.extend(res.rejects)
-        ids_out.append(res.ids)
-        lens_out.append(res.lengths)
-        if res.mask is not None:
-            mask_out.append(res.mask)
-        batch.clear()
+        def flush():
+            nonlocal documents, tokens
+            if not batch:
+                return
+            res = enc.encode(batch)
+            batch.clear()
+            if res.rejects and on_error == "fail":
+                row, reason = res.rejects[0]
+                raise DataError(f"{shard.path}: row {row}: {reason}")
+            rejects.extend(res.rejects)
+            if res.ids.size and int(res.ids.max()) > top:
+                raise DataError(f"{shard.path}: token id {int(res.ids.max())} does not fit {dtype_name}")
+            out["tokens"].write(res.ids.astype(dtype, copy=False).tobytes())
+            out["lens"].write(res.lengths.astype(np.int32, copy=False).tobytes())
+            if "mask" in out:
+                out["mask"].write(res.mask.tobytes() if res.mask is not None else b"")
+            documents += int(res.lengths.size)
+            tokens += int(res.ids.size)
 
-    for row, rec in read_shard(shard):
-        batch.append((row, rec))
-        if len(batch) >= ENCODE_BATCH:
-            flush()
-    flush()
-    ids = np.concatenate(ids_out) if ids_out else np.zeros(0, np.int32)
-    lens = np.concatenate(lens_out) if lens_out else np.zeros(0, np.int32)
-    if ids.size and int(ids.max()) > np.iinfo(dtype).max:
-        raise DataError(f"{shard.path}: token id {int(ids.max())} does not fit {dtype_name}")
-    with atomic_open(_shard_file(parts, shard.index, "tokens"), "wb") as f:
-        f.write(ids.astype(dtype, copy=False).tobytes())
-    with atomic_open(_shard_file(parts, shard.index, "lens"), "wb") as f:
-        f.write(lens.astype(np.int32, copy=False).tobytes())
-    if enc.kind == "messages":
-        mask = np.concatenate(mask_out) if mask_out else np.zeros(0, np.uint8)
-        with atomic_open(_shard_file(parts, shard.index, "mask"), "wb") as f:
-            f.write(mask.tobytes())
+        for row, rec in read_shard(shard):
+            batch.append((row, rec))
+            if len(batch) >= ENCODE_BATCH:
+                flush()
+        flush()
     with atomic_open(_shard_file(parts, shard.index, "rejects.jsonl"), "w", encoding="utf-8") as f:
         for row, reason in rejects:
             f.write(json.dumps({"file": shard.path, "row": row, "reason": reason}, ensure_ascii=False) + "\n")
-    stats = {"index": shard.index, "rows": shard.rows, "documents": int(lens.size), "tokens": int(ids.size),
+    stats = {"index": shard.index, "rows": shard.rows, "documents": documents, "tokens": tokens,
              "rejected": len(rejects), "reasons": dict(Counter(_reason_key(r) for _, r in rejects))}
     write_json(_shard_file(parts, shard.index, "done.json"), stats)
     return stats
@@ -290,10 +292,8 @@ def _run_shards(opts: PreprocessOptions, todo: list[Shard], parts: str, dtype: n
 
 def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[dict], parts: str,
            dtype: np.dtype, result: PreprocessResult) -> None:
-    lengths = np.concatenate([np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32) for s in shards]) \
-        if shards else np.zeros(0, np.int32)
-    result.documents = int(lengths.size)
-    result.tokens = int(lengths.sum(dtype=np.int64))
+    result.documents = sum(st["documents"] for st in stats)
+    result.tokens = sum(st["tokens"] for st in stats)
     result.rejected = sum(st["rejected"] for st in stats)
     reasons = Counter()
     for st in stats:
@@ -304,9 +304,11 @@ def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[
         streams.append(("mask", np.dtype(np.uint8), loss_mask_prefix(opts.output_prefix)))
     staged: list[tuple[str, str]] = []
     try:
-        if opts.pack:
+        if opts.pack:  # packing needs every sample length at once (4 bytes per sample)
             from megarec import _cpp
 
+            lengths = np.concatenate([np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32)
+                                      for s in shards]) if shards else np.zeros(0, np.int32)
             try:
                 order, offsets = _cpp.best_fit_pack(lengths.astype(np.int64), int(opts.seq_length))
             except ValueError as e:
@@ -315,7 +317,6 @@ def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[
             seq_lengths, doc_indices = lengths[order], offsets
         else:
             order = None
-            seq_lengths, doc_indices = lengths, np.arange(lengths.size + 1, dtype=np.int64)
         for ext, dt, prefix in streams:
             tmp_bin = temp_path(prefix + ".bin")
             staged.append((tmp_bin, prefix + ".bin"))
@@ -329,7 +330,11 @@ def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[
             tmp_idx = temp_path(prefix + ".idx")
             staged.append((tmp_idx, prefix + ".idx"))
             with open(tmp_idx, "wb") as f:
-                f.write(index_bytes(seq_lengths, doc_indices, dt))
+                if order is None:  # one document per sample: streamed shard by shard
+                    write_index_stream(f, lambda: (np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32)
+                                                   for s in shards), result.documents, dt)
+                else:
+                    f.write(index_bytes(seq_lengths, doc_indices, dt))
         if opts.on_error == "skip":
             tmp_rej = temp_path(opts.output_prefix + ".rejects.jsonl")
             staged.append((tmp_rej, opts.output_prefix + ".rejects.jsonl"))

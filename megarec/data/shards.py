@@ -96,17 +96,21 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, Any]]:
     if shard.fmt != "jsonl":
         yield from iter_rows(shard.path, start=shard.start_row, stop=shard.stop_row)
         return
-    with open(shard.path, "rb") as f:
+    with open(shard.path, "rb") as f:  # streamed line by line: memory does not grow with the shard
         f.seek(shard.byte_start)
-        data = f.read(shard.byte_end - shard.byte_start)
-    for k, line in enumerate(data.split(b"\n")):
-        row = shard.start_row + k + 1
-        if row > shard.stop_row:
-            break
-        if not line.strip():
-            continue
-        try:
-            yield row, json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            msg = getattr(e, "msg", "not UTF-8")
-            yield row, DataError(f"{shard.path}: row {row}: invalid JSON ({msg})")
+        remaining = shard.byte_end - shard.byte_start
+        row = shard.start_row
+        for line in f:
+            if remaining <= 0:
+                break
+            remaining -= len(line)
+            row += 1
+            if row > shard.stop_row:
+                break
+            if not line.strip():
+                continue
+            try:
+                yield row, json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                msg = getattr(e, "msg", "not UTF-8")
+                yield row, DataError(f"{shard.path}: row {row}: invalid JSON ({msg})")
