@@ -247,6 +247,25 @@ def test_pretrain_engine_loads_converted_checkpoint_and_exports_back(hf, mcore, 
     assert os.path.isfile(out / "itemic.json") and os.path.isfile(out / "tokenizer.json")
 
 
+@pytest.mark.slow
+def test_weights_only_checkpoint_as_load_keeps_its_weights_in_bf16(hf, mcore, tmp_path):
+    """checkpoint.load on a conversion output (no optimizer state) in bf16: the optimizer's fp32 main copies
+    come from the loaded weights, not the random init. With a learning rate of 0 the saved weights are the
+    converted ones, bit for bit."""
+    from megarec.convert.exporter import mcore_to_hf
+
+    save = tmp_path / "ckpt"
+    proc = ok(run_cli(["pretrain", f"model.hf_config={hf['tied']}", f"checkpoint.load={mcore['tied']}",
+                       "model.precision=bf16", "data.mock=true", "train.train_iters=1", "train.seq_length=32",
+                       "train.micro_batch_size=1", "train.global_batch_size=2", "optimizer.lr=0", "optimizer.min_lr=0",
+                       f"checkpoint.save={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
+                       "logging.wandb_mode=disabled"], timeout=300))
+    assert "holds weights only (no optimizer state)" in proc.stdout
+    out = tmp_path / "hf"
+    mcore_to_hf(str(save), str(out))
+    assert_bit_exact(hf["tied"], out)
+
+
 # ---------------------------------------------------------------- refusals
 
 

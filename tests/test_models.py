@@ -69,12 +69,21 @@ def test_vocab_padding_rule(vocab, div, tp, expected):
     (ParallelConfig(tensor_model_parallel_size=3), "num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
     (ParallelConfig(pipeline_model_parallel_size=4), "num_layers=2 is not divisible"),
     (ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True), "sequence_parallel needs the Transformer Engine"),
-    (ParallelConfig(context_parallel_size=2), "context_parallel_size > 1 needs the Transformer Engine"),
     (ParallelConfig(virtual_pipeline_model_parallel_size=2), "needs pipeline_model_parallel_size > 1"),
 ])
 def test_layout_rejections(parallel, message):
     with pytest.raises(ConfigError, match=message):
         validate_layout(get_preset("qwen3-tiny"), parallel, "local", world_size=4)
+
+
+def test_context_parallel_needs_te_or_sdpa_attention():
+    """CP runs TE's ring attention on GPUs; without TE the local spec's SDPA attention gathers K/V over the CP
+    group. Megatron's unfused attention has no CP path."""
+    validate_layout(get_preset("qwen3-tiny"), ParallelConfig(context_parallel_size=2), "local", world_size=4,
+                    local_attention="sdpa")
+    with pytest.raises(ConfigError, match="context_parallel_size > 1 needs the Transformer Engine"):
+        validate_layout(get_preset("qwen3-tiny"), ParallelConfig(context_parallel_size=2), "local", world_size=4,
+                        local_attention="unfused")
 
 
 def test_world_size_must_fit_layout():
@@ -93,7 +102,8 @@ def test_transformer_impl_choice():
 
 
 def test_gpu_fp8_plumbing():
-    """What the 8B/32K H100 recipe hands to TransformerConfig (checked without a GPU)."""
+    """What an 8B/32K H100 layout with FP8 and selective recompute hands to TransformerConfig (checked without
+    a GPU)."""
     arch = get_preset("qwen3-8b")
     model = ModelConfig(preset="qwen3-8b", precision="auto", transformer_impl="transformer_engine", fp8="hybrid",
                         recompute_activations=True)
@@ -104,7 +114,7 @@ def test_gpu_fp8_plumbing():
     assert kw["fp8_recipe"] == "delayed"
     assert kw["bf16"] and kw["params_dtype"] == torch.bfloat16
     assert kw["sequence_parallel"] and kw["context_parallel_size"] == 2 and kw["tensor_model_parallel_size"] == 4
-    assert kw["gradient_accumulation_fusion"] and kw["apply_rope_fusion"] and kw["batch_p2p_comm"]
+    assert kw["apply_rope_fusion"] and kw["batch_p2p_comm"]
     assert not kw["use_cpu_initialization"] and kw["recompute_granularity"] == "selective"
     assert kw["kv_channels"] == 128 and kw["num_query_groups"] == 8 and kw["calculate_per_token_loss"]
     with pytest.raises(ConfigError, match="model.fp8 needs the Transformer Engine"):
@@ -120,3 +130,44 @@ def test_cpu_plumbing_builds_a_real_transformer_config():
     assert not any(kw[k] for k in ("bias_activation_fusion", "masked_softmax_fusion", "gradient_accumulation_fusion"))
     cfg = TransformerConfig(**kw)
     assert cfg.kv_channels == 16 and cfg.qk_layernorm and cfg.gated_linear_unit and not cfg.add_bias_linear
+
+
+@pytest.mark.parametrize("kernel_present", [False, True])
+def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_present):
+    """With TE, gradient_accumulation_fusion is on only when apex's fused wgrad kernel imports: Megatron's own
+    output layer (ColumnParallelLinear, also under the TE spec) refuses to build without it."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from megarec.models import qwen3
+    from megarec.training.distributed import init_distributed
+
+    monkeypatch.setattr(qwen3, "fused_wgrad_kernel_available", lambda: kernel_present)
+    arch = PRESETS["qwen3-tiny"]
+    kw = transformer_config_kwargs(arch, ModelConfig(), ParallelConfig(), "transformer_engine", on_gpu=True)
+    assert kw["gradient_accumulation_fusion"] is kernel_present
+    if kernel_present:
+        return  # the kernel really is absent here: nothing to build
+    init_distributed(ParallelConfig(), seed=0)
+    # Megatron's output layer, built here on the CPU with the fusion flag the GPU config carries.
+    cpu = transformer_config_kwargs(arch, ModelConfig(), ParallelConfig(), "local", on_gpu=False)
+    cfg = TransformerConfig(**{**cpu, "gradient_accumulation_fusion": kw["gradient_accumulation_fusion"]})
+    layer = ColumnParallelLinear(arch.hidden_size, 64, config=cfg, init_method=cfg.init_method, bias=False)
+    assert layer.weight.shape == (64, arch.hidden_size)
+    with pytest.raises(RuntimeError, match="fused_weight_gradient_mlp_cuda"):  # what always-on fusion did
+        ColumnParallelLinear(arch.hidden_size, 64, config=TransformerConfig(**{**cpu, "gradient_accumulation_fusion": True}),
+                             init_method=cfg.init_method, bias=False)
+
+
+def test_flops_per_token_counts_causal_attention_as_megatron_lm():
+    """Megatron-LM's num_floating_point_operations for a dense GQA SwiGLU model, per token: 6 × (h·(q+2kv)·d +
+    q·d·S/2·2 + q·d·h) + 18·h·f per layer, plus 6·h·V for the logits."""
+    from megarec.training.metrics import flops_per_token
+
+    arch = get_preset("qwen3-8b")
+    h, d, q, kv, f, n, s, v = 4096, 128, 32, 8, 12288, 36, 32768, 176384
+    per_layer = 6 * (h * (q + 2 * kv) * d + q * d * s + q * d * h) + 18 * h * f
+    expected = n * per_layer + 6 * h * v
+    assert flops_per_token(arch, s, v) == expected
+    # Causal attention is half of S² : full-square counting would add n · 6 · q·d·S more.
+    assert flops_per_token(arch, 2 * s, v) - flops_per_token(arch, s, v) == n * 6 * q * d * s

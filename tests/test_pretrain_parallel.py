@@ -86,6 +86,10 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline_model_parallel_size=2"]),
     "tp2pp2": (4, ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"]),
     "dp2_distopt": (2, ["parallel.use_distributed_optimizer=true"]),
+    "dp2_distopt_overlap": (2, ["parallel.use_distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                "parallel.overlap_param_gather=true"]),
+    # Without Transformer Engine, CP runs the local spec's all-gather attention on the same batch slices.
+    "cp2": (2, ["parallel.context_parallel_size=2"]),
 }
 
 
@@ -240,3 +244,86 @@ def test_divergence_stops_with_clear_error(corpus, reference, tmp_path):
     err = [line for line in proc.stderr.splitlines() if "megarec pretrain: error:" in line]
     assert len(err) == 1 and ("loss is nan" in err[0] or "gradient norm is" in err[0] or "loss is inf" in err[0])
     assert not os.path.exists(tmp_path / "ckpt" / "latest_checkpointed_iteration.txt")
+
+
+def _recipe_parallel_keys(recipe: str) -> dict:
+    import yaml
+
+    with open(os.path.join(REPO, recipe)) as f:
+        return yaml.safe_load(f)["parallel"]
+
+
+def test_h100_recipe_options_run_on_cpu(corpus, reference, tmp_path):
+    """The 8B H100 recipe's data-parallel and context-parallel keys, read from the recipe itself (distributed
+    optimizer, both overlaps, CP=2), on the tiny model at CP=2 × DP=2: the loss curve equals TP=1 through a
+    stop and resume. TP=4 and sequence parallel need the 8B's heads and Transformer Engine (GPU check)."""
+    keys = _recipe_parallel_keys("configs/models/qwen3_8b_h100.yaml")
+    assert keys["use_distributed_optimizer"] and keys["overlap_grad_reduce"] and keys["overlap_param_gather"]
+    cpu_keys = [f"parallel.{k}={str(v).lower()}" for k, v in keys.items()
+                if k in ("use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather",
+                         "context_parallel_size")]
+    assert "parallel.context_parallel_size=2" in cpu_keys
+    save = str(tmp_path / "ckpt")
+    args = ["pretrain", *COMMON, *corpus["data"], *cpu_keys, f"checkpoint.init_from={reference['init']}",
+            f"checkpoint.save={save}"]
+    ok(run_cli([*args, "train.exit_interval=4", f"logging.run_dir={tmp_path / 'a'}"], nproc=4))
+    proc = ok(run_cli([*args, f"logging.run_dir={tmp_path / 'b'}"], nproc=4))
+    assert "resumed from" in proc.stdout and "at iteration 4" in proc.stdout
+    np.testing.assert_allclose(losses(str(tmp_path / "a")) + losses(str(tmp_path / "b")), reference["losses"],
+                               rtol=0, atol=1e-5)
+
+
+def test_overlapped_param_gather_saves_current_weights(corpus, reference, tmp_path):
+    """With the distributed optimizer, overlap_param_gather defers the all-gather of updated weights to the
+    next forward: a save must sync first, or each rank writes stale halves. Same weights as without overlap."""
+    from megarec.training.checkpointing import read_full_tensors
+
+    saved = {}
+    for name, extra in {"plain": [], "overlap": ["parallel.overlap_grad_reduce=true",
+                                                 "parallel.overlap_param_gather=true"]}.items():
+        saved[name] = str(tmp_path / name)
+        ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=3", "parallel.use_distributed_optimizer=true",
+                    *extra, f"checkpoint.init_from={reference['init']}", f"checkpoint.save={saved[name]}",
+                    f"logging.run_dir={tmp_path / (name + '_run')}"], nproc=2))
+    plain, overlap = read_full_tensors(saved["plain"]), read_full_tensors(saved["overlap"])
+    start = read_full_tensors(reference["init"])
+    assert plain.keys() == overlap.keys()
+    for name in plain:
+        assert not torch.equal(plain[name], start[name]), f"{name} did not train"
+        assert torch.equal(plain[name], overlap[name]), name
+
+
+def test_pipeline_stages_start_from_different_seeds(corpus, tmp_path):
+    """From scratch, pipeline stages do not start as copies of each other (seed + 100 × PP rank, as in
+    Megatron-LM). At PP=4 the two middle stages hold one layer each and nothing else, so with one shared seed
+    they would draw identical weights."""
+    from megarec.training.checkpointing import read_full_tensors
+
+    save = str(tmp_path / "init")
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "model.num_layers=4", "train.train_iters=0",
+                "parallel.pipeline_model_parallel_size=4", f"checkpoint.save={save}",
+                f"logging.run_dir={tmp_path / 'run'}"], nproc=4))
+    tensors = read_full_tensors(save)
+    for name in ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight"):
+        stacked = tensors[f"decoder.layers.{name}"]
+        assert stacked.shape[0] == 4 and not torch.equal(stacked[1], stacked[2]), name
+        # same init distribution, other draws
+        assert float(stacked[1].std()) == pytest.approx(float(stacked[2].std()), rel=0.1)
+
+
+def test_step_time_excludes_evaluation_and_saving(corpus, reference, tmp_path):
+    """step_time_s (and tokens/s, MFU from it) times the training step only: evaluation and checkpoint writes,
+    logged with their own durations, do not land in the next step's time."""
+    run_dir = str(tmp_path / "run")
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=4", "train.eval_interval=1",
+                "train.eval_iters=12", "checkpoint.save_interval=1", f"checkpoint.save={tmp_path / 'ckpt'}",
+                f"checkpoint.init_from={reference['init']}", f"logging.run_dir={run_dir}"]))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = [r["step_time_s"] for r in records if "loss" in r]
+    evals = [r["eval_time_s"] for r in records if "valid_loss" in r]
+    saves = [r["save_time_s"] for r in records if "save_time_s" in r]
+    assert len(steps) == len(evals) == 4 and len(saves) == 4
+    # An evaluation is 12 forward passes of a global batch, a step one forward + backward: steps 2-4 would
+    # include the previous evaluation and save if the clock ran through them.
+    assert max(steps[1:]) < min(evals)

@@ -2,6 +2,7 @@
 GPTModel chunks of this pipeline rank."""
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
@@ -38,7 +39,7 @@ def resolve_precision(requested: str) -> torch.dtype:
 
 
 def validate_layout(arch: Qwen3Arch, parallel: ParallelConfig, impl: str, world_size: int | None = None,
-                    fp8: str | None = None) -> None:
+                    fp8: str | None = None, local_attention: str = "sdpa") -> None:
     """Reject layouts Megatron-Core cannot run, with one clear sentence each."""
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     vp, cp = parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size
@@ -68,13 +69,18 @@ def validate_layout(arch: Qwen3Arch, parallel: ParallelConfig, impl: str, world_
                           "transformer_engine); the local spec does not support it")
     if parallel.sequence_parallel and tp < 2:
         raise ConfigError("sequence_parallel needs tensor_model_parallel_size > 1")
-    if cp > 1 and impl != "transformer_engine":
-        raise ConfigError("context_parallel_size > 1 needs the Transformer Engine layer spec (CUDA + "
-                          "transformer_engine)")
+    if cp > 1 and impl != "transformer_engine" and local_attention != "sdpa":
+        raise ConfigError("context_parallel_size > 1 needs the Transformer Engine layer spec (ring attention) "
+                          "or model.local_attention=sdpa (all-gather attention, the fallback without TE)")
     if fp8 and impl != "transformer_engine":
         raise ConfigError("model.fp8 needs the Transformer Engine layer spec on a CUDA GPU")
     if world_size is not None and world_size % parallel.model_parallel_size:
         raise ConfigError(f"world size {world_size} is not divisible by TP×PP×CP = {tp}×{pp}×{cp}")
+
+
+def fused_wgrad_kernel_available() -> bool:
+    """apex's fused weight-gradient GEMM (`fused_weight_gradient_mlp_cuda`), not installed by `.[gpu]`."""
+    return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
 
 
 def transformer_config_kwargs(arch: Qwen3Arch, model: ModelConfig, parallel: ParallelConfig, impl: str,
@@ -119,7 +125,9 @@ def transformer_config_kwargs(arch: Qwen3Arch, model: ModelConfig, parallel: Par
         masked_softmax_fusion=fused,
         apply_rope_fusion=fused,
         persist_layer_norm=fused,
-        gradient_accumulation_fusion=fused,
+        # TE's linears fuse the weight-gradient accumulation themselves, but the output layer is Megatron's
+        # own ColumnParallelLinear, which needs apex's fused_weight_gradient_mlp_cuda kernel for it.
+        gradient_accumulation_fusion=fused and fused_wgrad_kernel_available(),
         # gloo cannot run batched isend/irecv reliably for the interleaved schedule.
         batch_p2p_comm=on_gpu,
     )
@@ -162,13 +170,23 @@ def build_model_chunks(arch: Qwen3Arch, tconfig, impl: str, vocab_size_padded: i
             parallel_output=True,
             **stage_kw,
         )
+        _cast_parameters(model, tconfig.params_dtype)
         chunks.append(model)
     return chunks
+
+
+def _cast_parameters(model, dtype: torch.dtype) -> None:
+    """Every parameter in the model's dtype, as Megatron-LM's Float16Module leaves a bf16 model. The local
+    spec's torch-norm fallback (no apex) creates fp32 norm weights whatever params_dtype says; the mixed
+    precision optimizer would then track them apart and cannot checkpoint them."""
+    for param in model.parameters():
+        if param.dtype != dtype and param.is_floating_point():
+            param.data = param.data.to(dtype)
 
 
 def setup(model_cfg: ModelConfig, parallel: ParallelConfig, world_size: int | None = None):
     """Resolve (arch, impl) and validate the layout before any process group exists."""
     arch = resolve_arch(model_cfg)
     impl = resolve_transformer_impl(model_cfg.transformer_impl)
-    validate_layout(arch, parallel, impl, world_size, model_cfg.fp8)
+    validate_layout(arch, parallel, impl, world_size, model_cfg.fp8, model_cfg.local_attention)
     return arch, impl

@@ -77,7 +77,10 @@ def _model_sharded_state(chunks: list) -> dict:
     return {_model_key(i, len(chunks)): c.sharded_state_dict() for i, c in enumerate(chunks)}
 
 
-def _rng_sharded_object(replica_id: int):
+def _rng_sharded_object():
+    """RNG states as one object per (PP, TP) position. Data-parallel and context-parallel ranks of a position
+    are replicas (only replica 0 writes), as in Megatron-LM: counting CP ranks as replicas too keeps two CP
+    ranks from writing the same key."""
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
@@ -92,7 +95,7 @@ def _rng_sharded_object(replica_id: int):
     pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
     return ShardedObject("rng_state", state, (pp, tp),
                          (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
-                         replica_id=replica_id)
+                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
 
 
 def _restore_rng(state: dict) -> None:
@@ -126,7 +129,7 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     state = _model_sharded_state(chunks)
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=False, metadata=OPTIMIZER_METADATA)
-    state["rng_state"] = _rng_sharded_object(ps.get_data_parallel_rank())
+    state["rng_state"] = _rng_sharded_object()
     state.update(
         iteration=iteration,
         consumed_samples=consumed_samples,
@@ -166,6 +169,7 @@ class LoadedState:
     consumed_samples: int
     rng_restored: bool
     path: str
+    optimizer_loaded: bool = False
 
 
 def _load_model_state(chunks: list, loaded: dict) -> None:
@@ -190,8 +194,8 @@ def load_checkpoint(path: str, chunks: list, optimizer=None, scheduler=None, vp:
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=OPTIMIZER_METADATA)
     restore_rng = load_rng and same_layout
     if restore_rng:
-        state["rng_state"] = _rng_sharded_object(ps.get_data_parallel_rank())
-    loaded = dist_checkpointing.load(state, ckpt_dir)
+        state["rng_state"] = _rng_sharded_object()
+    loaded = _load_tolerating_extra_state(state, ckpt_dir)
     _load_model_state(chunks, loaded)
     if "optimizer" in state:
         optimizer.load_state_dict(loaded["optimizer"])
@@ -199,17 +203,47 @@ def load_checkpoint(path: str, chunks: list, optimizer=None, scheduler=None, vp:
         scheduler.load_state_dict(common["scheduler"])
     if restore_rng:
         _restore_rng(loaded["rng_state"])
-    return LoadedState(int(common.get("iteration", 0)), int(common.get("consumed_samples", 0)), restore_rng, ckpt_dir)
+    return LoadedState(int(common.get("iteration", 0)), int(common.get("consumed_samples", 0)), restore_rng,
+                       ckpt_dir, "optimizer" in state)
 
 
 def load_model_weights(path: str, chunks: list) -> str:
     """Only the model weights (e.g. a converted HF checkpoint as the start of stage 1)."""
-    from megatron.core import dist_checkpointing
-
     ckpt_dir = resolve_checkpoint_dir(path)
-    loaded = dist_checkpointing.load(_model_sharded_state(chunks), ckpt_dir)
+    loaded = _load_tolerating_extra_state(_model_sharded_state(chunks), ckpt_dir)
     _load_model_state(chunks, loaded)
     return ckpt_dir
+
+
+_announced_extra_state = set()
+
+
+def _load_tolerating_extra_state(sharded_state: dict, ckpt_dir: str) -> dict:
+    """dist_checkpointing.load that accepts exactly one kind of missing entry: the `_extra_state` objects
+    Transformer Engine layers add (FP8 scaling metadata), absent from checkpoints written by the local spec
+    or by `convert hf-to-mcore`. Those layers then start with fresh FP8 metadata; this is said once per
+    checkpoint. Any other missing key is an error naming it."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    # load returns (state, missing, unexpected); Megatron's "unexpected" keys are the ones requested here but
+    # absent from the checkpoint.
+    loaded, _, absent = dist_checkpointing.load(sharded_state, ckpt_dir, strict=StrictHandling.RETURN_UNEXPECTED)
+    extra = sorted(k for k in absent if k.endswith("_extra_state"))
+    other = sorted(k for k in absent if not k.endswith("_extra_state"))
+    if other:
+        raise ConfigError(f"{ckpt_dir}: checkpoint lacks {len(other)} entries the model needs, e.g. {other[:3]}")
+    if extra and ckpt_dir not in _announced_extra_state and (not dist.is_initialized() or dist.get_rank() == 0):
+        _announced_extra_state.add(ckpt_dir)
+        print(f"megarec: {ckpt_dir} has no Transformer Engine extra state for {len(extra)} modules (e.g. "
+              f"{extra[0]}); they start with fresh FP8 scaling metadata", flush=True)
+    return loaded
+
+
+def has_optimizer_state(path: str) -> bool:
+    """Whether a checkpoint (root or iteration directory) carries optimizer state, i.e. can be resumed."""
+    return "optimizer" in _saved_top_keys(resolve_checkpoint_dir(path))
 
 
 def _saved_top_keys(ckpt_dir: str) -> set[str]:

@@ -100,7 +100,10 @@ class RunLoggingConfig:
 @dataclass
 class LoggingConfig(RunLoggingConfig):
     log_interval: int = help_field(1, "Log every N steps.")
-    gpu_peak_tflops: float = help_field(989.0, "Per-GPU dense peak TFLOP/s for MFU (H100 SXM bf16 = 989).")
+    gpu_peak_tflops: float = help_field(989.0, "Per-GPU dense bf16 peak TFLOP/s, the MFU denominator without "
+                                        "FP8 (H100 SXM = 989).")
+    gpu_peak_tflops_fp8: float = help_field(1979.0, "Per-GPU dense FP8 peak TFLOP/s, the MFU denominator when "
+                                            "model.fp8 is set (H100 SXM = 1979).")
 
 
 @dataclass

@@ -60,11 +60,10 @@ def world_size_from_env() -> int:
 
 def init_distributed(parallel: ParallelConfig, seed: int) -> LaunchEnv:
     """Create the default process group (NCCL with CUDA, gloo otherwise) and Megatron's TP/PP/DP/CP
-    groups, then seed every RNG (the model-parallel tracker gives TP ranks distinct dropout streams)."""
+    groups, then seed every RNG (the model-parallel tracker gives TP ranks distinct dropout streams;
+    pipeline stages get distinct seeds, see `seed_everything`)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
     from megarec import cpu_shims
 
     launch = detect_launch_env()
@@ -87,9 +86,26 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> LaunchEnv:
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
     )
-    torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed)
+    seed_everything(seed)
     return launch
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy, torch and the model-parallel tracker as Megatron-LM does: pipeline stages get
+    seed + 100 × PP rank, so a from-scratch model's stages do not start as copies of each other (its
+    initial weights therefore depend on PP; converted or resumed weights do not). Returns the seed used."""
+    import random
+
+    import numpy as np
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    stage_seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    model_parallel_cuda_manual_seed(stage_seed)
+    return stage_seed
 
 
 def shutdown() -> None:

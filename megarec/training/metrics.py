@@ -13,11 +13,14 @@ from megarec.models.presets import Qwen3Arch
 
 
 def flops_per_token(arch: Qwen3Arch, seq_length: int, padded_vocab: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 × forward), dense matmuls + attention scores."""
+    """Training FLOPs per token as Megatron-LM counts them (`num_floating_point_operations`): forward +
+    backward = 3 × forward, 2 FLOPs per multiply-add; per layer the QKV, output and SwiGLU projections and
+    causal attention, whose QK^T and PV products cover half of the S×S scores on average; plus the logits."""
     h, layers, d = arch.hidden_size, arch.num_layers, arch.head_dim
     q, kv, f = arch.num_attention_heads, arch.num_query_groups, arch.ffn_hidden_size
-    per_layer = 2 * (h * (q + 2 * kv) * d + q * d * h + 3 * h * f) + 2 * 2 * q * d * seq_length
-    return 3.0 * (layers * per_layer + 2 * h * padded_vocab)
+    projections = h * (q + 2 * kv) * d + q * d * h + 3 * h * f
+    causal_attention = 2 * (q * d) * seq_length / 2  # QK^T and PV, half the scores under the causal mask
+    return 3 * 2 * (layers * (projections + causal_attention) + h * padded_vocab)
 
 
 class MetricsLogger:
@@ -57,7 +60,8 @@ class MetricsLogger:
         else:
             print(line, flush=True)
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=record.get("step"))
+            self._wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                            step=record.get("step"))
 
     def advance(self, n: int = 1, **postfix) -> None:
         if self._bar is not None:

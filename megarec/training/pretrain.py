@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -17,11 +18,13 @@ from megarec.errors import ConfigError, TrainingDivergedError
 from megarec.models import qwen3
 from megarec.models.layer_specs import needs_explicit_causal_mask
 from megarec.training import checkpointing as ckpt
+from megarec.training.batch import check_seq_length, make_batch_preparer
 from megarec.training.config import PretrainConfig
 from megarec.training.data import build_datasets, make_loader, read_itemic_range
 from megarec.training.distributed import init_distributed, shutdown, world_size_from_env
 from megarec.training.freezing import apply_itemic_freeze, mask_frozen_row_grads, row_frozen_param_names
-from megarec.training.metrics import MetricsLogger, StepTimer, flops_per_token
+from megarec.training.ddp import ParamGatherControl, wrap_model
+from megarec.training.metrics import MetricsLogger, flops_per_token
 from megarec.training.optimizer import build_optimizer, build_scheduler
 from megarec.training.signals import ExitSignalHandler
 
@@ -45,6 +48,11 @@ def validate(cfg: PretrainConfig, world_size: int):
                           f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
     if t.train_iters < 0 or t.seq_length < 1:
         raise ConfigError("train.train_iters must be >= 0 and train.seq_length >= 1")
+    check_seq_length(t.seq_length, cfg.parallel)
+    p = cfg.parallel
+    if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
+        raise ConfigError("parallel.overlap_param_gather needs parallel.use_distributed_optimizer=true and "
+                          "parallel.overlap_grad_reduce=true (as in Megatron-LM)")
     if not cfg.data.mock and not cfg.data.data_path:
         raise ConfigError("no training data: set data.data_path=PREFIX (or a 'W1 P1 W2 P2' blend) or data.mock=true")
     if cfg.data.loss_mask and cfg.data.mock:
@@ -89,12 +97,20 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
 
 
 def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
-    """(path, is_resume). Resume wins over init_from."""
+    """(path, is_resume). Resume wins over init_from. A checkpoint without optimizer state (e.g. `convert
+    hf-to-mcore` output given as checkpoint.load) holds weights only: it starts the run as init_from does."""
+    import torch.distributed as dist
+
     c = cfg.checkpoint
     for root in (c.load, c.save):
         if root and (ckpt.read_latest_iteration(root) is not None or
                      os.path.isfile(os.path.join(root, "metadata.json"))):
-            return root, True
+            if ckpt.has_optimizer_state(root):
+                return root, True
+            if dist.get_rank() == 0:
+                print(f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
+                      "starting from its weights at iteration 0, as checkpoint.init_from does", flush=True)
+            return root, False
     if c.load:
         raise ConfigError(f"checkpoint.load={c.load} holds no checkpoint")
     if c.init_from:
@@ -113,41 +129,21 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count.detach()])}
 
 
-class _CausalMaskCache:
-    def __init__(self):
-        self._masks = {}
-
-    def get(self, seq_len: int) -> torch.Tensor:
-        if seq_len not in self._masks:  # Megatron convention: True = masked out
-            self._masks[seq_len] = torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool), diagonal=1)
-        return self._masks[seq_len]
-
-
 def _make_forward_step(device: torch.device, explicit_mask: bool):
-    masks = _CausalMaskCache()
+    prepare = make_batch_preparer(device, explicit_mask)
 
     def forward_step(data_iterator, model):
-        batch = next(data_iterator)
-        tokens = batch["tokens"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
-        loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-        position_ids = batch["position_ids"].to(device, non_blocking=True)
-        attention_mask = batch.get("attention_mask")
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(device, non_blocking=True)
-            if attention_mask.dim() == 3:
-                attention_mask = attention_mask.unsqueeze(1)
-        elif explicit_mask:
-            attention_mask = masks.get(tokens.shape[1])
+        batch = prepare(next(data_iterator))
         with cpu_shims.suspended():
-            output = model(tokens, position_ids, attention_mask, labels=labels)
-        return output, partial(_loss_func, loss_mask)
+            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+        return output, partial(_loss_func, batch["loss_mask"])
 
     return forward_step
 
 
 def _reduce_loss(results: list, device) -> tuple[float, float]:
-    """(loss, tokens) of the global batch, identical on every rank."""
+    """(loss, tokens) of the global batch, identical on every rank. Context-parallel ranks hold disjoint
+    parts of each sequence, so sums run over the data-parallel × context-parallel group."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
@@ -155,7 +151,7 @@ def _reduce_loss(results: list, device) -> tuple[float, float]:
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         for r in results:
             total += r["lm loss"].to(device, torch.float64)
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
+        dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
     dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
     loss_sum, count = total.tolist()
     return (loss_sum / count if count else float("nan")), count
@@ -190,7 +186,6 @@ def run_pretrain(cfg: PretrainConfig) -> RunSummary:
 def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
     rank0 = dist.get_rank() == 0
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -217,39 +212,32 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
         row_masks = apply_itemic_freeze(chunks, *freeze_range, train_output, arch.tie_word_embeddings,
                                         ps.get_tensor_model_parallel_rank(), padded_vocab)
 
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
-        overlap_param_gather=cfg.parallel.overlap_param_gather,
-        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
-    model = [DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=c,
-                                     disable_bucketing=(i > 0)) for i, c in enumerate(chunks)]
-    # Sums partial grads of TP-replicated params (QK-norms) and all-reduces DP / embedding grads.
-    tconfig.finalize_model_grads_func = finalize_model_grads
-    if cfg.parallel.overlap_grad_reduce:
-        tconfig.no_sync_func = [m.no_sync for m in model]
-        tconfig.grad_sync_func = [m.start_grad_sync for m in model]
+    model = wrap_model(chunks, tconfig, cfg.parallel)
     optimizer = build_optimizer(model, cfg.optimizer, tconfig.params_dtype, cfg.parallel.use_distributed_optimizer,
                                 row_frozen_param_names(row_masks))
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train)
 
     vp = cfg.parallel.virtual_pipeline_model_parallel_size
-    iteration, consumed = 0, 0
+    iteration, consumed, optimizer_loaded = 0, 0, False
     if source and is_resume:
         state = ckpt.load_checkpoint(source, chunks, None if cfg.checkpoint.no_load_optim else optimizer,
                                      scheduler, vp, load_rng=not cfg.checkpoint.no_load_rng)
-        iteration, consumed = state.iteration, state.consumed_samples
+        iteration, consumed, optimizer_loaded = state.iteration, state.consumed_samples, state.optimizer_loaded
         if rank0:
             print(f"megarec: resumed from {state.path} at iteration {iteration} "
-                  f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'})",
+                  f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'}"
+                  f"{'' if optimizer_loaded else ', no optimizer state: fresh optimizer from the loaded weights'})",
                   flush=True)
     elif source:
         path = ckpt.load_model_weights(source, chunks)
         if rank0:
             print(f"megarec: initialised weights from {path}", flush=True)
-    if source:
-        # The optimizer keeps fp32 main copies of bf16 params; refresh them from the loaded weights.
-        if not (is_resume and not cfg.checkpoint.no_load_optim):
-            optimizer.reload_model_params()
+    if source and not optimizer_loaded:
+        # The optimizer keeps fp32 main copies of bf16 params, made from the random init: refresh them from
+        # the loaded weights, or step 1 would write the random init back (weights-only checkpoints, e.g.
+        # `convert hf-to-mcore` output given as checkpoint.load, and init_from).
+        optimizer.reload_model_params()
+    param_gather = ParamGatherControl(model, tconfig, cfg.parallel)
 
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir)
@@ -266,16 +254,21 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     signals = ExitSignalHandler(cfg.train.exit_signals)
     tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
     flops_token = flops_per_token(arch, cfg.train.seq_length, padded_vocab)
+    peak_tflops = _mfu_peak(cfg)
     start_iteration, losses, exit_reason, saved = iteration, [], "finished", None
-    timer = StepTimer()
 
     def save() -> str:
-        return ckpt.save_checkpoint(cfg.checkpoint.save, iteration, chunks, optimizer, scheduler, consumed,
+        start = time.perf_counter()
+        param_gather.sync()  # overlapped param gathering leaves non-owned shards stale until the next forward
+        path = ckpt.save_checkpoint(cfg.checkpoint.save, iteration, chunks, optimizer, scheduler, consumed,
                                     padded_vocab, vp, extra={"config": to_dict(cfg)},
                                     keep_last=cfg.checkpoint.keep_last)
+        logger.log({"step": iteration, "checkpoint": path, "save_time_s": time.perf_counter() - start})
+        return path
 
     try:
         while iteration < cfg.train.train_iters:
+            step_start = time.perf_counter()
             for m in model:
                 m.zero_grad_buffer()
             optimizer.zero_grad()
@@ -294,23 +287,30 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                 raise TrainingDivergedError(
                     f"step {iteration + 1}: gradient norm is {grad_norm} (loss {loss:.4f}) — stopping "
                     f"without saving (last checkpoint: {_latest(cfg)})")
+            param_gather.step_succeeded()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - step_start  # the training step only: evaluation and saving excluded
             lr = optimizer.param_groups[0]["lr"]
             iteration += 1
             consumed += cfg.train.global_batch_size
             losses.append(loss)
-            dt = timer.lap()
             if iteration % cfg.logging.log_interval == 0 or iteration == cfg.train.train_iters:
+                tflops = flops_token * tokens_per_step / dt / dist.get_world_size() / 1e12
                 record = {"step": iteration, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                           "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "loss_tokens": int(n_tokens),
-                          "consumed_samples": consumed}
-                if torch.cuda.is_available():
-                    record["mfu"] = flops_token * tokens_per_step / dt / (
-                        dist.get_world_size() * cfg.logging.gpu_peak_tflops * 1e12)
+                          "consumed_samples": consumed, "tflops_per_device": tflops}
+                if peak_tflops is not None:
+                    record["mfu"] = tflops / peak_tflops[1]
                 logger.log(record)
             logger.advance(1, loss=loss)
             if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and datasets.valid is not None:
-                logger.log({"step": iteration, "valid_loss": _evaluate(model, datasets.valid, forward_step, cfg,
-                                                                      dp_rank, dp_size, num_microbatches, device)})
+                eval_start = time.perf_counter()
+                with param_gather.hooks_off():
+                    valid_loss = _evaluate(model, datasets.valid, forward_step, cfg, dp_rank, dp_size,
+                                           num_microbatches, device)
+                logger.log({"step": iteration, "valid_loss": valid_loss,
+                            "eval_time_s": time.perf_counter() - eval_start})
             if signals.any_rank_received():
                 exit_reason = "signal"
                 break
@@ -321,6 +321,7 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                 saved = save()
         if cfg.checkpoint.save and (saved is None or not saved.endswith(f"{iteration:07d}")):
             saved = save()
+        param_gather.finish()
         if exit_reason == "signal" and rank0:
             print(f"megarec: received {signals.received or 'an exit signal on another rank'}; saved "
                   f"{saved or 'nothing (checkpoint.save unset)'} at iteration {iteration}; exiting", flush=True)
@@ -328,6 +329,22 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
         logger.close()
         signals.restore()
     return RunSummary(start_iteration, iteration, losses, exit_reason, saved)
+
+
+def _mfu_peak(cfg: PretrainConfig) -> Optional[tuple[str, float]]:
+    """(name, TFLOP/s) of the per-GPU peak MFU is measured against — FP8's when model.fp8 is set — announced
+    once on rank 0; None without a GPU (no MFU on CPUs)."""
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        return None
+    fp8 = bool(cfg.model.fp8)
+    peak = ("fp8", cfg.logging.gpu_peak_tflops_fp8) if fp8 else ("bf16", cfg.logging.gpu_peak_tflops)
+    if dist.get_rank() == 0:
+        key = "logging.gpu_peak_tflops_fp8" if fp8 else "logging.gpu_peak_tflops"
+        print(f"megarec: MFU is model TFLOP/s per GPU (causal attention counted as half of S²) over the dense "
+              f"{peak[0]} peak of {peak[1]:g} TFLOP/s ({key})", flush=True)
+    return peak
 
 
 def _latest(cfg: PretrainConfig) -> str:
