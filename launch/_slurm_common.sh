@@ -20,12 +20,18 @@ MBS=${MBS:-1}
 GBS=${GBS:-128}
 TRAIN_ITERS=${TRAIN_ITERS:-}
 FP8=${FP8:-hybrid}
+# The first job on a new blend builds the dataset index on rank 0 while every other rank waits in a
+# barrier; the 10-minute default process-group timeout can run out on a corpus of billions of tokens.
+PG_TIMEOUT_MINUTES=${PG_TIMEOUT_MINUTES:-60}
 EXTRA_OVERRIDES=${EXTRA_OVERRIDES:-}
 
 NNODES=${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}}
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 MASTER_PORT=${MASTER_PORT:-29500}
 RDZV_ID=${SLURM_JOB_ID:-megarec}
+# Since SLURM 22.05 srun no longer inherits --cpus-per-task from sbatch: without it each task gets one CPU
+# and torchrun's workers (and their data loaders) share it.
+CPUS_PER_TASK=${CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK:-}}
 
 first_host() {  # first host of a SLURM nodelist: 'gpu[003-005,010],x' -> gpu003
     local nodelist=$1
@@ -58,6 +64,8 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1     # keeps TP communication ordered ahead 
 export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # less fragmentation at 32K
+export TORCH_NCCL_AVOID_RECORD_STREAMS=${TORCH_NCCL_AVOID_RECORD_STREAMS:-1}  # no recordStream: NCCL buffers are reused sooner
 export WANDB_MODE=${WANDB_MODE:-offline}
 
 OVERRIDES=(
@@ -65,6 +73,7 @@ OVERRIDES=(
     "parallel.pipeline_model_parallel_size=$PP"
     "parallel.context_parallel_size=$CP"
     "parallel.sequence_parallel=$SP"
+    "parallel.distributed_timeout_minutes=$PG_TIMEOUT_MINUTES"
     "model.fp8=$FP8"
     "train.seq_length=$SEQ_LENGTH"
     "train.micro_batch_size=$MBS"
@@ -86,15 +95,18 @@ TORCHRUN=("$PYTHON" -m torch.distributed.run
     -m megarec pretrain --config "$CONFIG")
 WORKER_CMD=$(printf '%q ' "${TORCHRUN[@]}" "${OVERRIDES[@]}")
 WORKER_CMD=${WORKER_CMD% }
-SRUN=(srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --chdir="$MEGAREC_HOME"
-      bash -c "trap '' USR1; exec $WORKER_CMD")
+SRUN=(srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --chdir="$MEGAREC_HOME")
+[[ -n $CPUS_PER_TASK ]] && SRUN+=(--cpus-per-task="$CPUS_PER_TASK")
+SRUN+=(bash -c "trap '' USR1; exec $WORKER_CMD")
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
     echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT NNODES=$NNODES GPUS_PER_NODE=$GPUS_PER_NODE"
-    echo "CUDA_DEVICE_MAX_CONNECTIONS=$CUDA_DEVICE_MAX_CONNECTIONS"
+    for var in CUDA_DEVICE_MAX_CONNECTIONS PYTORCH_CUDA_ALLOC_CONF TORCH_NCCL_AVOID_RECORD_STREAMS; do
+        echo "$var=${!var}"
+    done
     line=$(printf '%q ' "${SRUN[@]}")
     echo "${line% }"
     exit 0
 fi
-mkdir -p "$RUN_DIR" "$SAVE_DIR" "$MEGAREC_HOME/logs"
+mkdir -p "$RUN_DIR" "$SAVE_DIR"
 "${SRUN[@]}"

@@ -52,6 +52,9 @@ class ParallelConfig:
     use_distributed_optimizer: bool = help_field(False, "Shard optimizer state across data-parallel ranks.")
     overlap_grad_reduce: bool = help_field(False, "Overlap DP gradient reduce-scatter/all-reduce with backward.")
     overlap_param_gather: bool = help_field(False, "Overlap distributed-optimizer param all-gather with forward.")
+    distributed_timeout_minutes: int = help_field(
+        10, "Timeout of the default process group (minutes): how long ranks wait in a collective, e.g. while "
+        "rank 0 builds the dataset index on a first run. The SLURM launchers raise it (PG_TIMEOUT_MINUTES).")
 
     @property
     def model_parallel_size(self) -> int:

@@ -44,7 +44,8 @@ def validate_layout(arch: Qwen3Arch, parallel: ParallelConfig, impl: str, world_
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     vp, cp = parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size
     for name, value in [("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
-                        ("context_parallel_size", cp)]:
+                        ("context_parallel_size", cp),
+                        ("distributed_timeout_minutes", parallel.distributed_timeout_minutes)]:
         if value < 1:
             raise ConfigError(f"parallel.{name} must be >= 1, got {value}")
     if arch.num_attention_heads % tp:

@@ -1,6 +1,7 @@
 """Process-group set-up from torchrun or SLURM environments, then Megatron-Core model parallel groups."""
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import socket
@@ -76,7 +77,8 @@ def init_distributed(parallel: ParallelConfig, seed: int) -> LaunchEnv:
         else:
             os.environ["MASTER_ADDR"] = launch.master_addr
             os.environ["MASTER_PORT"] = str(launch.master_port)
-            dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+            dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
+                                    timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes))
     cpu_shims.enable()
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
