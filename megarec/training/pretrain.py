@@ -17,6 +17,7 @@ from megarec.errors import ConfigError, TrainingDivergedError
 from megarec.models import qwen3
 from megarec.models.layer_specs import needs_explicit_causal_mask
 from megarec.training import checkpointing as ckpt
+from megarec.training import megatron_lm_compat
 from megarec.training.config import PretrainConfig
 from megarec.training.data import build_datasets, make_loader, read_itemic_range
 from megarec.training.distributed import init_distributed, shutdown, world_size_from_env
@@ -79,7 +80,7 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
     tp = cfg.parallel.tensor_model_parallel_size
     multiple = cfg.model.make_vocab_size_divisible_by * tp
     if resume_from:
-        saved = ckpt.checkpoint_padded_vocab(resume_from)
+        saved = megatron_lm_compat.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
         if saved is not None:
             if saved < vocab_size or saved % tp:
                 raise ConfigError(f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
@@ -94,6 +95,7 @@ def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
     for root in (c.load, c.save):
         if root and (ckpt.read_latest_iteration(root) is not None or
                      os.path.isfile(os.path.join(root, "metadata.json"))):
+            megatron_lm_compat.refuse_resume(ckpt.read_common_state(ckpt.resolve_checkpoint_dir(root)), root)
             return root, True
     if c.load:
         raise ConfigError(f"checkpoint.load={c.load} holds no checkpoint")
