@@ -1,4 +1,5 @@
-"""`megarec convert hf-to-mcore | mcore-to-hf | verify`: HF Qwen3 ↔ Megatron-Core dist checkpoints."""
+"""`megarec convert hf-to-mcore | mcore-to-hf | verify | megatron-lm-flags`: HF Qwen3 ↔ Megatron-Core dist
+checkpoints, and the Megatron-LM command line that loads one."""
 from __future__ import annotations
 
 
@@ -83,6 +84,23 @@ def register(sub) -> None:
                    help="Core attention of megarec's local layer spec. Default %(default)s.")
     c.set_defaults(func=run_verify)
 
+    d = verbs.add_parser(
+        "megatron-lm-flags",
+        help="Print the Megatron-LM flags that load a megarec checkpoint (model, padded vocabulary, load mode).",
+        description="Read the Megatron-LM args megarec writes into every checkpoint and print, on one line, the "
+                    "Megatron-LM (core_v0.16.1) flags that rebuild the same model and load the checkpoint. "
+                    "Megatron-LM does not take --qk-layernorm, --norm-epsilon or the padded vocabulary from a "
+                    "checkpoint, and a model built without them can load it silently wrong. Add your data, "
+                    "parallelism and logging flags. See docs/convert.md.",
+    )
+    d.add_argument("--mcore-dir", required=True, help="Checkpoint root (→ --load) or one iter_XXXXXXX directory "
+                   "(→ --load <root> --ckpt-step N).")
+    d.add_argument("--mode", choices=["weights", "resume"], default="weights",
+                   help="weights: --finetune (weights only, iteration 0). resume: iteration, consumed samples, "
+                        "optimizer and LR schedule (the schedule flags the checkpoint's values need). "
+                        "Default %(default)s.")
+    d.set_defaults(func=run_megatron_lm_flags)
+
 
 def run_hf_to_mcore(args) -> int:
     import json
@@ -116,3 +134,14 @@ def run_verify(args) -> int:
     if metrics is not None:
         print(json.dumps(metrics), flush=True)
     return 0 if passed else 1
+
+
+def run_megatron_lm_flags(args) -> int:
+    import shlex
+
+    from megarec.training.checkpointing import ensure_single_process_group
+    from megarec.training.megatron_lm_compat import flags_for_checkpoint
+
+    ensure_single_process_group()
+    print(shlex.join(flags_for_checkpoint(args.mcore_dir, args.mode)), flush=True)
+    return 0

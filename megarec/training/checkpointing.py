@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from megarec.errors import ConfigError
+from megarec.training import megatron_lm_compat
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
@@ -138,6 +139,10 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
         padded_vocab_size=padded_vocab_size,
         format_version=FORMAT_VERSION,
         megarec=extra or {},
+        # Read by Megatron-LM's load_checkpoint, not by megarec: checkpoint_version, args, opt_param_scheduler.
+        **megatron_lm_compat.common_state_fields(
+            chunks, padded_vocab_size, consumed_samples, optimizer is not None,
+            scheduler.state_dict() if scheduler is not None else None, state["rng_state"].data, extra, vp),
     )
     dist_checkpointing.save(state, tmp, content_metadata=OPTIMIZER_METADATA)
     dist.barrier()

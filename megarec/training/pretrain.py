@@ -18,6 +18,7 @@ from megarec.errors import ConfigError, TrainingDivergedError
 from megarec.models import qwen3
 from megarec.models.layer_specs import needs_explicit_causal_mask
 from megarec.training import checkpointing as ckpt
+from megarec.training import megatron_lm_compat
 from megarec.training.batch import check_seq_length, make_batch_preparer
 from megarec.training.config import PretrainConfig
 from megarec.training.data import build_datasets, make_loader, read_itemic_range
@@ -87,7 +88,7 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
     tp = cfg.parallel.tensor_model_parallel_size
     multiple = cfg.model.make_vocab_size_divisible_by * tp
     if resume_from:
-        saved = ckpt.checkpoint_padded_vocab(resume_from)
+        saved = megatron_lm_compat.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
         if saved is not None:
             if saved < vocab_size or saved % tp:
                 raise ConfigError(f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
@@ -106,6 +107,7 @@ def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
         if root and (ckpt.read_latest_iteration(root) is not None or
                      os.path.isfile(os.path.join(root, "metadata.json"))):
             if ckpt.has_optimizer_state(root):
+                megatron_lm_compat.refuse_resume(ckpt.read_common_state(ckpt.resolve_checkpoint_dir(root)), root)
                 return root, True
             if dist.get_rank() == 0:
                 print(f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
