@@ -282,7 +282,7 @@ def _edit_config(src, dst, **changes):
 def _nothing_written(out):
     parent = os.path.dirname(str(out))
     assert not os.path.exists(out)
-    assert not [n for n in os.listdir(parent) if ".partial-" in n]
+    assert not [n for n in os.listdir(parent) if n.startswith(f".{os.path.basename(str(out))}.")]  # no staging left
 
 
 @pytest.mark.parametrize("case,message", [

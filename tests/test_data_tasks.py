@@ -148,5 +148,7 @@ def test_cli_data_build(tmp_path):
     report = json.loads((out / "build_report.json").read_text())
     assert report["split"]["test_users"] > 0 and report["samples"]["sft/train.jsonl"]["item_understanding"] > 0
     assert (out / "codes.csv").read_text().splitlines()[0] == "item_id,c1,c2,c3"
-    proc = run_cli(["data", "build", "--source", "amazon:/nonexistent", "--out", str(out)], timeout=120)
+    before = (out / "build_report.json").read_bytes()
+    proc = run_cli(["data", "build", "--source", "amazon:/nonexistent", "--out", str(out), "--force"], timeout=120)
     assert proc.returncode == 2 and "Amazon data directory not found" in proc.stderr
+    assert (out / "build_report.json").read_bytes() == before  # a failed --force run keeps the old build

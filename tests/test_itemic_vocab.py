@@ -201,7 +201,7 @@ def test_expanded_checkpoint_files(expanded, qwen3_tokenizer_dir, base_tokenizer
             == base_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
                                                   enable_thinking=False))
     assert tok("Hello, world!").input_ids == [9707, 11, 1879, 0]
-    assert not [n for n in os.listdir(out.parent) if n.endswith(".partial")]
+    assert not [n for n in os.listdir(out.parent) if n.startswith(".") and n.endswith(".tmp")]  # no staging left
 
 
 def test_seed_controls_new_rows(expanded, tmp_path):

@@ -157,9 +157,12 @@ def test_cli_build(tmp_path):
     out = tmp_path / "tok"
     res = run_cli(["tokenizer", "build-qwen3", "--out", str(out), "--tiktoken", q3.ensure_qwen_tiktoken()])
     assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(out)) == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
-    res = run_cli(["tokenizer", "build-qwen3", "--out", str(out), "--tiktoken", str(tmp_path / "nope")])
+    files = sorted(os.listdir(out))
+    assert files == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    before = {f: (out / f).read_bytes() for f in files}
+    res = run_cli(["tokenizer", "build-qwen3", "--out", str(out), "--tiktoken", str(tmp_path / "nope"), "--force"])
     assert res.returncode == 2 and "tiktoken file not found" in res.stderr
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before  # a failed --force run keeps the old one
 
 
 def test_bpe_rank_truncation_matches_tiktoken_and_keeps_layout(tmp_path):

@@ -70,5 +70,7 @@ def test_cli_fit_and_plan(tmp_path):
     assert r.returncode == 0 and "reference" in r.stdout
     bad = tmp_path / "bad.csv"
     bad.write_text("params,loss\n1,2\n")
-    r = run_cli(["scaling", "fit", "--runs", str(bad), "--out", str(out)])
+    before = (out / "fit.json").read_bytes()
+    r = run_cli(["scaling", "fit", "--runs", str(bad), "--out", str(out), "--force"])
     assert r.returncode == 2 and "tokens" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "fit.json").read_bytes() == before  # a failed --force run keeps the old fit

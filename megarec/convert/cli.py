@@ -2,6 +2,8 @@
 checkpoints, and the Megatron-LM command line that loads one."""
 from __future__ import annotations
 
+from megarec.outdir import FORCE_HELP, check_out_dir
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -33,7 +35,7 @@ def register(sub) -> None:
                         "model.make_vocab_size_divisible_by in pre-training). Default %(default)s.")
     a.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="Checkpoint dtype; auto = bf16 when the HF weights are bf16, else fp32 (lossless).")
-    a.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+    a.add_argument("--force", action="store_true", help=FORCE_HELP)
     a.set_defaults(func=run_hf_to_mcore)
 
     b = verbs.add_parser(
@@ -54,7 +56,7 @@ def register(sub) -> None:
                    help="Largest safetensors shard (e.g. 5GB, 500MB, 2GiB). Default %(default)s.")
     b.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="Weight dtype; auto = the HF config's dtype (else the checkpoint's).")
-    b.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+    b.add_argument("--force", action="store_true", help=FORCE_HELP)
     b.set_defaults(func=run_mcore_to_hf)
 
     c = verbs.add_parser(
@@ -105,6 +107,7 @@ def register(sub) -> None:
 def run_hf_to_mcore(args) -> int:
     import json
 
+    check_out_dir(args.out, force=args.force, inputs=[("--hf-dir", args.hf_dir)])
     from megarec.convert.importer import hf_to_mcore
 
     summary = hf_to_mcore(args.hf_dir, args.out, args.tp, args.pp, args.make_vocab_size_divisible_by,
@@ -116,6 +119,8 @@ def run_hf_to_mcore(args) -> int:
 def run_mcore_to_hf(args) -> int:
     import json
 
+    check_out_dir(args.out, force=args.force,
+                  inputs=[("--mcore-dir", args.mcore_dir), ("--hf-template", args.hf_template)])
     from megarec.convert.exporter import mcore_to_hf
 
     summary = mcore_to_hf(args.mcore_dir, args.out, args.hf_template, args.max_shard_size, args.dtype, args.force)

@@ -19,6 +19,7 @@ import torch
 from megarec.convert import hf_io, mapping
 from megarec.convert.importer import HF_ASSETS_DIR, check_itemic
 from megarec.errors import ConfigError
+from megarec.outdir import check_out_dir, staged_dir
 
 # ModelConfig overrides of a pre-training run → HF config keys.
 _OVERRIDE_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
@@ -105,7 +106,8 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
         raise ConfigError(f"Megatron checkpoint directory not found: {mcore_dir}")
     ckpt_dir = ckpt.resolve_checkpoint_dir(mcore_dir)
     ckpt_root = os.path.dirname(os.path.abspath(ckpt_dir))
-    hf_io.check_output_dir(out, force)
+    inputs = [("--mcore-dir", mcore_dir), ("--hf-template", hf_template)]
+    check_out_dir(out, force=force, inputs=inputs)
     common = ckpt.read_common_state(ckpt_dir)
     config, asset_dir = resolve_hf_side(ckpt_root, common, hf_template)
     tensors = _read_tensors(ckpt_dir)
@@ -119,7 +121,7 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
     config["tie_word_embeddings"] = "output_layer.weight" not in tensors
     out_dtype = _output_dtype(dtype, config, tensors)
 
-    with hf_io.staged_output(out, force) as stage:
+    with staged_dir(out, force=force, inputs=inputs) as stage:
         config_path = os.path.join(stage, "config.json")
         _write_config(config_path, config, out_dtype)
         arch, config = hf_io.read_qwen3_config(config_path)

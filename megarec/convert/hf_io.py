@@ -1,13 +1,13 @@
 """Hugging Face checkpoint directories: lazy weight reading, sharded safetensors writing, the
-non-weight files (config, tokenizer, generation config, itemic.json) and all-or-nothing output dirs."""
+non-weight files (config, tokenizer, generation config, itemic.json). Output directories are written through
+`megarec.outdir.staged_dir` (all or nothing)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -193,38 +193,6 @@ def read_json(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return data
-
-
-def check_output_dir(out: str, force: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"output {out} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise ConfigError(f"output directory {out} is not empty (pass --force to replace it)")
-
-
-@contextlib.contextmanager
-def staged_output(out: str, force: bool) -> Iterator[str]:
-    """Yield a fresh sibling staging directory; on success it replaces `out` in one rename, on any
-    error it is deleted, so `out` is never half-written."""
-    check_output_dir(out, force)
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    stage = os.path.join(parent, f".{os.path.basename(out)}.partial-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(stage)
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if os.path.isdir(out):
-        old = stage + ".old"
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)
 
 
 def read_qwen3_config(hf_dir: str):

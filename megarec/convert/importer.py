@@ -21,6 +21,7 @@ import torch
 
 from megarec.convert import hf_io, mapping
 from megarec.errors import ConfigError
+from megarec.outdir import check_out_dir, staged_dir
 
 HF_ASSETS_DIR = "hf_assets"  # non-weight HF files kept beside the checkpoint, for the way back
 
@@ -115,7 +116,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
     padded = qwen3.padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)
     weights = hf_io.HFWeights(hf_dir)
     check_hf_tensors(weights, arch, hf_dir)
-    hf_io.check_output_dir(out, force)
+    check_out_dir(out, force=force, inputs=[("--hf-dir", hf_dir)])
     _tied_output_check(weights, arch, hf_dir)
     ckpt_dtype = checkpoint_dtype(dtype, weights, arch)
     itemic = _read_itemic(hf_dir, arch.vocab_size)
@@ -138,7 +139,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
         "megarec_version": __version__,
     }}
     precision = "bf16" if ckpt_dtype == torch.bfloat16 else "fp32"
-    with hf_io.staged_output(out, force) as stage:
+    with staged_dir(out, force=force, inputs=[("--hf-dir", hf_dir)]) as stage:
         with megatron_single_process():
             tconfig = qwen3.build_transformer_config(arch, ModelConfig(precision=precision), ParallelConfig(), "local")
             tconfig.perform_initialization = False  # every parameter is overwritten below

@@ -3,7 +3,10 @@ megarec.data.* modules imported when a verb runs)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 
 def register(sub) -> None:
@@ -28,7 +31,8 @@ def _register_preprocess(sub) -> None:
                    help="Input files: .jsonl/.json (optionally .gz) or .parquet.")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="Hugging Face fast tokenizer directory.")
     p.add_argument("--output-prefix", "-o", required=True, metavar="P",
-                   help="Output prefix; writes P_text_document.bin/.idx and more.")
+                   help="Output prefix; writes P_text_document.bin/.idx and more (P must not be the current "
+                        "directory or an ancestor of it).")
     p.add_argument("--workers", type=int, default=1, help="Worker processes (default 1).")
     p.add_argument("--kind", choices=["text", "segments", "messages"], default=None,
                    help="Row kind; default: detected from the first row.")
@@ -49,6 +53,9 @@ def _register_preprocess(sub) -> None:
                    help="Token that closes an assistant turn; it is trained on (default <|im_end|>).")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="Show a progress bar (default: only on a terminal).")
+    p.add_argument("--force", action="store_true",
+                   help="Replace a non-empty P.parts work directory that preprocess did not write (one it wrote "
+                        "is resumed, or restarted when the inputs or settings changed).")
     p.set_defaults(func=run_preprocess_cmd)
 
 
@@ -59,7 +66,8 @@ def run_preprocess_cmd(args) -> int:
     opts = PreprocessOptions(inputs=args.input, tokenizer=args.tokenizer, output_prefix=args.output_prefix,
                              workers=args.workers, kind=args.kind, json_key=args.json_key, seq_length=args.seq_length,
                              pack=args.pack, on_error=args.on_error, shard_rows=args.shard_rows, itemic=args.itemic,
-                             assistant_header=header, assistant_end=args.assistant_end, progress=args.progress)
+                             assistant_header=header, assistant_end=args.assistant_end, progress=args.progress,
+                             force=args.force)
     res = run_preprocess(opts)
     secs = max(res.seconds, 1e-9)
     line = (f"{res.documents} documents, {res.tokens} tokens in {res.seconds:.1f}s "
@@ -82,7 +90,8 @@ def _register_build(verbs) -> None:
                     "JSONL plus items.jsonl, codes.csv and build_report.json under --out.")
     b.add_argument("--source", required=True,
                    help="synthetic | ml-100k | amazon:<dir> | raw:<dir> (items.* + users.* in megarec's schema).")
-    b.add_argument("--out", required=True, metavar="DIR", help="Output directory.")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="Output directory (must be missing or empty unless --force).")
     b.add_argument("--lang", default="en", help="Template language (en, zh) or a template YAML path.")
     b.add_argument("--seed", type=int, default=0, help="Seed for the split, sampling and template choice.")
     b.add_argument("--codes", default=None, metavar="FILE",
@@ -105,10 +114,21 @@ def _register_build(verbs) -> None:
     b.add_argument("--on-error", choices=["fail", "drop"], default="fail",
                    help="Schema violation: fail naming file/row/field, or drop and report it.")
     b.add_argument("--cache-dir", default=None, help="Download cache (default $MEGAREC_CACHE or ~/.cache/megarec).")
+    b.add_argument("--force", action="store_true", help=FORCE_HELP)
     b.set_defaults(func=run_build)
 
 
+def _source_dir(source: str) -> str | None:
+    """The directory of an `amazon:<dir>` / `raw:<dir>` source (an input --out must not be or contain)."""
+    kind, sep, path = source.partition(":")
+    return path if sep and kind in ("amazon", "raw") else None
+
+
 def run_build(args) -> int:
+    lang_file = args.lang if os.path.isfile(args.lang) else None
+    inputs = [("--source", _source_dir(args.source)), ("--codes", args.codes), ("--lang", lang_file),
+              ("--cache-dir", args.cache_dir)]
+    check_out_dir(args.out, force=args.force, inputs=inputs)
     from megarec.data.sources.registry import load_source
     from megarec.data.tasks.build import build_tasks, resolve_codes, write_build
     from megarec.data.tasks.config import BuildConfig
@@ -124,7 +144,8 @@ def run_build(args) -> int:
     if codes_source.startswith("placeholder"):
         print(f"note: using {codes_source}", file=sys.stderr)
     built = build_tasks(src.log, codes, cfg, src.default_split)
-    report = write_build(args.out, built, codes, cfg, codes_source, args.source)
+    with staged_dir(args.out, force=args.force, inputs=inputs) as stage:
+        report = write_build(stage, built, codes, cfg, codes_source, args.source)
     print(f"{report['items']} items, {report['users']} users, split {report['split']}")
     for rel, counts in report["samples"].items():
         print(f"{rel}: {sum(counts.values())} samples " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -162,19 +183,24 @@ def _register_dedup(verbs) -> None:
                                      "dropped. Writes the kept rows of each training file under --out.")
     d.add_argument("--train", nargs="+", required=True, metavar="FILE", help="Training JSONL/parquet files.")
     d.add_argument("--eval", nargs="+", required=True, metavar="FILE", help="Evaluation JSONL/parquet files.")
-    d.add_argument("--out", required=True, metavar="DIR", help="Directory for the filtered training files (JSONL).")
+    d.add_argument("--out", required=True, metavar="DIR",
+                   help="Directory for the filtered training files (JSONL; must be missing or empty unless --force).")
     d.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity threshold (default 0.8).")
     d.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128).")
     d.add_argument("--ngram", type=int, default=5, help="Word n-gram shingle size (default 5).")
     d.add_argument("--json-key", default="text", help="Text field for plain-text rows (default 'text').")
+    d.add_argument("--force", action="store_true", help=FORCE_HELP)
     d.set_defaults(func=run_dedup)
 
 
 def run_dedup(args) -> int:
+    check_out_dir(args.out, force=args.force,
+                  inputs=[("--train", p) for p in args.train] + [("--eval", p) for p in args.eval])
     from megarec.data.dedup import DedupOptions, dedup_files
 
     report = dedup_files(DedupOptions(train=args.train, eval=args.eval, out=args.out, threshold=args.threshold,
-                                      num_perm=args.num_perm, ngram=args.ngram, json_key=args.json_key))
+                                      num_perm=args.num_perm, ngram=args.ngram, json_key=args.json_key,
+                                      force=args.force))
     for f in report["files"]:
         print(f"{f['input']}: kept {f['kept']} of {f['rows']}, dropped {f['dropped']} near-duplicates → {f['output']}")
     print(f"total: dropped {report['dropped']} of {report['rows']} training rows "

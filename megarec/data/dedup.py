@@ -15,6 +15,7 @@ from typing import Any
 
 from megarec.data.io import atomic_open, iter_rows, write_json
 from megarec.errors import ConfigError, DataError
+from megarec.outdir import check_out_dir, staged_dir
 
 WORD = re.compile(r"<[^<>\s]{1,64}>|\w+", re.UNICODE)
 
@@ -28,6 +29,10 @@ class DedupOptions:
     num_perm: int = 128
     ngram: int = 5
     json_key: str = "text"
+    force: bool = False
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return [("--train", p) for p in self.train] + [("--eval", p) for p in self.eval]
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -71,10 +76,50 @@ def _records(path: str):
         yield row, rec
 
 
+def _output_names(train: list[str]) -> list[str]:
+    """<stem>.jsonl for each training file; two files with the same stem are refused."""
+    names: list[str] = []
+    for path in train:
+        name = os.path.basename(path)
+        for suffix in (".gz", ".parquet", ".pq", ".jsonl", ".json"):
+            name = name[: -len(suffix)] if name.endswith(suffix) else name
+        name = name + ".jsonl"
+        if name in names:
+            raise ConfigError(f"two --train files would both be written to {name}")
+        names.append(name)
+    return names
+
+
+def _filter_file(path: str, out_path: str, lsh, eval_hashes: dict, opts: DedupOptions) -> tuple[int, int, list]:
+    """Copy the rows of `path` that are not near-duplicates to `out_path`; (rows, kept, examples)."""
+    rows = kept = 0
+    examples = []
+    with atomic_open(out_path, "w", encoding="utf-8") as out:
+        for row, rec in _records(path):
+            rows += 1
+            m, ok = minhash(row_text(rec, opts.json_key), opts)
+            dup = None
+            if ok:
+                for key in lsh.query(m):
+                    if eval_hashes[key].jaccard(m) >= opts.threshold:
+                        dup = key
+                        break
+            if dup is not None:
+                if len(examples) < 5:
+                    examples.append({"row": row, "near": dup})
+                continue
+            kept += 1
+            out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return rows, kept, examples
+
+
 def dedup_files(opts: DedupOptions) -> dict:
+    """Filter every training file into `opts.out` (written beside it, then renamed into place)."""
     from datasketch import MinHashLSH
 
     opts.validate()
+    check_out_dir(opts.out, force=opts.force, inputs=opts.inputs())
+    names = _output_names(opts.train)
     lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm)
     eval_hashes = {}
     for path in opts.eval:
@@ -84,40 +129,14 @@ def dedup_files(opts: DedupOptions) -> dict:
                 key = f"{path}:{row}"
                 eval_hashes[key] = m
                 lsh.insert(key, m)
-    os.makedirs(opts.out, exist_ok=True)
     report = {"threshold": opts.threshold, "num_perm": opts.num_perm, "ngram": opts.ngram,
               "eval_rows": len(eval_hashes), "rows": 0, "dropped": 0, "files": []}
-    used_names: set[str] = set()
-    for path in opts.train:
-        name = os.path.basename(path)
-        for suffix in (".gz", ".parquet", ".pq", ".jsonl", ".json"):
-            name = name[: -len(suffix)] if name.endswith(suffix) else name
-        name = name + ".jsonl"
-        if name in used_names:
-            raise ConfigError(f"two --train files would both be written to {name}")
-        used_names.add(name)
-        out_path = os.path.join(opts.out, name)
-        rows = kept = 0
-        examples = []
-        with atomic_open(out_path, "w", encoding="utf-8") as out:
-            for row, rec in _records(path):
-                rows += 1
-                m, ok = minhash(row_text(rec, opts.json_key), opts)
-                dup = None
-                if ok:
-                    for key in lsh.query(m):
-                        if eval_hashes[key].jaccard(m) >= opts.threshold:
-                            dup = key
-                            break
-                if dup is not None:
-                    if len(examples) < 5:
-                        examples.append({"row": row, "near": dup})
-                    continue
-                kept += 1
-                out.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
-        report["files"].append({"input": path, "output": out_path, "rows": rows, "kept": kept,
-                                "dropped": rows - kept, "examples": examples})
-        report["rows"] += rows
-        report["dropped"] += rows - kept
-    write_json(os.path.join(opts.out, "dedup_report.json"), report)
+    with staged_dir(opts.out, force=opts.force, inputs=opts.inputs()) as stage:
+        for path, name in zip(opts.train, names):
+            rows, kept, examples = _filter_file(path, os.path.join(stage, name), lsh, eval_hashes, opts)
+            report["files"].append({"input": path, "output": os.path.join(opts.out, name), "rows": rows,
+                                    "kept": kept, "dropped": rows - kept, "examples": examples})
+            report["rows"] += rows
+            report["dropped"] += rows - kept
+        write_json(os.path.join(stage, "dedup_report.json"), report)
     return report

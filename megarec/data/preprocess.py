@@ -37,9 +37,11 @@ from megarec.data.indexed import index_bytes, loss_mask_prefix, text_prefix, tok
 from megarec.data.io import atomic_open, temp_path, write_json
 from megarec.data.shards import Shard, plan_shards, read_shard
 from megarec.errors import ConfigError, DataError
+from megarec.outdir import check_out_prefix, has_entry
 
 ABORT_ENV = "MEGAREC_PREPROCESS_ABORT_AFTER_SHARDS"  # test hook: simulate a crash after k finished shards
 FORMAT_VERSION = 1
+OWN_PARTS = has_entry("manifest.json")  # a P.parts directory written by preprocess (resumable)
 ENCODE_BATCH = 512
 GATHER_TOKENS = 1 << 23
 
@@ -60,6 +62,17 @@ class PreprocessOptions:
     assistant_header: str = "<|im_start|>assistant\n"
     assistant_end: str = "<|im_end|>"
     progress: Optional[bool] = None       # None: only on a terminal
+    force: bool = False                   # replace a P.parts directory that preprocess did not write
+
+    @property
+    def parts(self) -> str:
+        """Work directory of finished shards (the unit of resumption), removed once the outputs are merged."""
+        return self.output_prefix + ".parts"
+
+    def check_output(self) -> None:
+        """Refuse a prefix naming the cwd (or an ancestor) and a foreign non-empty P.parts, before any work."""
+        inputs = [("--input", p) for p in self.inputs] + [("--tokenizer", self.tokenizer), ("--itemic", self.itemic)]
+        check_out_prefix(self.output_prefix, self.parts, force=self.force, inputs=inputs, own=OWN_PARTS)
 
     def validate(self) -> None:
         if not self.inputs:
@@ -228,6 +241,7 @@ def _load_done(parts: str, index: int) -> dict:
 
 def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     opts.validate()
+    opts.check_output()
     t0 = time.time()
     out_dir = os.path.dirname(os.path.abspath(opts.output_prefix))
     os.makedirs(out_dir, exist_ok=True)
@@ -240,7 +254,7 @@ def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     _ENCODER = DocumentEncoder(**enc_args)  # validates the tokenizer; forked workers inherit it
     vocab_size, eod = _ENCODER.vocab_size, _ENCODER.eod
     dtype = token_dtype(vocab_size)
-    parts = opts.output_prefix + ".parts"
+    parts = opts.parts
     done = _prepare_parts(parts, _manifest(opts, kind, shards, dtype))
     todo = [s for s in shards if s.index not in done]
     result = PreprocessResult(shards=len(shards), resumed_shards=len(done))

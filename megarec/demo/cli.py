@@ -5,8 +5,10 @@ import argparse
 import os
 
 from megarec.errors import ConfigError
+from megarec.outdir import check_out_dir, has_entry
 
 PROFILES = ("full", "ci")
+OWN_OUTPUT = has_entry(".stages")  # the stage markers: written before the first stage runs
 
 
 def recipes_dir() -> str:
@@ -30,12 +32,16 @@ def register(sub) -> None:
                     "skips finished stages, a stage whose settings changed is redone with everything after it. "
                     f"Stages: {', '.join(s.name for s in STAGES)}.",
         epilog="config keys (KEY=VALUE):\n" + describe(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="Output directory (default runs/demo).")
+    p.add_argument("--out", default="runs/demo",
+                   help="Output directory (default runs/demo): missing, empty, or an earlier demo's, which is "
+                        "resumed; see --force.")
     p.add_argument("--profile", choices=PROFILES, default="full",
                    help="full: the ~30-minute demo; ci: the same stages at smaller sizes (CI's end-to-end check).")
     p.add_argument("--config", default=None,
                    help="Demo recipe YAML instead of --profile (stage recipes named in it resolve relative to it).")
-    p.add_argument("--force", action="store_true", help="Redo every stage, even finished ones.")
+    p.add_argument("--force", action="store_true",
+                   help="Redo every stage, even finished ones. Also runs in a non-empty --out that holds no "
+                        "earlier demo: the paths the stages write are replaced there, other files are kept.")
     p.add_argument("--until", default=None, metavar="STAGE", help="Stop after this stage (no report).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted overrides of the demo config.")
     p.set_defaults(func=run_demo)
@@ -53,6 +59,8 @@ def _resolve_recipes(cfg, recipe_path: str) -> None:
 
 
 def run_demo(args) -> int:
+    check_out_dir(args.out, force=args.force, inputs=[("--config", args.config)], own=OWN_OUTPUT,
+                  hint="pass --force to run the demo in it anyway")
     import time
 
     from megarec.config import load_config, to_dict

@@ -3,8 +3,9 @@
 A stage counts as finished when its marker (`<out>/.stages/<name>.json`) says "done" with the same
 fingerprint (its command line plus the contents of the recipe it names). A rerun skips finished stages;
 a stage whose fingerprint changed — and every stage after it — is redone from clean outputs; `force` redoes
-everything. An interrupted stage (marker "running", same fingerprint) reruns in place, where the verbs
-resume or write atomically; interrupted with other settings, it starts clean.
+everything. An interrupted stage (marker "running", same fingerprint) of a resumable verb (preprocess,
+pretrain, sft, grpo) reruns in place and resumes; any other interrupted stage starts clean, since its verb
+refuses a non-empty output directory.
 """
 from __future__ import annotations
 
@@ -130,9 +131,11 @@ def run_stages(cfg, paths: DemoPaths, *, force: bool = False, until: Optional[st
             records.append({"name": stage.name, "title": stage.title, "status": "cached",
                             "seconds": done["seconds"], "command": shown})
             continue
-        # an interrupted stage with the same settings resumes in place (the verbs resume); a changed, forced
-        # or re-fed stage starts from clean outputs
-        if redo_rest or (done and done.get("fingerprint") != fp) or (done and done.get("state") == "done"):
+        # an interrupted stage with the same settings resumes in place when its verb resumes; a changed,
+        # forced or re-fed stage, or an interrupted one-shot verb (which refuses a non-empty --out), starts
+        # from clean outputs
+        if redo_rest or (done and (done.get("fingerprint") != fp or done.get("state") == "done"
+                                   or not stage.resumes)):
             for out in stage.outputs(paths):
                 _remove(out)
         redo_rest = True  # everything after a stage that runs consumes its new outputs

@@ -57,6 +57,7 @@ class Stage:
     command: Callable[[DemoConfig, DemoPaths], List[str]]   # argv after `megarec`
     outputs: Callable[[DemoPaths], List[str]]                # removed before a changed command reruns
     distributed: bool = False                                # run under torchrun with cfg.stages.nproc
+    resumes: bool = False                                    # the verb resumes in its own partial outputs
 
 
 def _pretrain_args(cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckpt: str, init_from: str,
@@ -133,7 +134,7 @@ STAGES: List[Stage] = [
           lambda c, p: ["preprocess", "--input", f"{p.data}/pretrain/train.jsonl", "--tokenizer", p.expanded,
                         "--output-prefix", p.pretrain_prefix, "--kind", "segments", "--workers", "2",
                         "--no-progress"],
-          lambda p: [p.datasets]),
+          lambda p: [p.datasets], resumes=True),
     Stage("convert_in", "HF -> Megatron-Core checkpoint",
           lambda c, p: ["convert", "hf-to-mcore", "--hf-dir", p.expanded, "--out", p.mcore_init,
                         "--tp", str(c.stages.tensor_parallel), "--force"],
@@ -141,16 +142,16 @@ STAGES: List[Stage] = [
     Stage("stage1", "stage 1: itemic-text alignment (Megatron-Core, TP)",
           lambda c, p: _pretrain_args(c, p, c.stages.stage1_recipe, p.stage1, p.stage1_ckpt, p.mcore_init,
                                       c.stages.stage1_overrides),
-          lambda p: [p.stage1], distributed=True),
+          lambda p: [p.stage1], distributed=True, resumes=True),
     Stage("stage2", "stage 2: co-pretraining (Megatron-Core, TP)",
           lambda c, p: _pretrain_args(c, p, c.stages.stage2_recipe, p.stage2, p.stage2_ckpt, p.stage1_ckpt,
                                       c.stages.stage2_overrides),
-          lambda p: [p.stage2], distributed=True),
+          lambda p: [p.stage2], distributed=True, resumes=True),
     Stage("convert_out", "Megatron-Core -> HF checkpoint",
           lambda c, p: ["convert", "mcore-to-hf", "--mcore-dir", p.stage2_ckpt, "--out", p.stage2_hf,
                         "--hf-template", p.expanded, "--force"],
           lambda p: [p.stage2_hf]),
-    Stage("sft", "SFT on the RecIF tasks (assistant tokens only)", _sft, lambda p: [p.sft]),
-    Stage("grpo", "GRPO Rec-RL (trie-constrained policy samples)", _grpo, lambda p: [p.grpo]),
+    Stage("sft", "SFT on the RecIF tasks (assistant tokens only)", _sft, lambda p: [p.sft], resumes=True),
+    Stage("grpo", "GRPO Rec-RL (trie-constrained policy samples)", _grpo, lambda p: [p.grpo], resumes=True),
     Stage("bench", "full-ranking benchmark vs Pop and SASRec", _bench, lambda p: [p.bench]),
 ]

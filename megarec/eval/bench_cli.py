@@ -2,8 +2,8 @@
 generative megarec model), printed as one side-by-side table and written to results.json."""
 from __future__ import annotations
 
-
 from megarec.eval.cli_format import DefaultsHelpFormatter
+from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 BASELINES = ("pop", "sasrec", "gru4rec")
 
@@ -28,7 +28,8 @@ def register(sub) -> None:
     s.add_argument("--dataset", required=True,
                    help="ml-100k (fetched once with pip into $MEGAREC_CACHE), amazon:<dir>, synthetic or raw:<dir>.")
     s.add_argument("--domain", default=None, help="Domain whose histories to use (default: the largest).")
-    s.add_argument("--out", required=True, help="Output directory for results.json.")
+    s.add_argument("--out", required=True,
+                   help="Output directory for results.json (must be missing or empty unless --force).")
     s.add_argument("--baselines", type=_csv, default=["pop", "sasrec"],
                    help=f"Comma-separated baselines to run ({', '.join(BASELINES)}); empty string for none.")
     s.add_argument("--model", default=None, help="HF checkpoint directory (with itemic.json) of a megarec model.")
@@ -53,7 +54,15 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="Random seed.")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     s.add_argument("--cache-dir", default=None, help="Download cache (default: $MEGAREC_CACHE or ~/.cache/megarec).")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=run_seqrec)
+
+
+def _inputs(args) -> list[tuple[str, str | None]]:
+    kind, sep, path = args.dataset.partition(":")
+    dataset_dir = path if sep and kind in ("amazon", "raw") else None
+    return [("--dataset", dataset_dir), ("--model", args.model), ("--codes", args.codes), ("--itemic", args.itemic),
+            ("--cache-dir", args.cache_dir)]
 
 
 def run_seqrec(args) -> int:
@@ -61,12 +70,7 @@ def run_seqrec(args) -> int:
     import os
     import time
 
-    import torch
-
-    from megarec.atomic import atomic_write_text
     from megarec.errors import ConfigError
-    from megarec.eval.report import format_table
-    from megarec.eval.seqrec_data import load_seqrec
 
     unknown = set(args.baselines) - set(BASELINES)
     if unknown:
@@ -75,9 +79,15 @@ def run_seqrec(args) -> int:
         raise ConfigError("--model needs --codes (the codes table of the dataset's items)")
     if not args.baselines and not args.model:
         raise ConfigError("nothing to run: give --baselines and/or --model")
+    check_out_dir(args.out, force=args.force, inputs=_inputs(args))
+    import torch
+
+    from megarec.atomic import atomic_write_text
+    from megarec.eval.report import format_table
+    from megarec.eval.seqrec_data import load_seqrec
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
     data = load_seqrec(args.dataset, domain=args.domain, cache_dir=args.cache_dir, seed=args.seed)
     print(f"{args.dataset}: {data.num_users} users, {data.num_items} items, {data.num_interactions} interactions")
     results: dict = {"dataset": data.summary(), "protocol": {
@@ -121,6 +131,7 @@ def run_seqrec(args) -> int:
     table = format_table(["model"] + cols, rows)
     print(table)
     results["table"] = table
-    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=2, default=float) + "\n")
+    with staged_dir(args.out, force=args.force, inputs=_inputs(args)) as stage:
+        atomic_write_text(os.path.join(stage, "results.json"), json.dumps(results, indent=2, default=float) + "\n")
     print(f"wrote {os.path.join(args.out, 'results.json')}")
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 
 from megarec.eval.cli_format import DefaultsHelpFormatter
+from megarec.outdir import check_out_dir, has_entry
+
+# evaluate resumes in its own --out: a directory with tasks/ holds an earlier evaluation
+OWN_OUTPUT = has_entry("tasks")
 
 
 def _csv(text: str) -> list[str]:
@@ -29,7 +33,9 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="HF checkpoint directory with tokenizer and itemic.json.")
     p.add_argument("--data", required=True, help="Data directory from `megarec data build` (or an eval JSONL file).")
-    p.add_argument("--out", required=True, help="Output directory (results.json, report.md, plots, tasks/).")
+    p.add_argument("--out", required=True,
+                   help="Output directory (results.json, report.md, plots, tasks/): missing, empty, or an earlier "
+                        "evaluation's (finished tasks are reused); see --force.")
     p.add_argument("--tasks", type=_csv, default=[], help="Comma-separated tasks (default: every task in the data).")
     p.add_argument("--split", default="test", help="Which sft/<split>.jsonl to evaluate (test or valid).")
     p.add_argument("--codes", default=None, help="Codes table (default: DATA/codes.csv).")
@@ -56,12 +62,22 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="Model dtype.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--overwrite", action="store_true", help="Recompute tasks already finished in OUT/tasks/.")
+    p.add_argument("--force", action="store_true",
+                   help="Write into a non-empty --out that holds no earlier evaluation: results.json, report.md, "
+                        "tasks.png and tasks/ are written there, nothing else in it is touched.")
     p.set_defaults(func=run)
+
+
+def _inputs(args) -> list[tuple[str, str | None]]:
+    return [("--model", args.model), ("--data", args.data), ("--codes", args.codes), ("--itemic", args.itemic),
+            ("--general", args.general)]
 
 
 def run(args) -> int:
     import os
 
+    check_out_dir(args.out, force=args.force, inputs=_inputs(args), own=OWN_OUTPUT,
+                  hint="pass --force to write into it anyway")
     from megarec.eval.recif.runner import EvalOptions, run_evaluation
 
     if args.threads:

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from megarec.errors import ConfigError
+from megarec.outdir import FORCE_HELP, check_out_dir
 
 
 def _positive_int(text: str) -> int:
@@ -46,7 +47,7 @@ def register(sub) -> None:
                                      "items (streamed), make code tuples unique, and write a tokenizer directory "
                                      "(meta.json, centroids.npy, codes.parquet, stats.json).")
     _add_input_args(t)
-    t.add_argument("--out", required=True, help="Output tokenizer directory.")
+    t.add_argument("--out", required=True, help="Output tokenizer directory (must be missing or empty unless --force).")
     t.add_argument("--layers", type=_positive_int, default=3, help="Number of residual k-means layers (default 3).")
     t.add_argument("--codebook-size", type=int, default=8192, help="Codes per layer (default 8192).")
     t.add_argument("--iters", type=int, default=20, help="Lloyd iterations per layer (default 20; stops early "
@@ -71,6 +72,7 @@ def register(sub) -> None:
                         "where it measured faster; else numpy). Seeding, --seed and --iters act the same in both.")
     t.add_argument("--codes-out", default=None,
                    help="Codes table path (.parquet or .csv; default <out>/codes.parquet).")
+    t.add_argument("--force", action="store_true", help=FORCE_HELP)
     t.set_defaults(func=run_train)
 
     e = verbs.add_parser("encode", help="Assign codes to items with a trained itemic tokenizer.",
@@ -106,7 +108,8 @@ def register(sub) -> None:
                                    "padding row from a multivariate normal fitted to the trained rows, and write "
                                    "itemic.json.")
     x.add_argument("--base-dir", required=True, help="Qwen3 Hugging Face checkpoint directory (model + tokenizer).")
-    x.add_argument("--out", required=True, help="Output directory for the expanded checkpoint.")
+    x.add_argument("--out", required=True,
+                   help="Output directory for the expanded checkpoint (must be missing or empty unless --force).")
     x.add_argument("--layers", type=int, default=None, help="Code layers (one token letter each).")
     x.add_argument("--codebook-size", type=int, default=None, help="Codes per layer.")
     x.add_argument("--itemic-tokenizer", default=None,
@@ -114,6 +117,7 @@ def register(sub) -> None:
     x.add_argument("--pad-to-multiple", type=_positive_int, default=128,
                    help="Embedding rows are padded to a multiple of this (default 128).")
     x.add_argument("--seed", type=int, default=0, help="Seed for the new rows' multivariate normal draws.")
+    x.add_argument("--force", action="store_true", help=FORCE_HELP)
     x.set_defaults(func=run_expand)
 
 
@@ -143,6 +147,8 @@ def run_embed(args) -> int:
 
 
 def run_train(args) -> int:
+    inputs = [("--embeddings", args.embeddings), ("--ids", args.ids)]
+    check_out_dir(args.out, force=args.force, inputs=inputs)
     from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import train_itemic_tokenizer
 
@@ -151,7 +157,7 @@ def run_train(args) -> int:
         source, args.out, layers=args.layers, codebook_size=args.codebook_size, iters=args.iters, seed=args.seed,
         max_train_samples=args.max_train_samples, normalization=args.normalize, init=args.init,
         init_samples=args.init_samples, dedup=args.dedup, batch_rows=args.batch_size, codes_out=args.codes_out,
-        backend=args.backend)
+        backend=args.backend, force=args.force, inputs=inputs)
     raw, final = stats["raw"], stats["final"]
     print(f"wrote itemic tokenizer to {args.out}: {stats['num_items']} items, "
           f"utilisation {[round(lay['utilisation'], 4) for lay in final['layers']]}, "
@@ -187,6 +193,8 @@ def run_stats(args) -> int:
 
 
 def run_expand(args) -> int:
+    inputs = [("--base-dir", args.base_dir), ("--itemic-tokenizer", args.itemic_tokenizer)]
+    check_out_dir(args.out, force=args.force, inputs=inputs)
     from megarec.itemic.expand import expand_checkpoint
 
     layers, size = args.layers, args.codebook_size
@@ -202,7 +210,8 @@ def run_expand(args) -> int:
     if layers is None or size is None:
         raise ConfigError("give --layers and --codebook-size (or --itemic-tokenizer DIR)")
     layout = expand_checkpoint(args.base_dir, args.out, num_layers=layers, codebook_size=size,
-                               pad_to_multiple=args.pad_to_multiple, seed=args.seed)
+                               pad_to_multiple=args.pad_to_multiple, seed=args.seed, force=args.force,
+                               inputs=inputs[1:])
     print(f"wrote expanded checkpoint to {args.out}: itemic ids {layout.first_id}..{layout.last_id}, "
           f"vocab {layout.base_vocab_size} → {layout.padded_vocab_size} rows")
     return 0

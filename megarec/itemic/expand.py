@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
+from typing import Iterable
 
 from megarec.errors import ConfigError, DataError
 from megarec.itemic.codes import check_codebook_size, layer_letters
 from megarec.itemic.layout import ITEMIC_JSON, ItemicLayout
+from megarec.outdir import check_out_dir, staged_dir
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 _CHUNK_ROWS = 16384
@@ -80,8 +81,12 @@ def _check_base(base_dir: Path) -> dict:
 
 
 def expand_checkpoint(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *, num_layers: int, codebook_size: int,
-                      pad_to_multiple: int = 128, seed: int = 0) -> ItemicLayout:
-    """Write an expanded copy of a Qwen3 HF checkpoint (model, tokenizer, itemic.json) to `out_dir`."""
+                      pad_to_multiple: int = 128, seed: int = 0, force: bool = False,
+                      inputs: Iterable[tuple[str, str | None]] = ()) -> ItemicLayout:
+    """Write an expanded copy of a Qwen3 HF checkpoint (model, tokenizer, itemic.json) to `out_dir`.
+
+    `out_dir` must be missing or empty unless `force`; it is replaced only once the whole copy is written.
+    `inputs` are further (flag, path) inputs the output must not be or contain (besides --base-dir)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,9 +96,9 @@ def expand_checkpoint(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     check_codebook_size(codebook_size)
     if pad_to_multiple < 1:
         raise ConfigError(f"--pad-to-multiple must be >= 1, got {pad_to_multiple}")
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
-    if base_dir.resolve() == out_dir.resolve():
-        raise ConfigError("--out must differ from --base-dir")
+    inputs = [("--base-dir", os.fspath(base_dir)), *inputs]
+    check_out_dir(out_dir, force=force, inputs=inputs)
+    base_dir = Path(base_dir)
     _check_base(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     base_len = len(tokenizer)
@@ -119,17 +124,8 @@ def expand_checkpoint(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     if chat_template and tokenizer.chat_template != chat_template:
         tokenizer.chat_template = chat_template
 
-    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        layout.save(staging / ITEMIC_JSON, seed=seed)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with staged_dir(out_dir, force=force, inputs=inputs) as stage:
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        layout.save(Path(stage) / ITEMIC_JSON, seed=seed)
     return layout

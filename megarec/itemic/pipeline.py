@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from megarec.itemic import stats as st
 from megarec.atomic import write_json
 from megarec.itemic.io import EmbeddingSource, lookup_rows, read_codes_table, show_id, write_codes_table
 from megarec.itemic.rqkmeans import CODES_FILE, STATS_FILE, RQKMeans, encode_source, train_centroids
+from megarec.outdir import check_out_dir, staged_dir
 
 
 def _residual_fn(model: RQKMeans, source: EmbeddingSource, codes: np.ndarray, source_rows: np.ndarray):
@@ -47,11 +49,15 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
                            max_train_samples: int | None = 500_000, normalization: str = "none",
                            init: str = "kmeans++", init_samples: int | None = None, dedup: str = "last-layer",
                            batch_rows: int | None = None, codes_out: str | os.PathLike | None = None,
-                           backend: str = "auto", show_progress: bool = True) -> dict:
+                           backend: str = "auto", show_progress: bool = True, force: bool = False,
+                           inputs: Iterable[tuple[str, str | None]] = ()) -> dict:
     """Train and write a tokenizer directory; returns the stats dict (also written to stats.json).
 
-    `backend` (auto | numpy | faiss) does the nearest-centroid assignments of training and encoding."""
+    `backend` (auto | numpy | faiss) does the nearest-centroid assignments of training and encoding.
+    `out_dir` must be missing or empty unless `force`; it is replaced only once every file is written, and
+    must not be or contain any of `inputs` ((flag, path) pairs)."""
     dd.check_method(dedup)
+    check_out_dir(out_dir, force=force, inputs=inputs)
     model = train_centroids(source, layers=layers, codebook_size=codebook_size, iters=iters, seed=seed,
                             max_train_samples=max_train_samples, normalization=normalization, init=init,
                             init_samples=init_samples, backend=backend, show_progress=show_progress)
@@ -65,11 +71,6 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
     model.meta.extra_layer = dedup == "extra-layer"
     sse_final = float(enc.layer_sse[-1] - enc.last_dist[moved].sum(dtype=np.float64)
                       + new_dist.sum(dtype=np.float64))
-    out = Path(out_dir)
-    codes_path = Path(codes_out) if codes_out else out / CODES_FILE
-    model.meta.codes_file = os.path.relpath(codes_path, out) if codes_out else CODES_FILE
-    model.save(out)
-    write_codes_table(codes_path, enc.ids, codes)
     stats = {
         "num_items": n,
         "codebook_size": codebook_size,
@@ -79,8 +80,23 @@ def train_itemic_tokenizer(source: EmbeddingSource, out_dir: str | os.PathLike, 
         "final": {**st.code_stats(codes, codebook_size), "moved_items": int(len(moved)),
                   "relative_mse": sse_final / enc.total_ss if enc.total_ss > 0 else float("nan")},
     }
-    write_json(out / STATS_FILE, stats)
+    with staged_dir(out_dir, force=force, inputs=inputs) as stage:
+        codes_path = _codes_path(out_dir, codes_out, stage)
+        model.meta.codes_file = os.path.relpath(codes_out, out_dir) if codes_out else CODES_FILE
+        model.save(stage)
+        write_codes_table(codes_path, enc.ids, codes)
+        write_json(Path(stage) / STATS_FILE, stats)
     return stats
+
+
+def _codes_path(out_dir, codes_out, stage: str) -> Path:
+    """Where to write the codes table while `stage` stands in for `out_dir`: inside the stage when the
+    table belongs in the tokenizer directory, else at --codes-out itself (written atomically)."""
+    if not codes_out:
+        return Path(stage) / CODES_FILE
+    rel = os.path.relpath(os.path.abspath(codes_out), os.path.abspath(out_dir))
+    inside = rel != os.curdir and not rel.startswith(os.pardir + os.sep) and rel != os.pardir
+    return Path(stage) / rel if inside else Path(codes_out)
 
 
 def encode_items(tok_dir: str | os.PathLike, source: EmbeddingSource, *, dedup: str | None = None,

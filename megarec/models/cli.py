@@ -1,6 +1,8 @@
 """`megarec init-model`: a randomly initialised Qwen3 HF checkpoint for a tokenizer (preset + overrides)."""
 from __future__ import annotations
 
+from megarec.outdir import FORCE_HELP, check_out_dir
+
 
 def register(sub) -> None:
     from megarec.models.presets import PRESETS
@@ -24,11 +26,12 @@ def register(sub) -> None:
     p.add_argument("--max-position-embeddings", type=int, default=None, help="Override the longest context.")
     p.add_argument("--init-std", type=float, default=0.02, help="Std of the normal weight initialisation.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
-    p.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=run_init_model)
 
 
 def run_init_model(args) -> int:
+    check_out_dir(args.out, force=args.force, inputs=[("--tokenizer", args.tokenizer)])
     from megarec.models.hf_init import init_hf_model
     from megarec.models.presets import get_preset
 

@@ -28,8 +28,11 @@ def init_hf_model(tokenizer_dir: str, out: str, arch: Qwen3Arch, *, seed: int = 
     import torch
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-    from megarec.convert.hf_io import copy_assets, staged_output
+    from megarec.convert.hf_io import copy_assets
+    from megarec.outdir import check_out_dir, staged_dir
 
+    inputs = [("--tokenizer", tokenizer_dir)]
+    check_out_dir(out, force=force, inputs=inputs)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tok.eos_token_id is None:
         raise ValueError(f"{tokenizer_dir}: tokenizer has no eos token")
@@ -38,7 +41,7 @@ def init_hf_model(tokenizer_dir: str, out: str, arch: Qwen3Arch, *, seed: int = 
                              init_std=init_std)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).float()
-    with staged_output(out, force) as stage:
+    with staged_dir(out, force=force, inputs=inputs) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         copy_assets(tokenizer_dir, stage)
         tok.save_pretrained(stage)

@@ -45,6 +45,7 @@ def run(args) -> int:
 
     cfg_name, module, trainer_name, _, _ = VERBS[args.verb]
     cfg = load_config(getattr(pt_config, cfg_name), args.config, args.overrides)
+    pt_config.check_export_dir(cfg)  # before torch is imported and any model is loaded
     mod = importlib.import_module(module)
     mod.validate_config(cfg, world_size_from_env())  # fail before any process group or model load
     env = distributed.init_distributed()

@@ -7,11 +7,13 @@ from dotted `key=value` overrides (see `megarec.config`).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 from megarec.config import help_field
 from megarec.errors import ConfigError
+from megarec.outdir import check_out_dir, has_entry
 from megarec.training.config import OptimizerConfig, RunLoggingConfig
 
 
@@ -265,6 +267,30 @@ def check_common(cfg, world_size: int, unit: str) -> None:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         raise ConfigError(f"optimizer.min_lr={cfg.optimizer.min_lr} is above optimizer.lr={cfg.optimizer.lr}")
+    check_export_dir(cfg)
+
+
+def export_dir(cfg) -> str:
+    """The final HF checkpoint's directory (checkpoint.output, default <logging.run_dir>/hf)."""
+    return cfg.checkpoint.output or os.path.join(cfg.logging.run_dir, "hf")
+
+
+def check_export_dir(cfg) -> None:
+    """The export replaces its directory when the run finishes, so refuse before any model load: the cwd
+    or an ancestor, a directory that is or holds an input or the run's own files, and a non-empty directory
+    that is not an earlier export (an HF checkpoint with config.json, which a rerun replaces)."""
+    run_dir = cfg.logging.run_dir
+    inputs = [("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer),
+              ("logging.run_dir", run_dir),
+              ("checkpoint.dir", cfg.checkpoint.dir or os.path.join(run_dir, "checkpoints"))]
+    for section in ("teacher", "reference"):
+        if hasattr(cfg, section):
+            inputs.append((f"{section}.path", getattr(cfg, section).path))
+    data = cfg.data
+    inputs += [("data.sources", s.path) for s in data.sources] + [("data.valid", s.path) for s in data.valid]
+    inputs.append(("data.codes", getattr(data, "codes", None)))
+    check_out_dir(export_dir(cfg), flag="checkpoint.output", inputs=inputs, own=has_entry("config.json"),
+                  hint="point checkpoint.output at a new or empty directory")
 
 
 def check_sources(sources: List[SourceSpec], key: str, required: bool) -> None:

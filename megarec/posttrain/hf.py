@@ -95,14 +95,15 @@ def save_hf_checkpoint(out_dir: str, config, state_dict: dict, tokenizer, source
     Non-weight files (generation_config.json, chat template files, itemic.json, …) are copied from the
     source directories first, then config.json and the tokenizer are written from the live objects.
     """
-    from megarec.convert.hf_io import copy_assets, parse_size, staged_output, write_safetensors
+    from megarec.convert.hf_io import copy_assets, parse_size, write_safetensors
+    from megarec.outdir import staged_dir
 
     tensors = {}
     for name, t in state_dict.items():
         if name == "lm_head.weight" and tied_embeddings(config):
             continue  # stored once, as the input embedding
         tensors[name] = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
-    with staged_output(out_dir, force=True) as stage:
+    with staged_dir(out_dir, force=True, flag="checkpoint.output") as stage:
         for src in reversed([d for d in source_dirs if d and os.path.isdir(d)]):
             copy_assets(src, stage, skip=("config.json", "trainer_state.pt", "optimizer.pt"))
         write_safetensors(stage, tensors, parse_size(max_shard_size))

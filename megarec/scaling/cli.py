@@ -1,6 +1,8 @@
 """`megarec scaling fit` (fit L(N, D) to training runs) and `megarec scaling plan` (compute-optimal N, D)."""
 from __future__ import annotations
 
+from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
+
 
 def register(sub) -> None:
     p = sub.add_parser("scaling", help="Scaling laws: fit L(N,D)=E+A/N^a+B/D^b to runs; plan N, D for a FLOP budget.",
@@ -11,10 +13,12 @@ def register(sub) -> None:
                                      "(log-sum-exp form), L-BFGS-B from a grid of initialisations, best fit kept.")
     f.add_argument("--runs", required=True,
                    help="CSV with a header: parameters (params|N), training tokens (tokens|D), final loss (loss|L).")
-    f.add_argument("--out", required=True, help="Output directory for fit.json and scaling.png.")
+    f.add_argument("--out", required=True,
+                   help="Output directory for fit.json and scaling.png (must be missing or empty unless --force).")
     f.add_argument("--huber-delta", type=float, default=1e-3, help="Huber loss threshold on log residuals.")
     f.add_argument("--grid", choices=("full", "small"), default="full",
                    help="Initialisation grid: full = Hoffmann et al.'s 4,500 points, small = 192 points.")
+    f.add_argument("--force", action="store_true", help=FORCE_HELP)
     f.set_defaults(func=run_fit)
     pl = verbs.add_parser("plan", help="Compute-optimal parameters and tokens for a FLOP budget.",
                           description="N_opt = G (C/6)^a, D_opt = (C/6)^b / G with a = beta/(alpha+beta), "
@@ -30,6 +34,7 @@ def run_fit(args) -> int:
     import json
     import os
 
+    check_out_dir(args.out, force=args.force, inputs=[("--runs", args.runs)])
     from megarec.eval.report import atomic_write_text
     from megarec.scaling.fit import DEFAULT_GRID, SMALL_GRID, fit_scaling_law, read_runs
     from megarec.scaling.plot import plot_scaling_law
@@ -37,11 +42,12 @@ def run_fit(args) -> int:
     n, d, loss = read_runs(args.runs)
     res = fit_scaling_law(n, d, loss, delta=args.huber_delta, grid=DEFAULT_GRID if args.grid == "full" else SMALL_GRID,
                           progress=True)
-    os.makedirs(args.out, exist_ok=True)
     out = res.to_dict()
     out["runs"] = os.path.abspath(args.runs)
-    atomic_write_text(os.path.join(args.out, "fit.json"), json.dumps(out, indent=2) + "\n")
-    png = plot_scaling_law(res.law, os.path.join(args.out, "scaling.png"), runs=(n, d, loss))
+    with staged_dir(args.out, force=args.force, inputs=[("--runs", args.runs)]) as stage:
+        atomic_write_text(os.path.join(stage, "fit.json"), json.dumps(out, indent=2) + "\n")
+        plot_scaling_law(res.law, os.path.join(stage, "scaling.png"), runs=(n, d, loss))
+    png = os.path.join(args.out, "scaling.png")
     law = res.law
     print(f"L(N, D) = {law.E:.4f} + {law.A:.4g} / N^{law.alpha:.4f} + {law.B:.4g} / D^{law.beta:.4f}")
     print(f"N_opt ∝ C^{law.a:.4f}, D_opt ∝ C^{law.b:.4f}  ({res.num_runs} runs, {res.num_inits} initialisations, "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from megarec.atomic import atomic_path, atomic_write_text
 from megarec.errors import DataError, MegarecError
+from megarec.outdir import check_out_dir, staged_dir
 
 # Pre-tokenizer regex of Qwen2/Qwen3 (single digits, unlike GPT-4's \p{N}{1,3}).
 PRETOKENIZE_REGEX = (
@@ -267,20 +268,22 @@ def _tokenizer_config(num_ranks: int, model_max_length: int) -> dict:
 
 def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.PathLike | None = None, *,
                           cache_dir: str | os.PathLike | None = None,
-                          model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, bpe_ranks: int | None = None) -> str:
+                          model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, bpe_ranks: int | None = None,
+                          force: bool = False) -> str:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json for a Qwen3-layout tokenizer.
 
     `bpe_ranks` keeps only the first N BPE ranks (a smaller vocabulary with the same algorithm, regex,
     added tokens and chat template; the added tokens then start at id N). Loads offline with
-    `transformers.AutoTokenizer.from_pretrained(out_dir)`. Returns `out_dir`.
+    `transformers.AutoTokenizer.from_pretrained(out_dir)`. Returns `out_dir`, which must be missing or empty
+    unless `force`, and is replaced only once all three files are written.
     """
+    inputs = [("--tiktoken", tiktoken_path), ("--cache-dir", cache_dir)]
+    check_out_dir(out_dir, force=force, inputs=inputs)
     tiktoken_path = str(tiktoken_path) if tiktoken_path is not None else ensure_qwen_tiktoken(cache_dir)
     if not os.path.isfile(tiktoken_path):
         raise DataError(f"{tiktoken_path}: tiktoken file not found")
     text = _cached_tokenizer_json(tiktoken_path, cache_dir, bpe_ranks)
     num_ranks = len(json.loads(text)["model"]["vocab"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = _tokenizer_config(num_ranks, model_max_length)
     flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
     special_map = {
@@ -288,7 +291,9 @@ def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.Pa
         "eos_token": {"content": EOS_TOKEN, **flags},
         "pad_token": {"content": PAD_TOKEN, **flags},
     }
-    atomic_write_text(out / "tokenizer.json", text)
-    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
-    return str(out)
+    with staged_dir(out_dir, force=force, inputs=inputs) as stage:
+        out = Path(stage)
+        atomic_write_text(out / "tokenizer.json", text)
+        atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
+    return str(out_dir)
