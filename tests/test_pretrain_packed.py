@@ -396,19 +396,57 @@ def test_split_matrix_matches_megatron(split):
     assert split_matrix(split) == convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
 
 
-def test_transformer_engine_rejects_packed(chat_data, monkeypatch):
-    """Per-document masks are ignored by TE's causal fused attention: refuse rather than train across documents."""
+def test_transformer_engine_takes_packed_data_as_thd(chat_data, monkeypatch):
+    """Under Transformer Engine packed data runs in the THD layout (TE ignores explicit masks, so unpacked
+    per-document masks are refused); THD with CP > 1 is refused until packs are padded per document."""
     from megarec.config import load_config
     from megarec.errors import ConfigError
     from megarec.training import pretrain
     from megarec.training.config import PretrainConfig
 
-    cfg = load_config(PretrainConfig, os.path.join(REPO, PACKED_RECIPE),
-                      [f"data.data_path={chat_data['a_packed']}", f"data.tokenizer={chat_data['tokenizer']}",
-                       f"train.seq_length={SEQ}", "train.eval_interval=0"])
+    def cfg(*extra):
+        return load_config(PretrainConfig, os.path.join(REPO, PACKED_RECIPE),
+                           [f"data.data_path={chat_data['a_packed']}", f"data.tokenizer={chat_data['tokenizer']}",
+                            f"train.seq_length={SEQ}", "train.eval_interval=0", *extra])
+
     real_setup = pretrain.qwen3.setup
     monkeypatch.setattr(pretrain.qwen3, "setup", lambda m, p, w=None: (real_setup(m, p, w)[0], "transformer_engine"))
+    packed = cfg()
+    pretrain.validate(packed, 1)
+    assert pretrain.uses_thd(packed, "transformer_engine") and not pretrain.uses_thd(packed, "local")
+    with pytest.raises(ConfigError, match="context_parallel_size > 1 under Transformer Engine"):
+        pretrain.validate(cfg("parallel.context_parallel_size=2"), 2)
+    unpacked = load_config(PretrainConfig, os.path.join(REPO, TINY_RECIPE),
+                           [f"data.data_path={chat_data['a']}", f"data.tokenizer={chat_data['tokenizer']}",
+                            "data.reset_attention_mask=true", "train.eval_interval=0"])
     with pytest.raises(ConfigError, match="Transformer Engine ignores"):
-        pretrain.validate(cfg, 1)
-    monkeypatch.setattr(pretrain.qwen3, "setup", real_setup)
-    pretrain.validate(cfg, 1)  # the local spec accepts the same config
+        pretrain.validate(unpacked, 1)
+
+
+def test_thd_layout_of_packs_is_the_block_diagonal_mask():
+    """to_thd turns a micro-batch of packs into one token stream whose cu_seqlens start a segment wherever the
+    position ids restart; the attention those segments define is exactly the explicit mask of the CPU path."""
+    from megarec.data.megatron_datasets import packed_sample
+    from megarec.training.batch import make_batch_preparer
+
+    S = 7
+    packs = [packed_sample([np.array([5, 6, 7]), np.array([8, 9])], None, S),
+             packed_sample([np.array([1, 2]), np.array([3, 4, 11])], None, S)]
+    batch = {k: torch.stack([p[k] for p in packs]) for k in packs[0]}
+    thd = make_batch_preparer(torch.device("cpu"), explicit_causal_mask=False, thd=True)(dict(batch))
+    params = thd["packed_seq_params"]
+    assert params.qkv_format == "thd" and thd["attention_mask"] is None
+    assert params.cu_seqlens_q.tolist() == [0, 3, 5, 7, 9, 12, 14] and params.cu_seqlens_q.dtype == torch.int32
+    assert params.max_seqlen_q == params.max_seqlen_kv == 3
+    assert thd["tokens"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 1, 2, 3, 4, 11, 0, 0]]
+    assert thd["loss_mask"].shape == (1, 14) and thd["labels"].reshape(2, S).tolist() == batch["labels"].tolist()
+    # Segments → block-diagonal causal mask of each pack, equal to the explicit mask (True = masked).
+    segment = torch.repeat_interleave(torch.arange(6), params.cu_seqlens_q.diff().long())
+    same = segment[:, None] == segment[None, :]
+    mask = ~(same & torch.ones(14, 14, dtype=torch.bool).tril())
+    for i in range(2):
+        block = mask[i * S:(i + 1) * S, i * S:(i + 1) * S]
+        assert torch.equal(block, batch["attention_mask"][i, 0])
+    assert mask[S:, :S].all()  # nothing crosses from one pack to the next
+    # Without a mask request (THD), the dataset builds no S×S mask at all.
+    assert "attention_mask" not in packed_sample([np.array([1, 2])], None, S, attention_mask=False)

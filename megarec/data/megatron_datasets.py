@@ -196,14 +196,17 @@ class PackedSequenceDataset(MegatronDataset):
         seqs = self.dataset[first:last] if last > first else []
         masks = self.loss_mask_dataset[first:last] if self.loss_mask_dataset is not None and last > first else None
         eod = self.config.tokenizer.eod if self.config.eod_mask_loss else None
-        return packed_sample(seqs, masks, self.config.sequence_length, zero_loss=idx is None, eod_id=eod)
+        return packed_sample(seqs, masks, self.config.sequence_length, zero_loss=idx is None, eod_id=eod,
+                             attention_mask=self.config.create_attention_mask)
 
 
 def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq_length: int,
-                  zero_loss: bool = False, eod_id: Optional[int] = None) -> dict[str, torch.Tensor]:
+                  zero_loss: bool = False, eod_id: Optional[int] = None,
+                  attention_mask: bool = True) -> dict[str, torch.Tensor]:
     """tokens/labels/loss_mask/position_ids/attention_mask of samples packed side by side, padded to S.
     Loss only where label i+1 is in the same sample as token i (times the per-token `masks`, shifted like
-    the labels, when given; and never on EOD labels when `eod_id` is given)."""
+    the labels, when given; and never on EOD labels when `eod_id` is given). Without `attention_mask` (the
+    THD path, whose documents are told apart by the restarting position ids) no S×S mask is built."""
     lens = np.array([s.size for s in seqs], dtype=np.int64)
     n = int(lens.sum())
     tokens = np.zeros(seq_length, np.int64)
@@ -232,13 +235,14 @@ def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq
         loss[: max(n - 1, 0)] *= labels[: max(n - 1, 0)] != eod_id
     if zero_loss:
         loss = np.zeros_like(loss)
-    seg_t = torch.from_numpy(seg)
-    same = seg_t[:, None] == seg_t[None, :]
-    causal = torch.ones(seq_length, seq_length, dtype=torch.bool).tril_()
-    attention_mask = ~(same & causal)
-    return {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
-            "loss_mask": torch.from_numpy(loss), "position_ids": torch.from_numpy(positions),
-            "attention_mask": attention_mask.unsqueeze(0)}
+    sample = {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
+              "loss_mask": torch.from_numpy(loss), "position_ids": torch.from_numpy(positions)}
+    if attention_mask:
+        seg_t = torch.from_numpy(seg)
+        same = seg_t[:, None] == seg_t[None, :]
+        causal = torch.ones(seq_length, seq_length, dtype=torch.bool).tril_()
+        sample["attention_mask"] = (~(same & causal)).unsqueeze(0)
+    return sample
 
 
 def build_packed_dataset(prefix: str, seq_length: int, *, tokenizer=None, seed: int = 1234,

@@ -75,12 +75,15 @@ def to_thd(batch: dict) -> dict:
     return out
 
 
-def make_batch_preparer(device: torch.device, explicit_causal_mask: bool) -> Callable[[dict], dict]:
+def make_batch_preparer(device: torch.device, explicit_causal_mask: bool, thd: bool = False
+                        ) -> Callable[[dict], dict]:
     """batch (from the DataLoader) → the tensors of this rank's forward pass, on `device`."""
     masks: dict[int, torch.Tensor] = {}
 
     def prepare(batch: dict) -> dict:
         out = {k: batch[k].to(device, non_blocking=True) for k in BATCH_KEYS}
+        if thd:
+            return to_thd(out)
         attention_mask = batch.get("attention_mask")
         if attention_mask is not None:
             attention_mask = attention_mask.to(device, non_blocking=True)

@@ -176,8 +176,10 @@ class Datasets:
     tokenizer: TokenizerInfo
 
 
-def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str) -> Datasets:
-    """Train/valid datasets sized for the whole run (train_iters × global batch)."""
+def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str,
+                   thd: bool = False) -> Datasets:
+    """Train/valid datasets sized for the whole run (train_iters × global batch). With `thd` (packed data
+    under Transformer Engine) packs carry no S×S attention mask."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
 
@@ -204,7 +206,7 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
         reset_position_ids=data.reset_position_ids,
         reset_attention_mask=data.reset_attention_mask,
         eod_mask_loss=data.eod_mask_loss,
-        create_attention_mask=data.reset_attention_mask,
+        create_attention_mask=data.reset_attention_mask or (data.packed and not thd),
         mmap_bin_files=True,
         loss_mask=data.loss_mask,  # packed: require the sibling mask, or train every in-document token
     )

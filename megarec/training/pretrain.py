@@ -61,14 +61,24 @@ def validate(cfg: PretrainConfig, world_size: int):
     from megarec.training.data import check_data_sources
 
     check_data_sources(cfg.data, t)
-    if impl == "transformer_engine" and (cfg.data.packed or cfg.data.reset_attention_mask):
+    if impl == "transformer_engine" and cfg.data.reset_attention_mask:
         # TE's fused attention with the causal mask type ignores an explicit attention_mask, so documents
-        # would silently attend to each other; per-document attention there needs THD packed_seq_params.
-        raise ConfigError("data.packed / data.reset_attention_mask need per-document attention masks, which "
-                          "Transformer Engine ignores; use model.transformer_impl=local")
+        # would silently attend to each other; per-document attention there is the THD path of packed data.
+        raise ConfigError("data.reset_attention_mask needs an explicit attention mask, which Transformer Engine "
+                          "ignores: preprocess with --pack and train with data.packed=true (THD), or use "
+                          "model.transformer_impl=local")
+    if uses_thd(cfg, impl) and cfg.parallel.context_parallel_size > 1:
+        raise ConfigError("data.packed with context_parallel_size > 1 under Transformer Engine is not supported "
+                          "yet (THD packs would need per-document padding to 2 × CP); use CP=1 for packed data")
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     return arch, impl
+
+
+def uses_thd(cfg: PretrainConfig, impl: str) -> bool:
+    """Packed data under Transformer Engine runs in the THD layout (cu_seqlens); the local spec keeps the
+    explicit block-diagonal mask."""
+    return cfg.data.packed and impl == "transformer_engine"
 
 
 def itemic_range(cfg: PretrainConfig) -> tuple[int, int]:
@@ -131,13 +141,14 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count.detach()])}
 
 
-def _make_forward_step(device: torch.device, explicit_mask: bool):
-    prepare = make_batch_preparer(device, explicit_mask)
+def _make_forward_step(device: torch.device, explicit_mask: bool, thd: bool):
+    prepare = make_batch_preparer(device, explicit_mask, thd)
 
     def forward_step(data_iterator, model):
         batch = prepare(next(data_iterator))
         with cpu_shims.suspended():
-            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"],
+                           packed_seq_params=batch.get("packed_seq_params"))
         return output, partial(_loss_func, batch["loss_mask"])
 
     return forward_step
@@ -242,13 +253,14 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     param_gather = ParamGatherControl(model, tconfig, cfg.parallel)
 
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-    datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir)
+    thd = uses_thd(cfg, impl)
+    datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir, thd)
     total_samples = cfg.train.train_iters * cfg.train.global_batch_size
     loader = make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size,
                          cfg.data.num_workers)
     loader_iter = iter(loader)
     num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
-    forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention))
+    forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention), thd)
 
     logger = MetricsLogger(run_dir, rank0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
                            cfg.logging.wandb_name, to_dict(cfg), cfg.train.train_iters, iteration,
