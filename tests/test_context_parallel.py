@@ -20,19 +20,20 @@ from megarec.errors import ConfigError
 SCRIPTS = os.path.join(REPO, "tests", "dist_scripts")
 
 
-def _torchrun(script: str, nproc: int) -> list[dict]:
+def _torchrun(script: str, nproc: int, out_dir) -> list[dict]:
+    """Run a script under torchrun; each rank writes <out_dir>/rank<R>.json (stdout lines of two processes
+    can interleave)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                           f"--master_port={free_port()}", os.path.join(SCRIPTS, script)],
+                           f"--master_port={free_port()}", os.path.join(SCRIPTS, script), str(out_dir)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return sorted(rows, key=lambda r: r["rank"])
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
 @pytest.mark.slow
-def test_batch_split_and_loss_reduction_over_cp_ranks():
-    r0, r1 = _torchrun("cp_batch_split.py", 2)
+def test_batch_split_and_loss_reduction_over_cp_ranks(tmp_path):
+    r0, r1 = _torchrun("cp_batch_split.py", 2, tmp_path)
     # 8 tokens = 4 chunks of 2; rank 0 keeps chunks 0 and 3, rank 1 chunks 1 and 2 (load balance).
     assert r0["tokens"] == [[0, 1, 6, 7], [8, 9, 14, 15]]
     assert r1["tokens"] == [[2, 3, 4, 5], [10, 11, 12, 13]]

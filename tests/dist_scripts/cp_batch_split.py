@@ -1,6 +1,8 @@
 """Run under torchrun with 2 CPU processes: context parallel = 2 on gloo. Slices a known batch with the
-pre-training batch preparer and reduces a loss over the CP group; prints one JSON line per rank."""
+pre-training batch preparer and reduces a loss over the CP group; writes <out_dir>/rank<R>.json."""
 import json
+import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -25,7 +27,8 @@ token_loss = out["tokens"].float() % s
 loss_sum = (token_loss * out["loss_mask"]).sum()
 count = out["loss_mask"].sum()
 loss, n = _reduce_loss([{"lm loss": torch.stack([loss_sum, count])}], torch.device("cpu"))
-print(json.dumps({"rank": dist.get_rank(), "tokens": out["tokens"].tolist(), "labels": out["labels"].tolist(),
-                  "loss_mask": out["loss_mask"].tolist(), "position_ids": out["position_ids"].tolist(),
-                  "attention_mask": out["attention_mask"].int().tolist(), "loss": loss, "count": n}), flush=True)
+with open(os.path.join(sys.argv[1], f"rank{dist.get_rank()}.json"), "w") as f:
+    json.dump({"rank": dist.get_rank(), "tokens": out["tokens"].tolist(), "labels": out["labels"].tolist(),
+               "loss_mask": out["loss_mask"].tolist(), "position_ids": out["position_ids"].tolist(),
+               "attention_mask": out["attention_mask"].int().tolist(), "loss": loss, "count": n}, f)
 dist.barrier()
