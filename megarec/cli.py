@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "megarec.eval.bench_cli",
     "megarec.scaling.cli",
     "megarec.demo.cli",
+    "megarec.doctor.cli",
 ]
 
 

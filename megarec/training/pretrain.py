@@ -316,6 +316,8 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
                           "consumed_samples": consumed, "tflops_per_device": tflops}
                 if peak_tflops is not None:
                     record["mfu"] = tflops / peak_tflops[1]
+                if torch.cuda.is_available():  # this rank's running peak, for the GPU acceptance check
+                    record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 logger.log(record)
             logger.advance(1, loss=loss)
             if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and datasets.valid is not None:
