@@ -24,7 +24,7 @@ import torch
 def build_hf(out: str, dtype: torch.dtype) -> float:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megarec.models.presets import get_preset
+    from megarec.models.qwen3.presets import get_preset
 
     a = get_preset("qwen3-0.6b")
     start = time.time()
@@ -64,7 +64,7 @@ def main() -> None:
         cli = [sys.executable, "-m", "megarec", "convert"]
         to_mcore = timed([*cli, "hf-to-mcore", "--hf-dir", hf, "--out", mc, "--tp", str(args.tp)])
         to_hf = timed([*cli, "mcore-to-hf", "--mcore-dir", mc, "--out", back])
-        from megarec.convert.hf_io import HFWeights
+        from megarec.common.hfdir import HFWeights
 
         a, b = HFWeights(hf), HFWeights(back)
         exact = sorted(a.names()) == sorted(b.names()) and all(torch.equal(a.get(n), b.get(n)) for n in a.names())

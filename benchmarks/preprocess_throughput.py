@@ -144,7 +144,7 @@ _SOURCES: dict = {}
 
 def _built_tasks(seed: int) -> dict:
     """`megarec data build` samples of the synthetic source (built once per seed)."""
-    from megarec.data.sources.synthetic import SyntheticConfig, generate_synthetic
+    from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
     from megarec.data.tasks.build import build_tasks
     from megarec.data.tasks.config import BuildConfig
 
@@ -156,7 +156,7 @@ def _built_tasks(seed: int) -> dict:
 
 def make_corpora(out_dir: str, docs: dict[str, int], seed: int) -> dict[str, str]:
     """One JSONL file per kind with docs[kind] rows."""
-    from megarec.data.io import write_jsonl
+    from megarec.common.io import write_jsonl
 
     rng = np.random.default_rng(seed)
     built = _built_tasks(seed) if {"segments", "messages"} & set(docs) else {}

@@ -113,7 +113,7 @@ def run_reference(x: np.ndarray, layers: int, k: int, iters: int, seed: int, n_t
 
 def run_megarec(path: str, layers: int, k: int, iters: int, seed: int, n_train: int, backend: str,
                 dedup: str) -> dict:
-    from megarec.errors import DataError
+    from megarec.common.errors import DataError
     from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import _apply_dedup
     from megarec.itemic.rqkmeans import encode_source, train_centroids

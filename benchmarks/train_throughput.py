@@ -26,7 +26,7 @@ BATCH, SEQ = 4, 256
 def hf_tokens_per_s(steps: int, warmup: int) -> float:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megarec.models.presets import get_preset
+    from megarec.models.qwen3.presets import get_preset
 
     a = get_preset("qwen3-small")
     torch.manual_seed(0)

@@ -8,11 +8,11 @@ import os
 import sys
 
 from megarec import __version__
-from megarec.errors import MegarecError
+from megarec.common.errors import MegarecError
 
 # Modules that register verbs, in the order `--help` lists them.
 COMMAND_MODULES = [
-    "megarec.training.cli",
+    "megarec.pretrain.cli",
     "megarec.tokenizer.cli",
     "megarec.models.cli",
     "megarec.itemic.cli",

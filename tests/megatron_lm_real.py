@@ -76,7 +76,7 @@ def cmd_load(out: str, flags: list[str]) -> None:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.module import Float16Module
 
-    from megarec import cpu_shims
+    from megarec.runtime import cpu_shims
 
     args = parse(flags)
     from megatron.training.checkpointing import load_checkpoint

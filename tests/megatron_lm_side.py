@@ -173,7 +173,7 @@ def _init(ns):
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megarec import cpu_shims
+    from megarec.runtime import cpu_shims
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     cpu_shims.enable()

@@ -14,11 +14,11 @@ SCRIPT = textwrap.dedent("""
     import sys
     import torch
     from megatron.core.models.gpt import GPTModel
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.models.layer_specs import get_layer_spec
-    from megarec.training import checkpointing as ckpt
-    from megarec.training.distributed import init_distributed
+    from megarec.models.qwen3.specs import get_layer_spec
+    from megarec.runtime import megatron_checkpoint as ckpt
+    from megarec.runtime.distributed import init_distributed
 
     from megarec.models.sdpa_attention import SDPACoreAttention
 

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from conftest import REPO
-from megarec.config import describe, iter_fields, load_config
-from megarec.errors import ConfigError
-from megarec.training.config import PretrainConfig
+from megarec.common.config import describe, iter_fields, load_config
+from megarec.common.errors import ConfigError
+from megarec.pretrain.config import PretrainConfig
 
 
 def test_overrides_parse_types_and_nesting(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO, free_port
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 SCRIPTS = os.path.join(REPO, "tests", "dist_scripts")
 
@@ -54,7 +54,7 @@ def test_batch_split_and_loss_reduction_over_cp_ranks(tmp_path):
                                              (2, 2, True, 40, True), (2, 2, True, 36, False), (1, 4, True, 6, False)])
 def test_sequence_length_must_split_into_cp_chunks(cp, tp, sp, seq, ok):
     from megarec.models.config import ParallelConfig
-    from megarec.training.batch import check_seq_length
+    from megarec.pretrain.batch import check_seq_length
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp)
     if ok:

@@ -10,9 +10,10 @@ import torch
 
 from conftest import run_cli
 
-from megarec.convert import hf_io, mapping
-from megarec.errors import ConfigError
-from megarec.models.presets import Qwen3Arch
+from megarec.common import hfdir as hf_io
+from megarec.models.qwen3 import mapping
+from megarec.common.errors import ConfigError
+from megarec.models.qwen3.presets import Qwen3Arch
 
 TOKENIZER_FILES = {"tokenizer.json": '{"model": {"type": "WordLevel"}}', "tokenizer_config.json": '{"eos": 1}',
                    "chat_template.jinja": "{{ messages }}"}
@@ -136,7 +137,7 @@ def test_plan_shards():
 
 
 def test_checkpoint_contents_and_metadata(hf, mcore):
-    from megarec.training.checkpointing import checkpoint_padded_vocab, read_common_state, read_full_tensors
+    from megarec.runtime.megatron_checkpoint import checkpoint_padded_vocab, read_common_state, read_full_tensors
 
     import torch.distributed as dist
 

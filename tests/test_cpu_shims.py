@@ -19,7 +19,7 @@ def _run(code: str) -> str:
 def test_shims_route_cuda_to_cpu_and_track_rng():
     out = _run("""
         import torch
-        from megarec import cpu_shims
+        from megarec.runtime import cpu_shims
         assert cpu_shims.needed() and not cpu_shims.is_enabled()
         assert cpu_shims.enable() and cpu_shims.enable()          # idempotent
         t = torch.zeros(3, device="cuda")
@@ -52,7 +52,7 @@ def test_shims_do_nothing_when_cuda_present():
     out = _run("""
         import torch
         torch.cuda.is_available = lambda: True
-        from megarec import cpu_shims
+        from megarec.runtime import cpu_shims
         assert not cpu_shims.needed() and cpu_shims.enable() is False and not cpu_shims.is_enabled()
         print(torch.zeros(1).type())
     """)

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 from data_helpers import itemic_tokenizer, read_dataset, write_jsonl
 from megarec.data.preprocess import ABORT_ENV, PreprocessOptions, run_preprocess
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 TEXTS = ["Hello, world!", "Recommendation with itemic tokens <|sid_begin|><s_a_1><s_b_2><s_c_3><|sid_end|> works.",
          "中文文本也可以。", "  leading spaces and\nnewlines\n\n", "x" * 300, "Numbers 12345 and symbols #$%"]

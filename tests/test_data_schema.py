@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from data_helpers import write_jsonl
-from megarec.data.schema import load_reclog
-from megarec.errors import DataError
+from megarec.rawdata.schema import load_reclog
+from megarec.common.errors import DataError
 
 ITEMS = [
     {"item_id": "v1", "domain": "video", "caption": "cats"},

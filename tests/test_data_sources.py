@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from data_helpers import write_jsonl
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 
 def test_synthetic_structure_and_determinism():
-    from megarec.data.sources.synthetic import SyntheticConfig, generate_synthetic
+    from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
 
     cfg = SyntheticConfig(num_users=150, num_items=240, seed=7)
     log, codes = generate_synthetic(cfg)
@@ -51,7 +51,7 @@ def _fake_recbole_wheel(path):
 
 
 def test_movielens_adapter_from_wheel(tmp_path):
-    from megarec.data.sources.movielens import ensure_ml100k, load_ml100k
+    from megarec.rawdata.movielens import ensure_ml100k, load_ml100k
 
     wheel = _fake_recbole_wheel(tmp_path / "recbole-1.2.1-py3-none-any.whl")
     data_dir = ensure_ml100k(cache_dir=str(tmp_path / "cache"), wheel=wheel)
@@ -66,7 +66,7 @@ def test_movielens_adapter_from_wheel(tmp_path):
 
 
 def test_amazon_adapter(tmp_path):
-    from megarec.data.sources.amazon import load_amazon
+    from megarec.rawdata.amazon import load_amazon
 
     reviews = [
         {"reviewerID": "A", "asin": "p1", "overall": 5.0, "unixReviewTime": 20, "reviewText": "Great lamp."},

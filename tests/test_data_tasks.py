@@ -9,13 +9,13 @@ import pytest
 
 from conftest import run_cli
 from megarec.data.itemic_text import item_string
-from megarec.data.sources.synthetic import SyntheticConfig, generate_synthetic
+from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
 from megarec.data.tasks.build import build_tasks
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.context import SFT_TASKS
 from megarec.data.tasks.split import verify_no_leakage
 from megarec.data.tasks.templates import TEMPLATE_FIELDS, Templates
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 ITEM_RE = re.compile(r"<\|sid_begin\|>((?:<s_[a-z]_\d+>)+)<\|sid_end\|>")
 REC_TASKS = ("short_video_rec", "ad_rec", "product_rec", "label_conditional_rec", "interactive_rec")

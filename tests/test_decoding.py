@@ -13,7 +13,7 @@ from megarec.decoding.beam_search import constrained_beam_search
 from megarec.decoding.processor import ItemConstraintLogitsProcessor
 from megarec.decoding.sampling import constrained_sample
 from megarec.decoding.scoring import score_items
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 VOCAB, FIRST, L, K = 64, 40, 3, 6  # 18 code tokens at 40..57, <|sid_begin|>=58, <|sid_end|>=59
 META = dict(first_id=FIRST, last_id=FIRST + L * K + 1, num_layers=L, codebook_size=K,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from megarec.training.distributed import detect_launch_env, first_slurm_host
+from megarec.runtime.distributed import detect_launch_env, first_slurm_host
 
 
 @pytest.mark.parametrize("nodelist,first", [("gpu[003-005,010]", "gpu003"), ("node7", "node7"),

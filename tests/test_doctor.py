@@ -18,7 +18,7 @@ from conftest import REPO, run_cli
 
 from megarec.doctor import checks, curves, device, plan, runner, summary
 from megarec.doctor.device import DeviceInfo
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0), 79.1, 1, visible=["0"])
 
@@ -179,7 +179,7 @@ def test_memory_probe_sequence_length_fits_the_gpu():
 def write_metrics(run_dir, losses, **extra_per_step):
     """A metrics.jsonl as the pretrain loop writes it (through its own MetricsLogger), with a checkpoint and a
     validation record in between that the doctor must skip."""
-    from megarec.training.metrics import MetricsLogger
+    from megarec.runtime.metrics import MetricsLogger
 
     logger = MetricsLogger(str(run_dir), True, "disabled", "p", None, {}, len(losses), 0, False)
     for i, loss in enumerate(losses, 1):
@@ -309,7 +309,7 @@ def test_verdict_and_exit_code():
 def _small_arch():
     """The architecture `init-model` writes for the doctor's flags, through the real init-model parser."""
     from megarec.cli import build_parser
-    from megarec.models.presets import get_preset
+    from megarec.models.qwen3.presets import get_preset
 
     a = build_parser().parse_args(["init-model", "--tokenizer", "t", "--out", "o", *plan.SMALL_MODEL_FLAGS])
     return get_preset(a.preset).replace(num_layers=a.num_layers, hidden_size=a.hidden_size,
@@ -321,10 +321,10 @@ def _small_arch():
 def test_planned_pretrain_overrides_are_valid_config(tmp_path):
     """Every `megarec pretrain` the doctor can launch loads through the real config loader, and its layout passes
     the engine's own checks for the Transformer Engine spec at the number of processes it runs on."""
-    from megarec.config import load_config
-    from megarec.models.qwen3 import resolve_arch, validate_layout
-    from megarec.training.batch import check_seq_length
-    from megarec.training.config import PretrainConfig
+    from megarec.common.config import load_config
+    from megarec.models.qwen3.builder import resolve_arch, validate_layout
+    from megarec.pretrain.batch import check_seq_length
+    from megarec.pretrain.config import PretrainConfig
 
     paths = plan.WorkPaths(str(tmp_path))
     runs = plan.planned_pretrain_runs(paths, steps=20, peak_tflops=989.0, memory_seq=32768)
@@ -383,8 +383,9 @@ def test_log_lines_the_doctor_looks_for_are_printed_by_the_product(monkeypatch, 
     import torch
     import torch.distributed as dist
 
-    from megarec.training import checkpointing, pretrain
-    from megarec.training.config import PretrainConfig
+    from megarec.runtime import megatron_checkpoint as checkpointing
+    from megarec.pretrain import trainer as pretrain
+    from megarec.pretrain.config import PretrainConfig
 
     assert checks.EXTRA_STATE_NOTE in inspect.getsource(checkpointing._load_tolerating_extra_state)
     assert checks.INIT_NOTE.replace("megarec: ", "") in inspect.getsource(pretrain._train)

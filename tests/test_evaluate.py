@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from megarec.errors import ConfigError, MegarecError
+from megarec.common.errors import ConfigError, MegarecError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.itemic.embed import SentenceEncoder, embed_texts, ensure_minilm, item_texts_from_jsonl
 
 ITEMS = [

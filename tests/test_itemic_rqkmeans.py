@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
 from megarec.itemic.io import open_embeddings, read_codes_table
 from megarec.itemic.pipeline import compute_stats, encode_items, train_itemic_tokenizer

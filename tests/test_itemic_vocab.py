@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic.codes import itemic_token_strings
 from megarec.itemic.expand import expand_checkpoint
 from megarec.itemic.layout import ItemicLayout

@@ -72,8 +72,8 @@ def test_pretrain_8b_dry_run(tmp_path):
                "data.data_path=[0.6234, /d/gen, 0.3766, /d/rec]", "data.tokenizer=/t", "checkpoint.init_from=/ckpt/s1"):
         assert ov in argv, ov
     # Every override the script emits is a valid key of the recipe it runs.
-    from megarec.config import load_config
-    from megarec.training.config import PretrainConfig
+    from megarec.common.config import load_config
+    from megarec.pretrain.config import PretrainConfig
 
     overrides = argv[argv.index("--config") + 2:]
     cfg = load_config(PretrainConfig, argv[argv.index("--config") + 1], overrides)
@@ -165,7 +165,7 @@ def test_init_distributed_uses_the_configured_timeout(monkeypatch):
     import torch.distributed as dist
 
     from megarec.models.config import ParallelConfig
-    from megarec.training import distributed
+    from megarec.runtime import distributed
 
     class Reached(Exception):
         pass
@@ -189,10 +189,10 @@ def test_init_distributed_uses_the_configured_timeout(monkeypatch):
 
 
 def test_timeout_must_be_positive():
-    from megarec.errors import ConfigError
+    from megarec.common.errors import ConfigError
     from megarec.models.config import ParallelConfig
-    from megarec.models.presets import get_preset
-    from megarec.models.qwen3 import validate_layout
+    from megarec.models.qwen3.presets import get_preset
+    from megarec.models.qwen3.builder import validate_layout
 
     with pytest.raises(ConfigError, match="distributed_timeout_minutes must be >= 1"):
         validate_layout(get_preset("qwen3-tiny"), ParallelConfig(distributed_timeout_minutes=0), "local")

@@ -23,8 +23,8 @@ import torch
 
 from conftest import REPO, run_cli
 
-from megarec.errors import ConfigError
-from megarec.training import megatron_lm_compat as compat
+from megarec.common.errors import ConfigError
+from megarec.runtime import megatron_lm_compat as compat
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -78,7 +78,7 @@ def megatron_lm(action: str, *args: str) -> None:
 def full_tensors(path: str, optimizer: bool = False) -> dict:
     import torch.distributed as dist
 
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     try:
         return read_full_tensors(path, optimizer=optimizer)
@@ -90,7 +90,7 @@ def full_tensors(path: str, optimizer: bool = False) -> dict:
 def common_state(path: str) -> dict:
     import torch.distributed as dist
 
-    from megarec.training.checkpointing import ensure_single_process_group, read_common_state, resolve_checkpoint_dir
+    from megarec.runtime.megatron_checkpoint import ensure_single_process_group, read_common_state, resolve_checkpoint_dir
 
     ensure_single_process_group()
     try:
@@ -101,7 +101,7 @@ def common_state(path: str) -> dict:
 
 def as_module_state(plain: dict, model_state: dict) -> dict:
     """Global checkpoint tensors (layers stacked) → per-module names of a TP=1 GPTModel state dict."""
-    from megarec.convert import mapping
+    from megarec.models.qwen3 import mapping
 
     out = {}
     for name in model_state:
@@ -199,9 +199,9 @@ def _preset_args(preset: str, vocab: int, tp: int):
     """The args megarec writes for a preset with the expanded vocabulary (no model is built)."""
     from types import SimpleNamespace
 
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.models.presets import get_preset
+    from megarec.models.qwen3.presets import get_preset
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     arch = get_preset(preset).replace(vocab_size=vocab)
@@ -408,7 +408,7 @@ def test_megarec_starts_from_megatron_lm_weights(mlm_checkpoint, hf_tied, tmp_pa
 
 
 def test_megatron_lm_checkpoint_exports_to_hf(mlm_checkpoint, hf_tied, tmp_path):
-    from megarec.convert import hf_io
+    from megarec.common import hfdir as hf_io
     from megarec.convert.exporter import mcore_to_hf
 
     out = tmp_path / "hf"

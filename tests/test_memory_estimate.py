@@ -8,14 +8,14 @@ import re
 import pytest
 
 from conftest import REPO
-from megarec.config import load_config
-from megarec.errors import ConfigError
+from megarec.common.config import load_config
+from megarec.common.errors import ConfigError
 from megarec.itemic.layout import ItemicLayout
-from megarec.models.memory import (GIB, MemoryEstimate, choose_recompute, estimate_for_config, estimate_memory,
+from megarec.models.qwen3.memory import (GIB, MemoryEstimate, choose_recompute, estimate_for_config, estimate_memory,
                                    local_params)
-from megarec.models.presets import Qwen3Arch, get_preset
-from megarec.models.qwen3 import padded_vocab_size
-from megarec.training.config import PretrainConfig
+from megarec.models.qwen3.presets import Qwen3Arch, get_preset
+from megarec.models.qwen3.builder import padded_vocab_size
+from megarec.pretrain.config import PretrainConfig
 
 # L=2 layers, h=64, a=4 query heads, g=2 KV groups, d=16, f=128, V=1024, untied.
 SMALL = Qwen3Arch(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,

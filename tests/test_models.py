@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.models.config import ModelConfig, ParallelConfig
-from megarec.models.layer_specs import resolve_transformer_impl
-from megarec.models.presets import PRESETS, arch_from_hf_config, get_preset
-from megarec.models.qwen3 import padded_vocab_size, resolve_arch, transformer_config_kwargs, validate_layout
+from megarec.models.qwen3.specs import resolve_transformer_impl
+from megarec.models.qwen3.presets import PRESETS, arch_from_hf_config, get_preset
+from megarec.models.qwen3.builder import padded_vocab_size, resolve_arch, transformer_config_kwargs, validate_layout
 
 
 @pytest.mark.parametrize("name,layers,hidden,heads,kv,ffn,tied", [
@@ -139,8 +139,8 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from megarec.models import qwen3
-    from megarec.training.distributed import init_distributed
+    from megarec.models.qwen3 import builder as qwen3
+    from megarec.runtime.distributed import init_distributed
 
     monkeypatch.setattr(qwen3, "fused_wgrad_kernel_available", lambda: kernel_present)
     arch = PRESETS["qwen3-tiny"]
@@ -162,7 +162,7 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
 def test_flops_per_token_counts_causal_attention_as_megatron_lm():
     """Megatron-LM's num_floating_point_operations for a dense GQA SwiGLU model, per token: 6 × (h·(q+2kv)·d +
     q·d·S/2·2 + q·d·h) + 18·h·f per layer, plus 6·h·V for the logits."""
-    from megarec.training.metrics import flops_per_token
+    from megarec.runtime.metrics import flops_per_token
 
     arch = get_preset("qwen3-8b")
     h, d, q, kv, f, n, s, v = 4096, 128, 32, 8, 12288, 36, 32768, 176384

@@ -10,11 +10,11 @@ def test_weight_decay_groups_and_row_frozen_params():
     code = textwrap.dedent("""
         import torch
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megarec.models import qwen3
+        from megarec.models.qwen3 import builder as qwen3
         from megarec.models.config import ModelConfig, ParallelConfig
-        from megarec.training.config import OptimizerConfig, TrainConfig
-        from megarec.training.distributed import init_distributed
-        from megarec.training.optimizer import build_optimizer, build_scheduler
+        from megarec.pretrain.config import OptimizerConfig, TrainConfig
+        from megarec.runtime.distributed import init_distributed
+        from megarec.pretrain.optimizer import build_optimizer, build_scheduler
         init_distributed(ParallelConfig(), seed=0)
         arch = qwen3.resolve_arch(ModelConfig())
         tcfg = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")

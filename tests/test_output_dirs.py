@@ -8,8 +8,8 @@ import os
 import pytest
 
 from conftest import run_cli
-from megarec.errors import ConfigError
-from megarec.outdir import check_out_dir, refuse_unsafe, staged_dir
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_out_dir, refuse_unsafe, staged_dir
 
 POSTTRAIN = ("sft", "distill", "grpo")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.posttrain import tiny
 
 WORDS = ["film", "song", "video", "hello", "world", "topic3", "user2", "calm", "fun"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import run_cli
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.posttrain import tiny
 from posttrain_helpers import REC_ITEMS as ITEMS
 from posttrain_helpers import write_rec_task

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.posttrain import chat, tiny
 from megarec.posttrain.sft_data import ChatEncoder, encode_conversation
 

@@ -98,8 +98,8 @@ def test_engine_packed_dataset_blend(chat_data, tmp_path, process_group):
     per document, block-diagonal causal mask, loss only on in-document assistant targets."""
     from tokenizers import Tokenizer
 
-    from megarec.training.config import DataConfig, TrainConfig
-    from megarec.training.data import build_datasets
+    from megarec.pretrain.config import DataConfig, TrainConfig
+    from megarec.pretrain.data import build_datasets
 
     data = DataConfig(data_path=[f"0.7 {chat_data['a_packed']} 0.3 {chat_data['b_packed']}"], split="1,0,0",
                       tokenizer=chat_data["tokenizer"], packed=True, loss_mask=True, num_workers=0)
@@ -159,9 +159,9 @@ def test_packed_loss_mask_choices(chat_data):
 EQUIVALENCE = textwrap.dedent("""
     import json, torch
     from megarec.data.megatron_datasets import packed_sample
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.training.distributed import init_distributed
+    from megarec.runtime.distributed import init_distributed
     init_distributed(ParallelConfig(), seed=0)
     arch = qwen3.resolve_arch(ModelConfig(preset="qwen3-tiny"))
     tcfg = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")
@@ -247,9 +247,9 @@ def _ok(proc):
 
 def _expected_loss_tokens(engine_args: list[str], chat_data, tmp_path) -> list[int]:
     """Loss tokens per step of the engine's data stream, rebuilt in-process from the same recipe and overrides."""
-    from megarec.config import load_config
-    from megarec.training.config import PretrainConfig
-    from megarec.training.data import build_datasets
+    from megarec.common.config import load_config
+    from megarec.pretrain.config import PretrainConfig
+    from megarec.pretrain.data import build_datasets
 
     assert engine_args[:2] == ["pretrain", "--config"]
     cfg = load_config(PretrainConfig, os.path.join(REPO, engine_args[2]), engine_args[3:])
@@ -265,12 +265,12 @@ FIRST_STEP = textwrap.dedent("""
     # The engine's first-step loss, recomputed outside the engine: same recipe, same seeded initialisation,
     # same data; once with the batch's per-document masks and once with one plain causal mask.
     import json, sys, torch
-    from megarec.config import load_config
-    from megarec.models import qwen3
-    from megarec.training.config import PretrainConfig
-    from megarec.training.data import build_datasets
-    from megarec.training.distributed import init_distributed
-    from megarec.training.pretrain import _padded_vocab, validate
+    from megarec.common.config import load_config
+    from megarec.models.qwen3 import builder as qwen3
+    from megarec.pretrain.config import PretrainConfig
+    from megarec.pretrain.data import build_datasets
+    from megarec.runtime.distributed import init_distributed
+    from megarec.pretrain.trainer import _padded_vocab, validate
     recipe, overrides, cache = json.loads(sys.argv[1])
     cfg = load_config(PretrainConfig, recipe, overrides)
     arch, impl = validate(cfg, 1)
@@ -365,10 +365,10 @@ def test_loss_masked_unpacked_pretrain(chat_data, tmp_path, process_group):
 ])
 def test_packed_config_errors(chat_data, which, overrides, message):
     """Mismatches between data.packed and the `P.preprocess.json` metadata fail before any process starts."""
-    from megarec.config import load_config
-    from megarec.errors import ConfigError
-    from megarec.training.config import PretrainConfig
-    from megarec.training.pretrain import validate
+    from megarec.common.config import load_config
+    from megarec.common.errors import ConfigError
+    from megarec.pretrain.config import PretrainConfig
+    from megarec.pretrain.trainer import validate
 
     cfg = load_config(PretrainConfig, os.path.join(REPO, TINY_RECIPE),
                       [f"data.data_path={chat_data[which]}", f"data.tokenizer={chat_data['tokenizer']}",
@@ -391,7 +391,7 @@ def test_split_matrix_matches_megatron(split):
     from megatron.core.datasets.blended_megatron_dataset_config import (
         convert_split_vector_to_split_matrix, parse_and_normalize_split)
 
-    from megarec.training.data import split_matrix
+    from megarec.pretrain.data import split_matrix
 
     assert split_matrix(split) == convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
 
@@ -399,10 +399,10 @@ def test_split_matrix_matches_megatron(split):
 def test_transformer_engine_takes_packed_data_as_thd(chat_data, monkeypatch):
     """Under Transformer Engine packed data runs in the THD layout (TE ignores explicit masks, so unpacked
     per-document masks are refused); THD with CP > 1 is refused until packs are padded per document."""
-    from megarec.config import load_config
-    from megarec.errors import ConfigError
-    from megarec.training import pretrain
-    from megarec.training.config import PretrainConfig
+    from megarec.common.config import load_config
+    from megarec.common.errors import ConfigError
+    from megarec.pretrain import trainer as pretrain
+    from megarec.pretrain.config import PretrainConfig
 
     def cfg(*extra):
         return load_config(PretrainConfig, os.path.join(REPO, PACKED_RECIPE),
@@ -427,7 +427,7 @@ def test_thd_layout_of_packs_is_the_block_diagonal_mask():
     """to_thd turns a micro-batch of packs into one token stream whose cu_seqlens start a segment wherever the
     position ids restart; the attention those segments define is exactly the explicit mask of the CPU path."""
     from megarec.data.megatron_datasets import packed_sample
-    from megarec.training.batch import make_batch_preparer
+    from megarec.pretrain.batch import make_batch_preparer
 
     S = 7
     packs = [packed_sample([np.array([5, 6, 7]), np.array([8, 9])], None, S),

@@ -166,7 +166,7 @@ def _stage1(corpus, tmp_path, init, nproc, extra):
 
 @pytest.mark.parametrize("nproc,extra", [(1, []), (2, ["parallel.tensor_model_parallel_size=2"])], ids=["tp1", "tp2"])
 def test_stage1_changes_only_itemic_rows(corpus, reference, tmp_path, nproc, extra):
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     save = _stage1(corpus, tmp_path, reference["init"], nproc, extra)
     before, after = read_full_tensors(reference["init"]), read_full_tensors(save)
@@ -190,7 +190,7 @@ def test_stage1_changes_only_itemic_rows(corpus, reference, tmp_path, nproc, ext
 
 def test_stage1_tied_model(corpus, tmp_path):
     """Tied embeddings (Qwen3 <= 4B): the shared matrix trains only in its itemic rows."""
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     init = str(tmp_path / "init")
     tied = ["model.preset=qwen3-tiny-tied"]
@@ -276,7 +276,7 @@ def test_h100_recipe_options_run_on_cpu(corpus, reference, tmp_path):
 def test_overlapped_param_gather_saves_current_weights(corpus, reference, tmp_path):
     """With the distributed optimizer, overlap_param_gather defers the all-gather of updated weights to the
     next forward: a save must sync first, or each rank writes stale halves. Same weights as without overlap."""
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     saved = {}
     for name, extra in {"plain": [], "overlap": ["parallel.overlap_grad_reduce=true",
@@ -297,7 +297,7 @@ def test_pipeline_stages_start_from_different_seeds(corpus, tmp_path):
     """From scratch, pipeline stages do not start as copies of each other (seed + 100 × PP rank, as in
     Megatron-LM). At PP=4 the two middle stages hold one layer each and nothing else, so with one shared seed
     they would draw identical weights."""
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     save = str(tmp_path / "init")
     ok(run_cli(["pretrain", *COMMON, *corpus["data"], "model.num_layers=4", "train.train_iters=0",

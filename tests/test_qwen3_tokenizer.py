@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 
 from conftest import run_cli
-from megarec.errors import DataError, MegarecError
+from megarec.common.errors import DataError, MegarecError
 from megarec.tokenizer import qwen3_offline as q3
 
 MIXED = ("推荐系统 (recommender systems) 把物品写成 itemic tokens：“短视频”、广告和商品。\n"

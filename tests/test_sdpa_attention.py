@@ -11,8 +11,8 @@ def test_sdpa_matches_megatron_unfused_attention():
     code = textwrap.dedent("""
         import torch
         from megarec.models.config import ModelConfig, ParallelConfig
-        from megarec.models import qwen3
-        from megarec.training.distributed import init_distributed
+        from megarec.models.qwen3 import builder as qwen3
+        from megarec.runtime.distributed import init_distributed
         init_distributed(ParallelConfig(), seed=0)
         arch = qwen3.resolve_arch(ModelConfig(preset="qwen3-tiny"))     # 4 heads, 2 KV groups
         tcfg = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")

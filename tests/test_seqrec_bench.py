@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from megarec.errors import MegarecError
+from megarec.common.errors import MegarecError
 from megarec.eval.baselines.pop import PopRecommender
 from megarec.eval.baselines.train import SeqTrainConfig, train_sequential, training_windows
 from megarec.eval.seqrec_data import SeqRecData, load_seqrec
@@ -74,7 +74,7 @@ def test_amazon_sequences_in_time_order(tmp_path):
 
 @pytest.fixture(scope="module")
 def ml100k():
-    from megarec.data.sources.movielens import ensure_ml100k
+    from megarec.rawdata.movielens import ensure_ml100k
 
     try:
         return ensure_ml100k()

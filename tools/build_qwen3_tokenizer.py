@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from megarec.errors import MegarecError
-from megarec.outdir import FORCE_HELP
+from megarec.common.errors import MegarecError
+from megarec.common.outdir import FORCE_HELP
 from megarec.tokenizer.qwen3_offline import build_qwen3_tokenizer
 
 

@@ -2,7 +2,7 @@
 checkpoints, and the Megatron-LM command line that loads one."""
 from __future__ import annotations
 
-from megarec.outdir import FORCE_HELP, check_out_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir
 
 
 def register(sub) -> None:
@@ -144,8 +144,8 @@ def run_verify(args) -> int:
 def run_megatron_lm_flags(args) -> int:
     import shlex
 
-    from megarec.training.checkpointing import ensure_single_process_group
-    from megarec.training.megatron_lm_compat import flags_for_checkpoint
+    from megarec.runtime.megatron_checkpoint import ensure_single_process_group
+    from megarec.runtime.megatron_lm_compat import flags_for_checkpoint
 
     ensure_single_process_group()
     print(shlex.join(flags_for_checkpoint(args.mcore_dir, args.mode)), flush=True)

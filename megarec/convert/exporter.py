@@ -16,10 +16,11 @@ from typing import Optional
 
 import torch
 
-from megarec.convert import hf_io, mapping
+from megarec.common import hfdir as hf_io
+from megarec.models.qwen3 import mapping
 from megarec.convert.importer import HF_ASSETS_DIR, check_itemic
-from megarec.errors import ConfigError
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_out_dir, staged_dir
 
 # ModelConfig overrides of a pre-training run → HF config keys.
 _OVERRIDE_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
@@ -94,8 +95,8 @@ def _output_dtype(requested: str, config: dict, tensors: dict) -> torch.dtype:
 def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max_shard_size: str = "5GB",
                 dtype: str = "auto", force: bool = False) -> dict:
     """Convert; returns a summary dict. Raises ConfigError (nothing written) on any mismatch."""
-    from megarec.training import checkpointing as ckpt
-    from megarec.training.distributed import world_size_from_env
+    from megarec.runtime import megatron_checkpoint as ckpt
+    from megarec.runtime.distributed import world_size_from_env
 
     start = time.time()
     if world_size_from_env() > 1:
@@ -179,7 +180,7 @@ def _read_tensors(ckpt_dir: str) -> dict:
     none behind."""
     import torch.distributed as dist
 
-    from megarec.training.checkpointing import read_full_tensors
+    from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     had_group = dist.is_initialized()
     try:

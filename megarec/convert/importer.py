@@ -19,9 +19,10 @@ from typing import Optional
 
 import torch
 
-from megarec.convert import hf_io, mapping
-from megarec.errors import ConfigError
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common import hfdir as hf_io
+from megarec.models.qwen3 import mapping
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_out_dir, staged_dir
 
 HF_ASSETS_DIR = "hf_assets"  # non-weight HF files kept beside the checkpoint, for the way back
 
@@ -30,8 +31,8 @@ HF_ASSETS_DIR = "hf_assets"  # non-weight HF files kept beside the checkpoint, f
 def megatron_single_process():
     """A one-process gloo group with Megatron's TP=PP=1 groups (and the CPU shims when CUDA is absent)."""
     from megarec.models.config import ParallelConfig
-    from megarec.training.checkpointing import ensure_single_process_group
-    from megarec.training.distributed import init_distributed, shutdown
+    from megarec.runtime.megatron_checkpoint import ensure_single_process_group
+    from megarec.runtime.distributed import init_distributed, shutdown
 
     ensure_single_process_group()  # gloo even on a GPU node: the conversion runs on the CPU
     try:
@@ -97,10 +98,10 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
                 dtype: str = "auto", force: bool = False) -> dict:
     """Convert; returns a summary dict. Raises ConfigError (nothing written) on any mismatch."""
     from megarec import __version__
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.training.checkpointing import save_checkpoint
-    from megarec.training.distributed import world_size_from_env
+    from megarec.runtime.megatron_checkpoint import save_checkpoint
+    from megarec.runtime.distributed import world_size_from_env
 
     start = time.time()
     if world_size_from_env() > 1:

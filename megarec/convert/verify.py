@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from megarec.convert import hf_io
-from megarec.errors import ConfigError
+from megarec.common import hfdir as hf_io
+from megarec.common.errors import ConfigError
 
 
 def compare_logits(ref: torch.Tensor, test: torch.Tensor, tokens: torch.Tensor) -> dict:
@@ -55,7 +55,7 @@ def _checkpoint_facts(ckpt_dir: str) -> tuple[Optional[int], bool]:
     """(padded vocab, has an untied output layer) from the checkpoint metadata."""
     from megatron.core import dist_checkpointing
 
-    from megarec.training.checkpointing import read_common_state
+    from megarec.runtime.megatron_checkpoint import read_common_state
 
     padded = read_common_state(ckpt_dir).get("padded_vocab_size")
     meta = dist_checkpointing.load_tensors_metadata(ckpt_dir)
@@ -69,7 +69,7 @@ def _pipeline_forward(model, tokens, positions, mask, hidden_size: int, device):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from megarec import cpu_shims
+    from megarec.runtime import cpu_shims
 
     b, s = tokens.shape
     if not ps.is_pipeline_first_stage():
@@ -92,11 +92,11 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.models.layer_specs import needs_explicit_causal_mask
-    from megarec.training.checkpointing import load_model_weights, resolve_checkpoint_dir
-    from megarec.training.distributed import init_distributed, shutdown, world_size_from_env
+    from megarec.models.qwen3.specs import needs_explicit_causal_mask
+    from megarec.runtime.megatron_checkpoint import load_model_weights, resolve_checkpoint_dir
+    from megarec.runtime.distributed import init_distributed, shutdown, world_size_from_env
 
     if seq_length < 2 or batch_size < 1:
         raise ConfigError("--seq-length must be >= 2 and --batch-size >= 1")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 
 def register(sub) -> None:
@@ -129,7 +129,7 @@ def run_build(args) -> int:
     inputs = [("--source", _source_dir(args.source)), ("--codes", args.codes), ("--lang", lang_file),
               ("--cache-dir", args.cache_dir)]
     check_out_dir(args.out, force=args.force, inputs=inputs)
-    from megarec.data.sources.registry import load_source
+    from megarec.rawdata.sources import load_source
     from megarec.data.tasks.build import build_tasks, resolve_codes, write_build
     from megarec.data.tasks.config import BuildConfig
 

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from megarec.data.io import atomic_open, iter_rows, write_json
-from megarec.errors import ConfigError, DataError
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common.io import atomic_open, iter_rows, write_json
+from megarec.common.errors import ConfigError, DataError
+from megarec.common.outdir import check_out_dir, staged_dir
 
 WORD = re.compile(r"<[^<>\s]{1,64}>|\w+", re.UNICODE)
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 KINDS = ("text", "segments", "messages")
 ROLES = ("system", "user", "assistant", "tool")

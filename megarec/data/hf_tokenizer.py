@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any, Optional
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 EOD_TOKEN = "<|endoftext|>"
 # The Qwen2/Qwen3 pre-tokenizer split pattern: the only one the C++ BPE implements (for ASCII text).

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from megarec.data.io import atomic_open
+from megarec.common.io import atomic_open
 
 TEXT_SUFFIX = "_text_document"
 LOSS_MASK_SUFFIX = "_loss_mask_document"

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import codes as _codes
 from megarec.itemic.codes import SID_BEGIN, SID_END, code_token, layer_letters  # noqa: F401  (re-exported)
 from megarec.itemic.layout import ItemicIdFields, read_itemic_json
@@ -79,7 +79,7 @@ def read_codes_table(path: str) -> dict[str, tuple[int, ...]]:
             header = next(reader, None)
             rows = ((i + 2, dict(zip(header, r))) for i, r in enumerate(reader)) if header else iter(())
             return _codes_from_rows(path, header or [], rows)
-    from megarec.data.io import iter_rows
+    from megarec.common.io import iter_rows
 
     rows = list(iter_rows(path))
     for row, rec in rows:
@@ -113,7 +113,7 @@ def _codes_from_rows(path: str, header: list[str], rows) -> dict[str, tuple[int,
 
 def write_codes_table(path: str, codes: Mapping[str, Sequence[int]]) -> None:
     """Atomic CSV codes table: item_id,c1..cL."""
-    from megarec.data.io import atomic_open
+    from megarec.common.io import atomic_open
 
     num_layers = len(next(iter(codes.values()))) if codes else 0
     with atomic_open(path, "w", newline="", encoding="utf-8") as f:

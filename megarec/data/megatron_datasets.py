@@ -31,7 +31,7 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 
 @dataclass

@@ -34,10 +34,10 @@ import numpy as np
 
 from megarec.data.encoder import DocumentEncoder, detect_kind
 from megarec.data.indexed import index_bytes, loss_mask_prefix, text_prefix, token_dtype, write_index_stream
-from megarec.data.io import atomic_open, temp_path, write_json
+from megarec.common.io import atomic_open, temp_path, write_json
 from megarec.data.shards import Shard, plan_shards, read_shard
-from megarec.errors import ConfigError, DataError
-from megarec.outdir import check_out_prefix, has_entry
+from megarec.common.errors import ConfigError, DataError
+from megarec.common.outdir import check_out_prefix, has_entry
 
 ABORT_ENV = "MEGAREC_PREPROCESS_ABORT_AFTER_SHARDS"  # test hook: simulate a crash after k finished shards
 FORMAT_VERSION = 1

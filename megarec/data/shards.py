@@ -13,8 +13,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from megarec.data.io import file_format, iter_rows
-from megarec.errors import DataError
+from megarec.common.io import file_format, iter_rows
+from megarec.common.errors import DataError
 
 SCAN_BLOCK = 1 << 24
 
@@ -79,7 +79,7 @@ def plan_shards(paths: list[str], shard_rows: int) -> list[Shard]:
             for a in range(0, n, shard_rows):
                 shards.append(Shard(len(shards), path, "parquet", a, min(n, a + shard_rows)))
         elif path.endswith(".gz"):
-            from megarec.data.io import count_rows
+            from megarec.common.io import count_rows
 
             shards.append(Shard(len(shards), path, "jsonl.gz", 0, count_rows(path)))
         else:

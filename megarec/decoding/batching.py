@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

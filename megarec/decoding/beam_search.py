@@ -21,7 +21,7 @@ import torch
 from megarec.decoding.batching import (ItemCandidate, left_pad, model_device, pad_token_id_for, prompt_token_ids,
                                        with_item_begin)
 from megarec.decoding.trie import ItemTrie
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 def _as_tries(tries, n: int) -> list[ItemTrie]:

@@ -18,7 +18,7 @@ import torch
 from transformers import LogitsProcessor
 
 from megarec.decoding.trie import ItemTrie
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 class ItemConstraintLogitsProcessor(LogitsProcessor):

@@ -11,7 +11,7 @@ from megarec.decoding.batching import (ItemCandidate, left_pad, model_device, pa
 from megarec.decoding.beam_search import _as_tries
 from megarec.decoding.processor import ItemConstraintLogitsProcessor
 from megarec.decoding.trie import ItemTrie
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 def constrained_sample(model, tokenizer, prompts: Sequence, tries: ItemTrie | Sequence[ItemTrie], *,

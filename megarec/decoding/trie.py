@@ -11,7 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 
 from megarec.decoding.layout import ItemTokenLayout
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.eval.metrics import CodeToItems
 
 _EMPTY = np.zeros(0, dtype=np.int64)

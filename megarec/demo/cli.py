@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from megarec.errors import ConfigError
-from megarec.outdir import check_out_dir, has_entry
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_out_dir, has_entry
 
 PROFILES = ("full", "ci")
 OWN_OUTPUT = has_entry(".stages")  # the stage markers: written before the first stage runs
@@ -18,7 +18,7 @@ def recipes_dir() -> str:
 
 
 def register(sub) -> None:
-    from megarec.config import describe
+    from megarec.common.config import describe
     from megarec.demo.config import DemoConfig
     from megarec.demo.stages import STAGES
 
@@ -63,7 +63,7 @@ def run_demo(args) -> int:
                   hint="pass --force to run the demo in it anyway")
     import time
 
-    from megarec.config import load_config, to_dict
+    from megarec.common.config import load_config, to_dict
     from megarec.demo.config import DemoConfig
     from megarec.demo.report import build_report
     from megarec.demo.runner import run_stages
@@ -104,7 +104,7 @@ def _samples(cfg, paths, force: bool) -> dict:
     import json
 
     from megarec.demo.samples import free_generations
-    from megarec.atomic import write_json
+    from megarec.common.atomic import write_json
 
     if os.path.isfile(paths.samples) and not force:
         return json.load(open(paths.samples))

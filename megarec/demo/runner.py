@@ -20,7 +20,7 @@ import time
 from typing import Callable, Optional
 
 from megarec.demo.stages import STAGES, DemoPaths, Stage
-from megarec.errors import MegarecError
+from megarec.common.errors import MegarecError
 
 HEARTBEAT_S = 30.0
 
@@ -29,7 +29,7 @@ def _fingerprint(argv: list[str]) -> str:
     h = hashlib.sha256(shlex.join(argv).encode())
     for i, a in enumerate(argv[:-1]):
         if a == "--config" and os.path.isfile(argv[i + 1]):
-            from megarec.config import read_recipe
+            from megarec.common.config import read_recipe
 
             h.update(json.dumps(read_recipe(argv[i + 1]), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -110,7 +110,7 @@ def _remove(path: str) -> None:
 def run_stages(cfg, paths: DemoPaths, *, force: bool = False, until: Optional[str] = None,
                print_fn: Callable = print) -> list[dict]:
     """Run (or skip) every stage up to and including `until`; returns one record per stage."""
-    from megarec.atomic import write_json
+    from megarec.common.atomic import write_json
 
     names = [s.name for s in STAGES]
     if until is not None and until not in names:

@@ -22,7 +22,7 @@ from megarec.doctor.device import (DeviceInfo, fits, fp8_skip_reason, mfu_floor,
                                    peak_tflops, te_missing_reason)
 from megarec.doctor.runner import CheckTimeout, CommandFailed, Outcome, Runner
 from megarec.doctor.summary import FAIL, PASS, SKIP, CheckResult
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 # --- tolerances ---------------------------------------------------------------------------------------------------
 BF16_PARITY = CurveTolerance(0.02, "bf16, same converted weights, data and seed; only kernels differ (TE fused "
@@ -39,7 +39,7 @@ MIN_DROP = 0.05          # the reference curve must fall by >= 5% (mean of the l
 THD_MAX_ABS = 0.10       # nats, any single token
 THD_MEAN_ABS = 0.02      # nats, mean over tokens
 THD_CONTROL_MIN = 0.20   # nats: the unpacked control must differ at least this much (10x THD_MEAN_ABS)
-MEMORY_BAND = RatioBand(0.5, 1.3, "megarec.models.memory counts each op's saved tensors separately (an upper "
+MEMORY_BAND = RatioBand(0.5, 1.3, "megarec.models.qwen3.memory counts each op's saved tensors separately (an upper "
                         "bound by design), so measured may be well below; above 1.3x the estimate undercounts")
 
 # Lines the pretrain loop prints that the parity check looks for.
@@ -224,7 +224,7 @@ def throughput_problems(preset: str, records: list, mfu: Optional[float], floor:
 
 
 def check_throughput(ctx: Context) -> CheckResult:
-    from megarec.training.config import LoggingConfig
+    from megarec.pretrain.config import LoggingConfig
 
     _require_te(ctx)
     peak, source = peak_tflops(ctx.device, ctx.settings.peak_tflops)
@@ -355,7 +355,7 @@ CHECKS: tuple[Check, ...] = (
     Check("throughput", "tokens/s and MFU of Qwen3-0.6B and 1.7B at 4096 tokens, TP=1, bf16, TE", 300,
           check_throughput, {"mfu_floor": "0.15 on GPUs with a known peak (H100/H200/H800/GH200/A100 or "
                                            "--peak-tflops); none otherwise", "statistic": "median after warm-up"}),
-    Check("memory", "peak memory per layer at Qwen3-8B width and 32K tokens vs megarec.models.memory", 240,
+    Check("memory", "peak memory per layer at Qwen3-8B width and 32K tokens vs megarec.models.qwen3.memory", 240,
           check_memory, MEMORY_BAND.as_dict()),
     Check("multi_gpu", "TP=2 + sequence parallel and CP=2 (TE ring attention) vs the 1-GPU TE run", 300,
           check_multi_gpu, {**PARALLEL_PARITY.as_dict(), "skip": "fewer than 2 GPUs"}),

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from megarec.errors import ConfigError, MegarecError
+from megarec.common.errors import ConfigError, MegarecError
 
 DEFAULT_STEPS = 20
 MIN_STEPS = 5
@@ -79,7 +79,7 @@ def _validate(args):
 def _prepare_out(out: str) -> str:
     """Check --out, clear an earlier doctor's output in it and mark it as ours."""
     from megarec.doctor.plan import WorkPaths
-    from megarec.outdir import check_out_dir, has_entry
+    from megarec.common.outdir import check_out_dir, has_entry
 
     out = check_out_dir(out, own=has_entry(MARKER), hint="give an empty directory or an earlier doctor's --out")
     paths = WorkPaths(out)
@@ -99,7 +99,7 @@ def run_gpu(args) -> int:
 
     if not dev_mod.cuda_available():
         raise MegarecError(dev_mod.no_cuda_message())
-    from megarec.atomic import write_json
+    from megarec.common.atomic import write_json
     from megarec.doctor.checks import Context, Settings, run_check
     from megarec.doctor.plan import WorkPaths, repo_root
     from megarec.doctor.runner import Runner, child_env

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from megarec.errors import MegarecError
+from megarec.common.errors import MegarecError
 
 FP8_MIN_CAPABILITY = (8, 9)   # Ada (8.9) and Hopper (9.0) onwards have FP8 tensor cores
 MFU_FLOOR = 0.15              # lowest acceptable MFU on a GPU whose peak is known (see GPU_TABLE)

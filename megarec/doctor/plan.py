@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from megarec.doctor.device import DeviceInfo, fits
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 SEED = 1234
 
@@ -180,8 +180,8 @@ def thd_probe_argv(python: str = sys.executable) -> list[str]:
 
 def recipe_seq_length(recipe: Optional[str] = None) -> int:
     """train.seq_length of the 8B recipe (32K)."""
-    from megarec.config import load_config
-    from megarec.training.config import PretrainConfig
+    from megarec.common.config import load_config
+    from megarec.pretrain.config import PretrainConfig
 
     path = recipe or os.path.join(repo_root(), MEMORY_RECIPE)
     if not os.path.isfile(path):
@@ -190,10 +190,10 @@ def recipe_seq_length(recipe: Optional[str] = None) -> int:
 
 
 def memory_estimate(layers: int, seq_length: int):
-    """megarec.models.memory's estimate for one memory run (TP=1, DP=1, bf16, no recomputation)."""
-    from megarec.models.memory import estimate_memory
-    from megarec.models.presets import get_preset
-    from megarec.models.qwen3 import padded_vocab_size
+    """megarec.models.qwen3.memory's estimate for one memory run (TP=1, DP=1, bf16, no recomputation)."""
+    from megarec.models.qwen3.memory import estimate_memory
+    from megarec.models.qwen3.presets import get_preset
+    from megarec.models.qwen3.builder import padded_vocab_size
 
     arch = get_preset(MEMORY_PRESET).replace(num_layers=layers, vocab_size=MEMORY_VOCAB)
     return estimate_memory(arch, seq_length=seq_length, micro_batch_size=1,
@@ -212,9 +212,9 @@ def memory_seq_length(dev: DeviceInfo, recipe_seq: int) -> Optional[int]:
 
 
 def throughput_estimate(preset: str):
-    from megarec.models.memory import estimate_memory
-    from megarec.models.presets import get_preset
-    from megarec.models.qwen3 import padded_vocab_size
+    from megarec.models.qwen3.memory import estimate_memory
+    from megarec.models.qwen3.presets import get_preset
+    from megarec.models.qwen3.builder import padded_vocab_size
 
     arch = get_preset(preset)
     return estimate_memory(arch, seq_length=THROUGHPUT_SEQ_LENGTH, micro_batch_size=THROUGHPUT_MICRO_BATCH,

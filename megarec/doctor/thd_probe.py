@@ -2,9 +2,9 @@
 Transformer Engine's THD layout against each document run alone.
 
 It uses the product code end to end: `megarec.data.megatron_datasets.packed_sample` builds the packs (without
-an S×S mask, as the engine does under TE), `megarec.training.batch.make_batch_preparer(..., thd=True)` turns
+an S×S mask, as the engine does under TE), `megarec.pretrain.batch.make_batch_preparer(..., thd=True)` turns
 them into the one-stream THD batch with `PackedSeqParams` (`to_thd`), and the model is
-`megarec.models.qwen3.build_model_chunks(..., impl="transformer_engine")` after `init_distributed`. A control
+`megarec.models.qwen3.builder.build_model_chunks(..., impl="transformer_engine")` after `init_distributed`. A control
 runs the same packs as plain causal sequences (documents attending to each other): it must differ by far more
 than the tolerance, or the probe could not tell the two apart. Prints one JSON line.
 
@@ -24,10 +24,10 @@ def run(seq_length: int, seed: int) -> dict:
     import torch
 
     from megarec.data.megatron_datasets import packed_sample
-    from megarec.models import qwen3
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.training.batch import make_batch_preparer
-    from megarec.training.distributed import init_distributed, shutdown
+    from megarec.pretrain.batch import make_batch_preparer
+    from megarec.runtime.distributed import init_distributed, shutdown
 
     model_cfg = ModelConfig(preset=PRESET, num_layers=NUM_LAYERS, vocab_size=VOCAB, precision="bf16",
                             transformer_impl="transformer_engine")

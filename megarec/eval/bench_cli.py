@@ -3,7 +3,7 @@ generative megarec model), printed as one side-by-side table and written to resu
 from __future__ import annotations
 
 from megarec.eval.cli_format import DefaultsHelpFormatter
-from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 BASELINES = ("pop", "sasrec", "gru4rec")
 
@@ -70,7 +70,7 @@ def run_seqrec(args) -> int:
     import os
     import time
 
-    from megarec.errors import ConfigError
+    from megarec.common.errors import ConfigError
 
     unknown = set(args.baselines) - set(BASELINES)
     if unknown:
@@ -82,7 +82,7 @@ def run_seqrec(args) -> int:
     check_out_dir(args.out, force=args.force, inputs=_inputs(args))
     import torch
 
-    from megarec.atomic import atomic_write_text
+    from megarec.common.atomic import atomic_write_text
     from megarec.eval.report import format_table
     from megarec.eval.seqrec_data import load_seqrec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from megarec.eval.cli_format import DefaultsHelpFormatter
-from megarec.outdir import check_out_dir, has_entry
+from megarec.common.outdir import check_out_dir, has_entry
 
 # evaluate resumes in its own --out: a directory with tasks/ holds an earlier evaluation
 OWN_OUTPUT = has_entry("tasks")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from megarec.errors import MegarecError
+from megarec.common.errors import MegarecError
 
 
 class MetricError(MegarecError, ValueError):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from megarec.atomic import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text re-exported)
+from megarec.common.atomic import atomic_path, atomic_write_text  # noqa: F401  (atomic_write_text re-exported)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 
 @dataclass
@@ -92,7 +92,7 @@ def from_reclog(log, domain: str | None = None, min_length: int = 3, name: str |
 def load_seqrec(spec: str, *, domain: str | None = None, min_length: int = 3, cache_dir: str | None = None,
                 seed: int = 0) -> SeqRecData:
     """`ml-100k` (fetched once into $MEGAREC_CACHE), `amazon:<dir>` or `synthetic` as SeqRecData."""
-    from megarec.data.sources.registry import load_source
+    from megarec.rawdata.sources import load_source
 
     kind = spec.partition(":")[0]
     if kind not in ("ml-100k", "movielens", "amazon", "synthetic", "raw"):

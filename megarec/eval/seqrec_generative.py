@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.eval.seqrec_data import SeqRecData
 from megarec.eval.seqrec_eval import DEFAULT_KS, ranking_metrics
 

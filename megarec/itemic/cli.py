@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from megarec.errors import ConfigError
-from megarec.outdir import FORCE_HELP, check_out_dir
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import FORCE_HELP, check_out_dir
 
 
 def _positive_int(text: str) -> int:
@@ -180,7 +180,7 @@ def run_encode(args) -> int:
 
 
 def run_stats(args) -> int:
-    from megarec.atomic import write_json
+    from megarec.common.atomic import write_json
     from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import compute_stats
 

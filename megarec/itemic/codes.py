@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import string
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 SID_BEGIN = "<|sid_begin|>"
 SID_END = "<|sid_end|>"

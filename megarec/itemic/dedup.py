@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
 from megarec.itemic.stats import tuple_groups
 

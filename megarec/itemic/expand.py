@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic.codes import check_codebook_size, layer_letters
 from megarec.itemic.layout import ITEMIC_JSON, ItemicLayout
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common.outdir import check_out_dir, staged_dir
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 _CHUNK_ROWS = 16384

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 ID_COLUMN = "item_id"
 EMBEDDING_COLUMN = "embedding"
@@ -221,7 +221,7 @@ def write_codes_table(path: str | os.PathLike, ids: np.ndarray, codes: np.ndarra
     """Write `item_id, c1..cL` as parquet (default) or csv (by extension), atomically."""
     import pyarrow as pa
 
-    from megarec.atomic import atomic_path
+    from megarec.common.atomic import atomic_path
 
     path = str(path)
     id_arr = pa.array(ids.tolist() if ids.dtype == object else ids)

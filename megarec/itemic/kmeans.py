@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 BACKENDS = ("auto", "numpy", "faiss")
 # `auto` uses faiss from this many multiply-adds (rows × K × D) per assignment pass: below it a whole

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic.codes import CODE_TOKEN_RE, SID_BEGIN, SID_END, code_token, item_string, layer_letters
 
 ITEMIC_JSON = "itemic.json"
@@ -99,7 +99,7 @@ class ItemicLayout(ItemicIdFields):
         return d
 
     def save(self, path_or_dir: str | os.PathLike, **extra) -> None:
-        from megarec.atomic import write_json
+        from megarec.common.atomic import write_json
 
         path = Path(path_or_dir)
         write_json(path / ITEMIC_JSON if path.is_dir() else path, {**self.to_dict(), **extra})

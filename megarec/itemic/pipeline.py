@@ -14,13 +14,13 @@ from typing import Iterable
 
 import numpy as np
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.itemic import dedup as dd
 from megarec.itemic import stats as st
-from megarec.atomic import write_json
+from megarec.common.atomic import write_json
 from megarec.itemic.io import EmbeddingSource, lookup_rows, read_codes_table, show_id, write_codes_table
 from megarec.itemic.rqkmeans import CODES_FILE, STATS_FILE, RQKMeans, encode_source, train_centroids
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common.outdir import check_out_dir, staged_dir
 
 
 def _residual_fn(model: RQKMeans, source: EmbeddingSource, codes: np.ndarray, source_rows: np.ndarray):

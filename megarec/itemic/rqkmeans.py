@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
-from megarec.atomic import save_npy, write_json
+from megarec.common.atomic import save_npy, write_json
 from megarec.itemic.io import EmbeddingSource, show_id
 
 META_FILE = "meta.json"

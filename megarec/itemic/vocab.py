@@ -1,7 +1,7 @@
 """Tokenizer side of vocabulary expansion: append the itemic tokens to a HF tokenizer, ids checked."""
 from __future__ import annotations
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.itemic.codes import itemic_token_strings
 from megarec.itemic.layout import ItemicLayout
 

@@ -1,11 +1,11 @@
 """`megarec init-model`: a randomly initialised Qwen3 HF checkpoint for a tokenizer (preset + overrides)."""
 from __future__ import annotations
 
-from megarec.outdir import FORCE_HELP, check_out_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir
 
 
 def register(sub) -> None:
-    from megarec.models.presets import PRESETS
+    from megarec.models.qwen3.presets import PRESETS
 
     p = sub.add_parser(
         "init-model", help="Create a randomly initialised Qwen3 HF checkpoint for a tokenizer (from-scratch runs).",
@@ -33,7 +33,7 @@ def register(sub) -> None:
 def run_init_model(args) -> int:
     check_out_dir(args.out, force=args.force, inputs=[("--tokenizer", args.tokenizer)])
     from megarec.models.hf_init import init_hf_model
-    from megarec.models.presets import get_preset
+    from megarec.models.qwen3.presets import get_preset
 
     arch = get_preset(args.preset).replace(
         num_layers=args.num_layers, hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,

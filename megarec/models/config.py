@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from megarec.config import help_field
+from megarec.common.config import help_field
 
 
 @dataclass

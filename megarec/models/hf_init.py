@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from megarec.models.presets import Qwen3Arch
+from megarec.models.qwen3.presets import Qwen3Arch
 
 
 def hf_qwen3_config(arch: Qwen3Arch, *, vocab_size: int, eos_token_id: int, pad_token_id: int,
@@ -28,8 +28,8 @@ def init_hf_model(tokenizer_dir: str, out: str, arch: Qwen3Arch, *, seed: int = 
     import torch
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
-    from megarec.convert.hf_io import copy_assets
-    from megarec.outdir import check_out_dir, staged_dir
+    from megarec.common.hfdir import copy_assets
+    from megarec.common.outdir import check_out_dir, staged_dir
 
     inputs = [("--tokenizer", tokenizer_dir)]
     check_out_dir(out, force=force, inputs=inputs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import Optional, Sequence
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 THINK_FLAG, NO_THINK_FLAG = "/think", "/no_think"
 

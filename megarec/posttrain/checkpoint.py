@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from megarec.atomic import atomic_write_text
-from megarec.errors import ConfigError
+from megarec.common.atomic import atomic_write_text
+from megarec.common.errors import ConfigError
 from megarec.posttrain import distributed as dist_utils
 from megarec.posttrain.models import sharding
 

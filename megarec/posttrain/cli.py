@@ -38,10 +38,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import importlib
 
-    from megarec.config import load_config
+    from megarec.common.config import load_config
     from megarec.posttrain import config as pt_config
     from megarec.posttrain import distributed
-    from megarec.training.distributed import world_size_from_env
+    from megarec.runtime.distributed import world_size_from_env
 
     cfg_name, module, trainer_name, _, _ = VERBS[args.verb]
     cfg = load_config(getattr(pt_config, cfg_name), args.config, args.overrides)

@@ -2,8 +2,8 @@
 
 Sections shared by every verb (model, train, optimizer, checkpoint, logging, parallel) come first; each
 verb adds its own data / rollout / algorithm sections; the optimizer and logging keys extend pre-training's
-(`megarec.training.config`). Values come from `configs/posttrain/*.yaml`, then
-from dotted `key=value` overrides (see `megarec.config`).
+(`megarec.pretrain.config`). Values come from `configs/posttrain/*.yaml`, then
+from dotted `key=value` overrides (see `megarec.common.config`).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass
 from typing import List, Literal, Optional
 
-from megarec.config import help_field
-from megarec.errors import ConfigError
-from megarec.outdir import check_out_dir, has_entry
-from megarec.training.config import OptimizerConfig, RunLoggingConfig
+from megarec.common.config import help_field
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_out_dir, has_entry
+from megarec.pretrain.config import OptimizerConfig, RunLoggingConfig
 
 
 # ----------------------------------------------------------------------------------------------- shared

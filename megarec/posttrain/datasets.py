@@ -1,5 +1,5 @@
 """Post-training data: weighted mixtures of chat files (JSONL / parquet rows `{"messages": [...], ...}`)
-read with `megarec.data.io`, and a deterministic mixture sampler whose position is part of the checkpoint.
+read with `megarec.common.io`, and a deterministic mixture sampler whose position is part of the checkpoint.
 
 Sampler: draw k goes to the source whose share is furthest below its weight (exact proportions at every
 prefix, as Megatron's blended datasets do); inside a source rows follow a seeded permutation, reshuffled
@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from megarec.data.io import read_records
-from megarec.errors import DataError
+from megarec.common.io import read_records
+from megarec.common.errors import DataError
 from megarec.posttrain.config import SourceSpec
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megarec.training.distributed import detect_launch_env
+from megarec.runtime.distributed import detect_launch_env
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 ITEMIC_JSON = "itemic.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -95,8 +95,8 @@ def save_hf_checkpoint(out_dir: str, config, state_dict: dict, tokenizer, source
     Non-weight files (generation_config.json, chat template files, itemic.json, …) are copied from the
     source directories first, then config.json and the tokenizer are written from the live objects.
     """
-    from megarec.convert.hf_io import copy_assets, parse_size, write_safetensors
-    from megarec.outdir import staged_dir
+    from megarec.common.hfdir import copy_assets, parse_size, write_safetensors
+    from megarec.common.outdir import staged_dir
 
     tensors = {}
     for name, t in state_dict.items():

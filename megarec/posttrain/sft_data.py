@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.posttrain import chat
 from megarec.posttrain.config import SourceSpec
 from megarec.posttrain.datasets import Source, seeded_rng, source_name
@@ -111,7 +111,7 @@ def _indexed_source(spec: SourceSpec, data, vocab_size: int) -> Source:
 
 
 def _chat_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit: Optional[int]) -> Source:
-    from megarec.data.io import read_records
+    from megarec.common.io import read_records
 
     rows = []
     for row, rec in read_records(spec.path):

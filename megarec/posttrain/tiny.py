@@ -146,7 +146,7 @@ def chat_row(user: str, answer: Optional[str] = None, system: Optional[str] = No
 
 def run_trainer(verb: str, overrides: Sequence[str], recipe: Optional[str] = None):
     """Run one post-training verb in this process (single rank); returns (trainer, RunSummary)."""
-    from megarec.config import load_config
+    from megarec.common.config import load_config
     from megarec.posttrain import config as pt_config
     from megarec.posttrain.cli import VERBS
     from megarec.posttrain.distributed import single_process_env

@@ -1,7 +1,7 @@
 """`megarec scaling fit` (fit L(N, D) to training runs) and `megarec scaling plan` (compute-optimal N, D)."""
 from __future__ import annotations
 
-from megarec.outdir import FORCE_HELP, check_out_dir, staged_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 
 def register(sub) -> None:
@@ -59,7 +59,7 @@ def run_fit(args) -> int:
 def run_plan(args) -> int:
     import json
 
-    from megarec.errors import ConfigError
+    from megarec.common.errors import ConfigError
     from megarec.eval.report import format_table
     from megarec.scaling.law import REFERENCE_LAW, ScalingLaw
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.scaling.law import ScalingLaw
 
 COLUMN_ALIASES = {"N": ("params", "n", "n_params", "num_params", "parameters"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

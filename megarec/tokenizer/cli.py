@@ -1,7 +1,7 @@
 """`megarec tokenizer build-qwen3`: write the offline Qwen3-layout HF tokenizer to a directory."""
 from __future__ import annotations
 
-from megarec.outdir import FORCE_HELP, check_out_dir
+from megarec.common.outdir import FORCE_HELP, check_out_dir
 
 
 def register(sub) -> None:

@@ -19,9 +19,9 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-from megarec.atomic import atomic_path, atomic_write_text
-from megarec.errors import DataError, MegarecError
-from megarec.outdir import check_out_dir, staged_dir
+from megarec.common.atomic import atomic_path, atomic_write_text
+from megarec.common.errors import DataError, MegarecError
+from megarec.common.outdir import check_out_dir, staged_dir
 
 # Pre-tokenizer regex of Qwen2/Qwen3 (single digits, unlike GPT-4's \p{N}{1,3}).
 PRETOKENIZE_REGEX = (

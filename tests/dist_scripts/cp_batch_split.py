@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 
 from megarec.models.config import ParallelConfig
-from megarec.training.batch import make_batch_preparer
-from megarec.training.distributed import init_distributed
-from megarec.training.pretrain import _reduce_loss
+from megarec.pretrain.batch import make_batch_preparer
+from megarec.runtime.distributed import init_distributed
+from megarec.pretrain.trainer import _reduce_loss
 
 init_distributed(ParallelConfig(context_parallel_size=2), seed=1)
 b, s = 2, 8

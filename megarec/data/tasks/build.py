@@ -18,16 +18,16 @@ import random
 from collections import Counter
 from dataclasses import asdict
 
-from megarec.data.io import write_json, write_jsonl
+from megarec.common.io import write_json, write_jsonl
 from megarec.data.itemic_text import placeholder_codes, write_codes_table
-from megarec.data.schema import RecLog, User
+from megarec.rawdata.schema import RecLog, User
 from megarec.data.tasks import pretrain, sft
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.context import TaskContext, informative_labels
 from megarec.data.tasks.rl import rl_prompts
 from megarec.data.tasks.split import split_log, verify_no_leakage
 from megarec.data.tasks.templates import Templates
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 PLACEHOLDER_LAYERS = 3
 PLACEHOLDER_CODEBOOK = 256

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 
 @dataclass

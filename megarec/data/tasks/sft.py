@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from megarec.data.schema import Interaction, User
+from megarec.rawdata.schema import Interaction, User
 from megarec.data.tasks.context import POSITIVE_LABELS, TaskContext, rec_task_name
 from megarec.data.tasks.split import SEARCHES, EvalCase, SearchCase, TrainUser
 

@@ -18,9 +18,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from megarec.data.schema import Interaction, RecLog, Search, User
+from megarec.rawdata.schema import Interaction, RecLog, Search, User
 from megarec.data.tasks.config import BuildConfig
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 
 SEARCHES = "searches"
 

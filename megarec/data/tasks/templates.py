@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 
 # template path → (required placeholders, allowed placeholders)
 TEMPLATE_FIELDS: dict[str, tuple[set[str], set[str]]] = {

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.eval.seqrec_data import SeqRecData
 from megarec.eval.seqrec_eval import evaluate_full_ranking
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 
 def perplexity(loaded, path: str, *, window: int = 512, max_tokens: int | None = None, batch_size: int = 4) -> dict:

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 
-from megarec.errors import ConfigError, MegarecError
+from megarec.common.errors import ConfigError, MegarecError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.eval import metrics as M
 from megarec.eval.recif.samples import prompt_messages, where
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megarec.errors import DataError
+from megarec.common.errors import DataError
 from megarec.eval import metrics as M
 from megarec.eval.recif.samples import Catalogue, prompt_messages, where
 

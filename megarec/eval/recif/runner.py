@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.eval.report import atomic_write_text
 
 

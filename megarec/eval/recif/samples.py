@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 
 REC_TASKS = ("short_video_rec", "ad_rec", "product_rec", "label_conditional_rec", "interactive_rec")
 LABEL_TASKS = ("label_prediction",)

@@ -15,13 +15,13 @@ from typing import Optional
 
 import yaml
 
-from megarec.config import to_dict
-from megarec.errors import ConfigError, TrainingDivergedError
+from megarec.common.config import to_dict
+from megarec.common.errors import ConfigError, TrainingDivergedError
 from megarec.posttrain import checkpoint as ckpt
 from megarec.posttrain import distributed as dist_utils
 from megarec.posttrain import hf
 from megarec.posttrain.distributed import DistEnv
-from megarec.training.metrics import MetricsLogger, StepTimer
+from megarec.runtime.metrics import MetricsLogger, StepTimer
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- loop
     def fit(self) -> RunSummary:
-        from megarec.training.signals import ExitSignalHandler
+        from megarec.runtime.signals import ExitSignalHandler
 
         cfg, env = self.cfg, self.env
         if env.is_rank0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from megarec.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.posttrain import chat
 from megarec.posttrain.algorithms.base import even_share, global_sum
 from megarec.posttrain.algorithms.rl_common import (OnPolicyTrainer, check_mini_batches, check_on_policy_config,

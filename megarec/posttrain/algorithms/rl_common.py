@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.posttrain.algorithms.base import Trainer
 from megarec.posttrain.batching import pad_batch, select_rows
 from megarec.posttrain.config import check_common, check_ppo, check_rollout, check_sources

@@ -8,7 +8,7 @@ Validation reports the same loss on held-out conversations.
 """
 from __future__ import annotations
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.posttrain.algorithms.base import Trainer, even_share, global_sum
 from megarec.posttrain.batching import pad_batch, rank_slice
 from megarec.posttrain.config import SFTConfig, check_common, check_sources

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from megarec.errors import ConfigError
+from megarec.common.errors import ConfigError
 from megarec.posttrain import hf
 from megarec.posttrain.batching import micro_batches
 from megarec.posttrain.distributed import DistEnv

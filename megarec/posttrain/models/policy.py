@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from megarec.errors import ConfigError, TrainingDivergedError
+from megarec.common.errors import ConfigError, TrainingDivergedError
 from megarec.posttrain import distributed as dist_utils
 from megarec.posttrain import hf
 from megarec.posttrain.batching import micro_batches

@@ -1,0 +1,224 @@
+"""Typed dataclass configs loaded from YAML recipes with dotted `key=value` command-line overrides.
+
+A recipe may name another recipe under `base:` (path relative to the recipe); its values are applied
+first. Field help text lives in `field(metadata={"help": ...})` and is what `--help` prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from typing import Any, Iterator, Literal, Union, get_args, get_origin
+
+import yaml
+
+from megarec.common.errors import ConfigError
+
+
+def help_field(default: Any = dataclasses.MISSING, help: str = "", default_factory: Any = dataclasses.MISSING):
+    """A dataclass field carrying its `--help` text."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return "optional " + "|".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one YAML value against a type annotation; error names the key."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, get_args(tp)))}")
+        return value
+    if origin in (list, tuple):
+        (inner,) = get_args(tp)[:1] or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type, values: dict, prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys under "
+                          f"'{prefix or '<root>'}': {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_recipe(path: str, _seen: tuple = ()) -> dict:
+    """Read a YAML recipe, resolving `base:` chains."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        data = _deep_merge(read_recipe(base_path, _seen + (path,)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override '{text}': '{p}' is not a section")
+                node[p] = child = dict(child)
+            else:
+                node[p] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls: type, recipe: str | None = None, overrides: list[str] | None = None) -> Any:
+    """Recipe file (optional) + dotted overrides → a validated `cls` instance."""
+    data = read_recipe(recipe) if recipe else {}
+    data = apply_overrides(data, overrides or [])
+    where = f" (in {recipe})" if recipe else ""
+    try:
+        return build(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+
+
+def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
+    """(dotted name, type name, default, help) for every leaf field, recursing into sections."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, prefix + f.name + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        yield prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")
+
+
+def describe(cls: type) -> str:
+    """Text block listing every overridable key, for `--help`."""
+    lines = []
+    section = None
+    for name, tname, default, help_text in iter_fields(cls):
+        sec = name.split(".")[0] if "." in name else ""
+        if sec != section:
+            section = sec
+            lines.append(f"\n  [{sec or 'top level'}]")
+        lines.append(f"  {name} ({tname}, default {default!r})")
+        if help_text:
+            lines.append(f"      {help_text}")
+    return "\n".join(lines)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,386 @@
+"""The pre-training loop on Megatron-Core: builds the model for this pipeline rank, wraps it in
+Megatron DDP, trains with the pipeline schedule, logs, checkpoints and handles exit signals."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import torch
+import yaml
+
+from megarec.runtime import cpu_shims
+from megarec.common.config import to_dict
+from megarec.common.errors import ConfigError, TrainingDivergedError
+from megarec.models.qwen3 import builder as qwen3
+from megarec.models.qwen3.specs import needs_explicit_causal_mask
+from megarec.runtime import megatron_checkpoint as ckpt
+from megarec.runtime import megatron_lm_compat
+from megarec.pretrain.batch import check_seq_length, make_batch_preparer
+from megarec.pretrain.config import PretrainConfig
+from megarec.pretrain.data import build_datasets, make_loader, read_itemic_range
+from megarec.runtime.distributed import init_distributed, shutdown, world_size_from_env
+from megarec.pretrain.freezing import apply_itemic_freeze, mask_frozen_row_grads, row_frozen_param_names
+from megarec.pretrain.ddp import ParamGatherControl, wrap_model
+from megarec.runtime.metrics import MetricsLogger, flops_per_token
+from megarec.pretrain.optimizer import build_optimizer, build_scheduler
+from megarec.runtime.signals import ExitSignalHandler
+
+
+@dataclass
+class RunSummary:
+    start_iteration: int
+    final_iteration: int
+    losses: list
+    exit_reason: str  # finished | signal | exit_interval
+    checkpoint: Optional[str]
+
+
+def validate(cfg: PretrainConfig, world_size: int):
+    """Every check that needs no process group, so bad configs fail before anything starts."""
+    arch, impl = qwen3.setup(cfg.model, cfg.parallel, world_size)
+    dp = world_size // cfg.parallel.model_parallel_size
+    t = cfg.train
+    if t.micro_batch_size < 1 or t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+                          f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
+    if t.train_iters < 0 or t.seq_length < 1:
+        raise ConfigError("train.train_iters must be >= 0 and train.seq_length >= 1")
+    check_seq_length(t.seq_length, cfg.parallel)
+    p = cfg.parallel
+    if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
+        raise ConfigError("parallel.overlap_param_gather needs parallel.use_distributed_optimizer=true and "
+                          "parallel.overlap_grad_reduce=true (as in Megatron-LM)")
+    if not cfg.data.mock and not cfg.data.data_path:
+        raise ConfigError("no training data: set data.data_path=PREFIX (or a 'W1 P1 W2 P2' blend) or data.mock=true")
+    if cfg.data.loss_mask and cfg.data.mock:
+        raise ConfigError("data.loss_mask needs real chat datasets, not mock data")
+    from megarec.pretrain.data import check_data_sources
+
+    check_data_sources(cfg.data, t)
+    if impl == "transformer_engine" and cfg.data.reset_attention_mask:
+        # TE's fused attention with the causal mask type ignores an explicit attention_mask, so documents
+        # would silently attend to each other; per-document attention there is the THD path of packed data.
+        raise ConfigError("data.reset_attention_mask needs an explicit attention mask, which Transformer Engine "
+                          "ignores: preprocess with --pack and train with data.packed=true (THD), or use "
+                          "model.transformer_impl=local")
+    if uses_thd(cfg, impl) and cfg.parallel.context_parallel_size > 1:
+        raise ConfigError("data.packed with context_parallel_size > 1 under Transformer Engine is not supported "
+                          "yet (THD packs would need per-document padding to 2 × CP); use CP=1 for packed data")
+    if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
+        raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
+    return arch, impl
+
+
+def uses_thd(cfg: PretrainConfig, impl: str) -> bool:
+    """Packed data under Transformer Engine runs in the THD layout (cu_seqlens); the local spec keeps the
+    explicit block-diagonal mask."""
+    return cfg.data.packed and impl == "transformer_engine"
+
+
+def itemic_range(cfg: PretrainConfig) -> tuple[int, int]:
+    f = cfg.freeze
+    if f.first_id is not None and f.last_id is not None:
+        return f.first_id, f.last_id
+    found = read_itemic_range(cfg.data)
+    if found is None:
+        raise ConfigError("freeze.stage=itemic needs the itemic id range: set data.itemic (itemic.json), a "
+                          "data.tokenizer holding itemic.json, or freeze.first_id/freeze.last_id")
+    return found
+
+
+def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[str]) -> int:
+    """Megatron's padding rule, unless a checkpoint being loaded already has a padding compatible
+    with this TP (then keep it, so checkpoints reshard across TP without reshaping the vocabulary)."""
+    tp = cfg.parallel.tensor_model_parallel_size
+    multiple = cfg.model.make_vocab_size_divisible_by * tp
+    if resume_from:
+        saved = megatron_lm_compat.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
+        if saved is not None:
+            if saved < vocab_size or saved % tp:
+                raise ConfigError(f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
+                                  f"smaller than the model vocabulary {vocab_size}")
+            return saved
+    return qwen3.padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
+
+
+def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
+    """(path, is_resume). Resume wins over init_from. A checkpoint without optimizer state (e.g. `convert
+    hf-to-mcore` output given as checkpoint.load) holds weights only: it starts the run as init_from does."""
+    import torch.distributed as dist
+
+    c = cfg.checkpoint
+    for root in (c.load, c.save):
+        if root and (ckpt.read_latest_iteration(root) is not None or
+                     os.path.isfile(os.path.join(root, "metadata.json"))):
+            if ckpt.has_optimizer_state(root):
+                megatron_lm_compat.refuse_resume(ckpt.read_common_state(ckpt.resolve_checkpoint_dir(root)), root)
+                return root, True
+            if dist.get_rank() == 0:
+                print(f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
+                      "starting from its weights at iteration 0, as checkpoint.init_from does", flush=True)
+            return root, False
+    if c.load:
+        raise ConfigError(f"checkpoint.load={c.load} holds no checkpoint")
+    if c.init_from:
+        ckpt.resolve_checkpoint_dir(c.init_from)
+        return c.init_from, False
+    return None, False
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of masked token losses and the token count; Megatron divides gradients by the global count
+    (all micro-batches and DP ranks) because calculate_per_token_loss is on."""
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    loss_sum = torch.sum(losses * mask)
+    count = mask.sum()
+    return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count.detach()])}
+
+
+def _make_forward_step(device: torch.device, explicit_mask: bool, thd: bool):
+    prepare = make_batch_preparer(device, explicit_mask, thd)
+
+    def forward_step(data_iterator, model):
+        batch = prepare(next(data_iterator))
+        with cpu_shims.suspended():
+            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"],
+                           packed_seq_params=batch.get("packed_seq_params"))
+        return output, partial(_loss_func, batch["loss_mask"])
+
+    return forward_step
+
+
+def _reduce_loss(results: list, device) -> tuple[float, float]:
+    """(loss, tokens) of the global batch, identical on every rank. Context-parallel ranks hold disjoint
+    parts of each sequence, so sums run over the data-parallel × context-parallel group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for r in results:
+            total += r["lm loss"].to(device, torch.float64)
+        dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+    dist.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
+    loss_sum, count = total.tolist()
+    return (loss_sum / count if count else float("nan")), count
+
+
+def _run_schedule(chunks, forward_step, loader_iter, num_microbatches, cfg, forward_only):
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    vp = cfg.parallel.virtual_pipeline_model_parallel_size
+    if vp:
+        # Every chunk reads its own copy of the stream; on gloo, one batch list per micro-batch.
+        batches = [next(loader_iter) for _ in range(num_microbatches)]
+        data = [iter(batches) for _ in chunks]
+    else:
+        data = loader_iter
+    return get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=data, model=chunks, num_microbatches=num_microbatches,
+        seq_length=cfg.train.seq_length, micro_batch_size=cfg.train.micro_batch_size, forward_only=forward_only)
+
+
+def run_pretrain(cfg: PretrainConfig) -> RunSummary:
+    world = world_size_from_env()
+    arch, impl = validate(cfg, world)
+    freeze_range = itemic_range(cfg) if cfg.freeze.stage == "itemic" else None
+    init_distributed(cfg.parallel, cfg.train.seed)
+    try:
+        return _train(cfg, arch, impl, freeze_range)
+    finally:
+        shutdown()
+
+
+def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    rank0 = dist.get_rank() == 0
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    run_dir = cfg.logging.run_dir
+    if rank0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+    source, is_resume = _checkpoint_source(cfg)
+    padded_vocab = _padded_vocab(cfg, arch.vocab_size, source)
+    tconfig = qwen3.build_transformer_config(arch, cfg.model, cfg.parallel, impl)
+    chunks = qwen3.build_model_chunks(arch, tconfig, impl, padded_vocab, cfg.train.seq_length,
+                                      cfg.model.local_attention)
+    if torch.cuda.is_available():
+        for c in chunks:
+            c.cuda(torch.cuda.current_device())
+
+    row_masks = []
+    if freeze_range is not None:
+        train_output = cfg.freeze.train_output_rows
+        if train_output is None:
+            train_output = not arch.tie_word_embeddings
+        row_masks = apply_itemic_freeze(chunks, *freeze_range, train_output, arch.tie_word_embeddings,
+                                        ps.get_tensor_model_parallel_rank(), padded_vocab)
+
+    model = wrap_model(chunks, tconfig, cfg.parallel)
+    optimizer = build_optimizer(model, cfg.optimizer, tconfig.params_dtype, cfg.parallel.use_distributed_optimizer,
+                                row_frozen_param_names(row_masks))
+    scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train)
+
+    vp = cfg.parallel.virtual_pipeline_model_parallel_size
+    iteration, consumed, optimizer_loaded = 0, 0, False
+    if source and is_resume:
+        state = ckpt.load_checkpoint(source, chunks, None if cfg.checkpoint.no_load_optim else optimizer,
+                                     scheduler, vp, load_rng=not cfg.checkpoint.no_load_rng)
+        iteration, consumed, optimizer_loaded = state.iteration, state.consumed_samples, state.optimizer_loaded
+        if rank0:
+            print(f"megarec: resumed from {state.path} at iteration {iteration} "
+                  f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'}"
+                  f"{'' if optimizer_loaded else ', no optimizer state: fresh optimizer from the loaded weights'})",
+                  flush=True)
+    elif source:
+        path = ckpt.load_model_weights(source, chunks)
+        if rank0:
+            print(f"megarec: initialised weights from {path}", flush=True)
+    if source and not optimizer_loaded:
+        # The optimizer keeps fp32 main copies of bf16 params, made from the random init: refresh them from
+        # the loaded weights, or step 1 would write the random init back (weights-only checkpoints, e.g.
+        # `convert hf-to-mcore` output given as checkpoint.load, and init_from).
+        optimizer.reload_model_params()
+    param_gather = ParamGatherControl(model, tconfig, cfg.parallel)
+
+    dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    thd = uses_thd(cfg, impl)
+    datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir, thd)
+    total_samples = cfg.train.train_iters * cfg.train.global_batch_size
+    loader = make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size,
+                         cfg.data.num_workers)
+    loader_iter = iter(loader)
+    num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
+    forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention), thd)
+
+    logger = MetricsLogger(run_dir, rank0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
+                           cfg.logging.wandb_name, to_dict(cfg), cfg.train.train_iters, iteration,
+                           cfg.logging.progress)
+    signals = ExitSignalHandler(cfg.train.exit_signals)
+    tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
+    flops_token = flops_per_token(arch, cfg.train.seq_length, padded_vocab)
+    peak_tflops = _mfu_peak(cfg)
+    start_iteration, losses, exit_reason, saved = iteration, [], "finished", None
+
+    def save() -> str:
+        start = time.perf_counter()
+        param_gather.sync()  # overlapped param gathering leaves non-owned shards stale until the next forward
+        path = ckpt.save_checkpoint(cfg.checkpoint.save, iteration, chunks, optimizer, scheduler, consumed,
+                                    padded_vocab, vp, extra={"config": to_dict(cfg)},
+                                    keep_last=cfg.checkpoint.keep_last)
+        logger.log({"step": iteration, "checkpoint": path, "save_time_s": time.perf_counter() - start})
+        return path
+
+    try:
+        while iteration < cfg.train.train_iters:
+            step_start = time.perf_counter()
+            for m in model:
+                m.zero_grad_buffer()
+            optimizer.zero_grad()
+            results = _run_schedule(model, forward_step, loader_iter, num_microbatches, cfg, forward_only=False)
+            loss, n_tokens = _reduce_loss(results, device)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"step {iteration + 1}: loss is {loss} — training diverged before the optimizer step "
+                    f"(last checkpoint: {_latest(cfg)}); lower optimizer.lr or inspect the data")
+            mask_frozen_row_grads(row_masks)
+            # Step the schedule first so that step k trains at the rate of step k (no lr=0 first step).
+            scheduler.step(1)
+            _, grad_norm, _ = optimizer.step()
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            if not math.isfinite(grad_norm):
+                raise TrainingDivergedError(
+                    f"step {iteration + 1}: gradient norm is {grad_norm} (loss {loss:.4f}) — stopping "
+                    f"without saving (last checkpoint: {_latest(cfg)})")
+            param_gather.step_succeeded()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - step_start  # the training step only: evaluation and saving excluded
+            lr = optimizer.param_groups[0]["lr"]
+            iteration += 1
+            consumed += cfg.train.global_batch_size
+            losses.append(loss)
+            if iteration % cfg.logging.log_interval == 0 or iteration == cfg.train.train_iters:
+                tflops = flops_token * tokens_per_step / dt / dist.get_world_size() / 1e12
+                record = {"step": iteration, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "loss_tokens": int(n_tokens),
+                          "consumed_samples": consumed, "tflops_per_device": tflops}
+                if peak_tflops is not None:
+                    record["mfu"] = tflops / peak_tflops[1]
+                if torch.cuda.is_available():  # this rank's running peak, for the GPU acceptance check
+                    record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                logger.log(record)
+            logger.advance(1, loss=loss)
+            if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and datasets.valid is not None:
+                eval_start = time.perf_counter()
+                with param_gather.hooks_off():
+                    valid_loss = _evaluate(model, datasets.valid, forward_step, cfg, dp_rank, dp_size,
+                                           num_microbatches, device)
+                logger.log({"step": iteration, "valid_loss": valid_loss,
+                            "eval_time_s": time.perf_counter() - eval_start})
+            if signals.any_rank_received():
+                exit_reason = "signal"
+                break
+            if cfg.train.exit_interval and iteration - start_iteration >= cfg.train.exit_interval:
+                exit_reason = "exit_interval"
+                break
+            if cfg.checkpoint.save and cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0:
+                saved = save()
+        if cfg.checkpoint.save and (saved is None or not saved.endswith(f"{iteration:07d}")):
+            saved = save()
+        param_gather.finish()
+        if exit_reason == "signal" and rank0:
+            print(f"megarec: received {signals.received or 'an exit signal on another rank'}; saved "
+                  f"{saved or 'nothing (checkpoint.save unset)'} at iteration {iteration}; exiting", flush=True)
+    finally:
+        logger.close()
+        signals.restore()
+    return RunSummary(start_iteration, iteration, losses, exit_reason, saved)
+
+
+def _mfu_peak(cfg: PretrainConfig) -> Optional[tuple[str, float]]:
+    """(name, TFLOP/s) of the per-GPU peak MFU is measured against — FP8's when model.fp8 is set — announced
+    once on rank 0; None without a GPU (no MFU on CPUs)."""
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        return None
+    fp8 = bool(cfg.model.fp8)
+    peak = ("fp8", cfg.logging.gpu_peak_tflops_fp8) if fp8 else ("bf16", cfg.logging.gpu_peak_tflops)
+    if dist.get_rank() == 0:
+        key = "logging.gpu_peak_tflops_fp8" if fp8 else "logging.gpu_peak_tflops"
+        print(f"megarec: MFU is model TFLOP/s per GPU (causal attention counted as half of S²) over the dense "
+              f"{peak[0]} peak of {peak[1]:g} TFLOP/s ({key})", flush=True)
+    return peak
+
+
+def _latest(cfg: PretrainConfig) -> str:
+    root = cfg.checkpoint.save
+    it = ckpt.read_latest_iteration(root) if root else None
+    return ckpt.iteration_dir(root, it) if it is not None else "none"
+
+
+def _evaluate(model, dataset, forward_step, cfg, dp_rank, dp_size, num_microbatches, device) -> float:
+    total = cfg.train.eval_iters * cfg.train.global_batch_size
+    loader_iter = iter(make_loader(dataset, 0, total, cfg.train, dp_rank, dp_size, 0))
+    for m in model:
+        m.eval()
+    sums = [0.0, 0.0]
+    with torch.no_grad():
+        for _ in range(cfg.train.eval_iters):
+            results = _run_schedule(model, forward_step, loader_iter, num_microbatches, cfg, forward_only=True)
+            loss, count = _reduce_loss(results, device)
+            sums[0] += loss * count
+            sums[1] += count
+    for m in model:
+        m.train()
+    return sums[0] / sums[1] if sums[1] else float("nan")
