@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo clean
+.PHONY: install lint test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -17,10 +17,15 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-test: install
+# ruff lint + format check (ruff.toml); the test targets run it first, so CI checks it too.
+lint: install
+	$(VENV)/bin/ruff check megarec tests benchmarks tools
+	$(VENV)/bin/ruff format --check megarec tests benchmarks tools
+
+test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # MovieLens-100k through every stage (about 30 minutes on two CPU cores); report in runs/demo/report.md.

@@ -20,11 +20,11 @@ import torch
 def build(args):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megarec.decoding import ItemTokenLayout, ItemTrie
+    from megarec.common.itemic import ItemicLayout
+    from megarec.decoding.trie import ItemTrie
 
     base, L, K = args.base_vocab, args.layers_codes, args.codebook
-    layout = ItemTokenLayout.from_itemic_meta(dict(first_id=base, num_layers=L, codebook_size=K,
-                                                   sid_begin_id=base + L * K, sid_end_id=base + L * K + 1))
+    layout = ItemicLayout.create(base, L, K)
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(Qwen3Config(
         vocab_size=base + L * K + 2, hidden_size=256, intermediate_size=768, num_hidden_layers=4,

@@ -29,13 +29,16 @@ import time
 import numpy as np
 import torch
 
+# The tiny-checkpoint builders the tests use (tests/posttrain_tiny.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def generation(args) -> dict:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megarec.decoding.layout import ItemTokenLayout
+    from megarec.common.itemic import ItemicLayout
     from megarec.decoding.trie import ItemTrie
     from megarec.posttrain.constraints import answer_processors
     from megarec.posttrain.rollout import SamplingSpec, sample
@@ -44,7 +47,7 @@ def generation(args) -> dict:
     meta = {"first_id": base, "num_layers": L, "codebook_size": K, "sid_begin_id": base + L * K,
             "sid_end_id": base + L * K + 1, "last_id": base + L * K + 1}
     vocab = -(-(base + L * K + 2) // 128) * 128
-    layout = ItemTokenLayout.from_itemic_meta(meta)
+    layout = ItemicLayout.from_meta(meta)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, K, size=(args.items, L))
     trie = ItemTrie({i: tuple(c) for i, c in enumerate(codes)}, layout)
@@ -104,8 +107,8 @@ def generation(args) -> dict:
 
 
 def _tiny_assets(d: str, hidden: int, layers: int):
-    from megarec.itemic.io import write_codes_table
-    from megarec.posttrain import tiny
+    from megarec.common.itemic import write_codes_table
+    import posttrain_tiny as tiny
 
     arch = dict(hidden=hidden, layers=layers, heads=4, kv_heads=2, head_dim=hidden // 4, ffn=3 * hidden)
     tiny.build_tokenizer(f"{d}/tok")
@@ -127,7 +130,7 @@ def _tiny_assets(d: str, hidden: int, layers: int):
 
 
 def training(args) -> dict:
-    from megarec.posttrain import tiny
+    import posttrain_tiny as tiny
 
     d = tempfile.mkdtemp(prefix="megarec-bench-")
     _tiny_assets(d, args.hidden, args.layers)

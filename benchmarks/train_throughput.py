@@ -53,7 +53,7 @@ def hf_tokens_per_s(steps: int, warmup: int) -> float:
 def megarec_tokens_per_s(steps: int, warmup: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [sys.executable, "-m", "megarec", "pretrain", "--config", "configs/pretrain/tiny_cpu.yaml",
-               "model.preset=qwen3-small", "data.mock=true", f"train.train_iters={steps}",
+               "model.preset=qwen3-small", "data.mock=true", f"train.steps={steps}",
                f"train.seq_length={SEQ}", f"train.micro_batch_size={BATCH}", f"train.global_batch_size={BATCH}",
                "train.eval_interval=0", "checkpoint.save_interval=0", "logging.progress=false",
                "logging.wandb_mode=disabled", f"logging.run_dir={run_dir}"]

@@ -78,13 +78,13 @@ OVERRIDES=(
     "train.seq_length=$SEQ_LENGTH"
     "train.micro_batch_size=$MBS"
     "train.global_batch_size=$GBS"
-    "checkpoint.save=$SAVE_DIR"
+    "checkpoint.dir=$SAVE_DIR"
     "logging.run_dir=$RUN_DIR"
     "logging.wandb_name=$RUN_NAME"
     "data.data_path=[${DATA_BLEND// /, }]"
     "data.tokenizer=$TOKENIZER"
 )
-[[ -n $TRAIN_ITERS ]] && OVERRIDES+=("train.train_iters=$TRAIN_ITERS")
+[[ -n $TRAIN_ITERS ]] && OVERRIDES+=("train.steps=$TRAIN_ITERS")
 [[ -n $INIT_FROM ]] && OVERRIDES+=("checkpoint.init_from=$INIT_FROM")
 # shellcheck disable=SC2206
 OVERRIDES+=($EXTRA_OVERRIDES)

@@ -8,6 +8,7 @@ import os
 import sys
 
 from megarec import __version__
+from megarec.common.cli import use_everywhere
 from megarec.common.errors import MegarecError
 
 # Modules that register verbs, in the order `--help` lists them.
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    use_everywhere(parser)
     return parser
 
 

@@ -14,11 +14,11 @@ def itemic_tokenizer(base_dir: str, out_dir: str) -> str:
         return out_dir
     from transformers import AutoTokenizer
 
-    from megarec.data.itemic_text import all_itemic_tokens
+    from megarec.common.itemic import itemic_token_strings
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     base = len(tok)
-    tok.add_tokens(all_itemic_tokens(ITEMIC_LAYERS, ITEMIC_CODEBOOK))
+    tok.add_tokens(itemic_token_strings(ITEMIC_LAYERS, ITEMIC_CODEBOOK))
     tok.save_pretrained(out_dir)
     meta = {"first_id": base, "last_id": len(tok) - 1, "num_layers": ITEMIC_LAYERS, "codebook_size": ITEMIC_CODEBOOK,
             "sid_begin_id": len(tok) - 2, "sid_end_id": len(tok) - 1, "layer_letters": ["a", "b", "c"],

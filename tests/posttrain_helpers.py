@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megarec.posttrain import tiny
+import posttrain_tiny as tiny
 
 # The real items of a 2-layer × 4-code itemic vocabulary (`tiny.expand(base, out, 2, 4, ...)`).
 REC_ITEMS = {f"it{k}": c for k, c in enumerate([(0, 0), (0, 1), (1, 2), (2, 3), (3, 0), (3, 3)])}
@@ -12,7 +12,7 @@ REC_ITEMS = {f"it{k}": c for k, c in enumerate([(0, 0), (0, 1), (1, 2), (2, 3), 
 def write_rec_task(d, prompts: str) -> None:
     """`d/codes.parquet` (the codes of REC_ITEMS) and `d/<prompts>`: one prompt per user u, whose next item
     is it{u % 6}."""
-    from megarec.itemic.io import write_codes_table
+    from megarec.common.itemic import write_codes_table
 
     write_codes_table(str(d / "codes.parquet"), np.array(list(REC_ITEMS), dtype=object),
                       np.array(list(REC_ITEMS.values())))

@@ -15,10 +15,11 @@ SCRIPT = textwrap.dedent("""
     import torch
     from megatron.core.models.gpt import GPTModel
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.models.qwen3.specs import get_layer_spec
     from megarec.runtime import megatron_checkpoint as ckpt
-    from megarec.runtime.distributed import init_distributed
+    from megarec.runtime.megatron_parallel import init_megatron
 
     from megarec.models.sdpa_attention import SDPACoreAttention
 
@@ -30,7 +31,7 @@ SCRIPT = textwrap.dedent("""
         def set_extra_state(self, state):
             self.restored_extra_state = state
 
-    init_distributed(ParallelConfig(), seed=0)
+    init_megatron(ParallelConfig(), seed=0)
     arch = qwen3.resolve_arch(ModelConfig(preset="qwen3-tiny"))
     tconfig = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")
 

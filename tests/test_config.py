@@ -32,7 +32,7 @@ def test_base_chain_then_overrides(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("train.bogus=1", "unknown config key 'train.bogus'"),
     ("train.seq_length=abc", "train.seq_length: expected an integer"),
-    ("model.precision=fp64", "model.precision: 'fp64' is not one of auto, fp32, bf16"),
+    ("model.dtype=fp64", "model.dtype: 'fp64' is not one of auto, fp32, bf16"),
     ("data.mock=maybe", "data.mock: expected true/false"),
     ("noequals", "must look like key.sub=value"),
 ])

@@ -53,7 +53,7 @@ def test_batch_split_and_loss_reduction_over_cp_ranks(tmp_path):
 @pytest.mark.parametrize("cp,tp,sp,seq,ok", [(2, 1, False, 36, True), (2, 1, False, 34, False), (4, 1, False, 40, True),
                                              (2, 2, True, 40, True), (2, 2, True, 36, False), (1, 4, True, 6, False)])
 def test_sequence_length_must_split_into_cp_chunks(cp, tp, sp, seq, ok):
-    from megarec.models.config import ParallelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.pretrain.batch import check_seq_length
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp)

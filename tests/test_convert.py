@@ -237,8 +237,8 @@ def test_pretrain_engine_loads_converted_checkpoint_and_exports_back(hf, mcore, 
 
     save = tmp_path / "ckpt"
     ok(run_cli(["pretrain", f"model.hf_config={hf['untied']}", f"checkpoint.init_from={mcore['untied']}",
-                "data.mock=true", "train.train_iters=0", "train.seq_length=32", "train.micro_batch_size=1",
-                "train.global_batch_size=2", "parallel.tensor_model_parallel_size=2", f"checkpoint.save={save}",
+                "data.mock=true", "train.steps=0", "train.seq_length=32", "train.micro_batch_size=1",
+                "train.global_batch_size=2", "parallel.tensor_model_parallel_size=2", f"checkpoint.dir={save}",
                 f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled"],
                nproc=2, timeout=300))
     out = tmp_path / "hf"
@@ -256,10 +256,10 @@ def test_weights_only_checkpoint_as_load_keeps_its_weights_in_bf16(hf, mcore, tm
     from megarec.convert.exporter import mcore_to_hf
 
     save = tmp_path / "ckpt"
-    proc = ok(run_cli(["pretrain", f"model.hf_config={hf['tied']}", f"checkpoint.load={mcore['tied']}",
-                       "model.precision=bf16", "data.mock=true", "train.train_iters=1", "train.seq_length=32",
+    proc = ok(run_cli(["pretrain", f"model.hf_config={hf['tied']}", f"checkpoint.resume_from={mcore['tied']}",
+                       "model.dtype=bf16", "data.mock=true", "train.steps=1", "train.seq_length=32",
                        "train.micro_batch_size=1", "train.global_batch_size=2", "optimizer.lr=0", "optimizer.min_lr=0",
-                       f"checkpoint.save={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
+                       f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
                        "logging.wandb_mode=disabled"], timeout=300))
     assert "holds weights only (no optimizer state)" in proc.stdout
     out = tmp_path / "hf"

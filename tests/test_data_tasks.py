@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import run_cli
-from megarec.data.itemic_text import item_string
+from megarec.common.itemic import item_string
 from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
 from megarec.data.tasks.build import build_tasks
 from megarec.data.tasks.config import BuildConfig

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from megarec.decoding import ItemTokenLayout, ItemTrie
+from megarec.common.itemic import ItemicLayout
+from megarec.decoding.trie import ItemTrie
 from megarec.decoding.beam_search import constrained_beam_search
 from megarec.decoding.processor import ItemConstraintLogitsProcessor
 from megarec.decoding.sampling import constrained_sample
@@ -23,7 +24,7 @@ META = dict(first_id=FIRST, last_id=FIRST + L * K + 1, num_layers=L, codebook_si
 
 @pytest.fixture(scope="module")
 def layout():
-    return ItemTokenLayout.from_itemic_meta(META)
+    return ItemicLayout.from_meta(META)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def test_layout_from_meta_json_and_tokenizer(tmp_path, layout):
     assert layout.item_ids((0, 1, 2)) == [58, 40, 47, 54, 59]
     assert layout.parse_items([1, 58, 40, 47, 54, 59, 58, 41, 41, 59, 58]) == [(0, 1, 2)]
     (tmp_path / "itemic.json").write_text(json.dumps(META))
-    assert ItemTokenLayout.coerce(str(tmp_path)) == layout
-    assert ItemTokenLayout.coerce(layout.to_dict()) == layout
+    assert ItemicLayout.coerce(str(tmp_path)) == layout
+    assert ItemicLayout.coerce(layout.to_dict()) == layout
 
     class Obj:  # duck-typed adapter (e.g. the itemic package's layout class)
         pass
@@ -84,16 +85,16 @@ def test_layout_from_meta_json_and_tokenizer(tmp_path, layout):
     obj = Obj()
     for k_, v in META.items():
         setattr(obj, k_, v)
-    assert ItemTokenLayout.coerce(obj) == layout
+    assert ItemicLayout.coerce(obj) == layout
 
     class Tok:
         def get_vocab(self):
             v = {f"<s_{a}_{c}>": FIRST + i * K + c for i, a in enumerate("abc") for c in range(K)}
             return {**v, "<|sid_begin|>": 58, "<|sid_end|>": 59}
 
-    assert ItemTokenLayout.from_tokenizer(Tok(), L, K) == layout
+    assert ItemicLayout.from_tokenizer(Tok(), L, K) == layout
     with pytest.raises(ConfigError):
-        ItemTokenLayout.coerce({"first_id": 1})
+        ItemicLayout.coerce({"first_id": 1})
 
 
 def test_trie_children_collisions_and_errors(layout):
@@ -229,10 +230,11 @@ def test_constrained_sampling_only_yields_items(model, layout):
     assert len({c.codes for c in res[0]}) > 1
 
 
-def test_adapter_for_itemic_layout(layout):
-    from megarec.itemic.layout import ItemicLayout
-
-    il = ItemicLayout.create(base_vocab_size=FIRST, num_layers=L, codebook_size=K, padded_vocab_size=VOCAB)
-    adapted = ItemTokenLayout.coerce(il)
-    assert adapted == layout
-    assert all(adapted.token_id(l_, c) == il.code_to_token_id(l_, c) for l_ in range(L) for c in range(K))
+def test_decoding_reads_the_layout_vocabulary_expansion_writes(layout, tmp_path):
+    """One layout class: what expansion creates and saves is what decoding reads back, id for id."""
+    created = ItemicLayout.create(base_vocab_size=FIRST, num_layers=L, codebook_size=K)
+    created.save(tmp_path)
+    assert ItemicLayout.coerce(str(tmp_path)) == created == layout
+    assert all(layout.token_id(l_, c) == FIRST + l_ * K + c for l_ in range(L) for c in range(K))
+    with pytest.raises(DataError, match="field 'sid_begin_id' is 57"):
+        ItemicLayout.from_meta({**META, "sid_begin_id": 57})

@@ -332,7 +332,7 @@ def test_planned_pretrain_overrides_are_valid_config(tmp_path):
     small = _small_arch()
     for run in runs:
         cfg = load_config(PretrainConfig, None, run.overrides)
-        assert cfg.data.mock and cfg.model.precision == "bf16" and cfg.logging.run_dir == paths.run_dir(run.name)
+        assert cfg.data.mock and cfg.model.dtype == "bf16" and cfg.logging.run_dir == paths.run_dir(run.name)
         assert cfg.logging.wandb_mode == "disabled" and cfg.train.eval_interval == 0 and cfg.train.seed == plan.SEED
         arch = small if cfg.model.hf_config else resolve_arch(cfg.model)
         validate_layout(arch, cfg.parallel, cfg.model.transformer_impl, run.nproc, cfg.model.fp8)
@@ -341,7 +341,7 @@ def test_planned_pretrain_overrides_are_valid_config(tmp_path):
         assert dp >= 1 and cfg.train.global_batch_size % (cfg.train.micro_batch_size * dp) == 0
         if run.name in plan.SMALL_RUNS:
             assert cfg.checkpoint.init_from == paths.mcore and cfg.model.hf_config == paths.hf_model
-            assert cfg.train.train_iters == 20
+            assert cfg.train.steps == 20
     by = {r.name: load_config(PretrainConfig, None, r.overrides) for r in runs}
     assert by["te_bf16"].model.transformer_impl == "transformer_engine"
     assert by["local_bf16"].model.transformer_impl == "local"
@@ -514,7 +514,7 @@ def test_cpu_pretrain_metrics_unchanged_and_readable(tmp_path):
     """On CPU the pretrain record gains no GPU-only keys (no mfu, no max_memory_allocated_gib), and the doctor reads
     a real run's metrics.jsonl."""
     run_dir = tmp_path / "run"
-    proc = run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.train_iters=3",
+    proc = run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=3",
                     "train.eval_interval=0", "checkpoint.save_interval=0", f"logging.run_dir={run_dir}",
                     "logging.progress=false", "logging.wandb_mode=disabled"], timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]

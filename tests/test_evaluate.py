@@ -14,13 +14,13 @@ from megarec.common.errors import ConfigError, MegarecError
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from megarec.data.itemic_text import read_codes_table
-    from megarec.posttrain import tiny
+    from megarec.common.itemic import read_codes_table
+    import posttrain_tiny as tiny
 
     d = tmp_path_factory.mktemp("evaluate")
     r = run_cli(["data", "build", "--source", "synthetic", "--out", str(d / "data"), "--num-users", "60"])
     assert r.returncode == 0, r.stderr[-2000:]
-    codes = read_codes_table(str(d / "data" / "codes.csv"))
+    codes = read_codes_table(str(d / "data" / "codes.csv")).as_dict()
     k = max(max(c) for c in codes.values()) + 1
     tiny.build_tokenizer(str(d / "tok"))
     tiny.build_model(str(d / "base"), str(d / "tok"), seed=0)
@@ -30,7 +30,7 @@ def assets(tmp_path_factory):
 
 
 def _run(d, out, *extra):
-    return run_cli(["evaluate", "--model", str(d / "model"), "--data", str(d / "data"), "--out", str(out),
+    return run_cli(["evaluate", "--hf-dir", str(d / "model"), "--data", str(d / "data"), "--out", str(out),
                     "--max-samples", "5", "--num-beams", "8", "--ks", "1,5,8", "--max-new-tokens", "8",
                     "--threads", "1", *extra])
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import run_cli
 from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
-from megarec.itemic.io import open_embeddings, read_codes_table
+from megarec.common.itemic import read_codes_table
+from megarec.itemic.io import open_embeddings
 from megarec.itemic.pipeline import compute_stats, encode_items, train_itemic_tokenizer
 from megarec.itemic.rqkmeans import RQKMeans
 
@@ -42,7 +43,8 @@ def save_parquet(path, ids, x):
 
 def codes_of(tok_dir, layers):
     meta = RQKMeans.load(tok_dir).meta
-    return read_codes_table(os.path.join(tok_dir, meta.codes_file), layers, meta.codebook_size)
+    table = read_codes_table(os.path.join(tok_dir, meta.codes_file), layers, meta.codebook_size)
+    return table.ids, table.codes
 
 
 def test_layer1_recovers_clusters(tmp_path):
@@ -277,12 +279,13 @@ def test_cli_train_encode_stats(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "collision rate" in res.stdout
     assert sorted(os.listdir(tok)) == ["centroids.npy", "meta.json", "stats.json"]
-    assert open(tmp_path / "codes.csv").readline().strip() == '"item_id","c1","c2"'
+    assert open(tmp_path / "codes.csv").readline().strip() == "item_id,c1,c2"
     res = run_cli(["itemic", "encode", "--tokenizer", str(tok), "--embeddings", emb,
                    "--out", str(tmp_path / "e.parquet")])
     assert res.returncode == 0, res.stderr
     e = pq.read_table(tmp_path / "e.parquet").to_pydict()
-    t_ids, t_codes = read_codes_table(tmp_path / "codes.csv", 2, 8)
+    table = read_codes_table(tmp_path / "codes.csv", 2, 8)
+    t_codes = table.codes
     assert e["item_id"] == ids and np.array_equal(np.stack([e["c1"], e["c2"]], 1), t_codes)
     res = run_cli(["itemic", "stats", "--tokenizer", str(tok), "--embeddings", emb, "--out", str(tmp_path / "s.json")])
     assert res.returncode == 0, res.stderr

@@ -12,9 +12,9 @@ import torch
 
 from conftest import run_cli
 from megarec.common.errors import ConfigError, DataError
-from megarec.itemic.codes import itemic_token_strings
+from megarec.common.itemic import itemic_token_strings
 from megarec.itemic.expand import expand_checkpoint
-from megarec.itemic.layout import ItemicLayout
+from megarec.common.itemic import ItemicLayout
 from megarec.itemic.vocab import add_itemic_tokens
 
 HIDDEN = 16
@@ -40,7 +40,7 @@ def test_qwen3_itemic_id_range(qwen3_tokenizer_dir):
     item = layout.item_to_string((12, 0, 8191))
     assert item == "<|sid_begin|><s_a_12><s_b_0><s_c_8191><|sid_end|>"
     ids = tok(item).input_ids
-    assert ids == [176245, 151681, 159861, 176244, 176246] == layout.item_to_ids((12, 0, 8191))
+    assert ids == [176245, 151681, 159861, 176244, 176246] == layout.item_ids((12, 0, 8191))
     assert tok.decode(ids) == item and layout.ids_to_item(ids) == (12, 0, 8191)
     text = f"I watched {item}{layout.item_to_string((1, 2, 3))} twice."
     enc = tok(text).input_ids
@@ -52,18 +52,18 @@ def test_qwen3_itemic_id_range(qwen3_tokenizer_dir):
 def test_layout_methods(tmp_path):
     lay = ItemicLayout.create(100, 2, 4, padded_vocab_size=128)
     assert (lay.first_id, lay.sid_begin_id, lay.last_id) == (100, 108, 109)
-    assert lay.code_to_token_id(1, 3) == 107 and lay.token_id_to_code(105) == (1, 1)
+    assert lay.token_id(1, 3) == 107 and lay.code_of(105) == (1, 1)
     assert list(lay.layer_id_range(1)) == [104, 105, 106, 107]
-    assert lay.items_to_ids([(0, 1), (3, 2)]) == [108, 100, 105, 109, 108, 103, 106, 109]
+    assert lay.items_ids([(0, 1), (3, 2)]) == [108, 100, 105, 109, 108, 103, 106, 109]
     assert lay.ids_to_items([108, 100, 105, 109, 108, 103, 106, 109]) == [(0, 1), (3, 2)]
     assert [lay.is_itemic(i) for i in (99, 100, 109, 110)] == [False, True, True, False]
     for bad in ([108, 104, 100, 109], [100, 105, 109], [108, 100, 105, 108], [108, 100, 99, 109]):
         with pytest.raises(DataError, match="malformed item ids"):
             lay.ids_to_item(bad)
     with pytest.raises(DataError, match="outside"):
-        lay.code_to_token_id(0, 4)
+        lay.token_id(0, 4)
     with pytest.raises(DataError, match="expected 2"):
-        lay.item_to_ids((1, 2, 3))
+        lay.item_ids((1, 2, 3))
     for bad in ("<|sid_begin|><s_b_1><s_a_1><|sid_end|>", "<|sid_begin|><s_a_1><|sid_end|>",
                 "<|sid_begin|><s_a_1><s_b_4><|sid_end|>", "<|sid_begin|><s_a_1> <s_b_2><|sid_end|>",
                 "<|sid_begin|><s_a_01><s_b_2><|sid_end|>"):
@@ -78,7 +78,7 @@ def test_layout_methods(tmp_path):
     json.dump(raw, open(tmp_path / "itemic.json", "w"))
     with pytest.raises(DataError, match="field 'last_id' is 110"):
         ItemicLayout.load(tmp_path)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         ItemicLayout.load(tmp_path / "nope")
 
 
@@ -239,12 +239,12 @@ def test_expand_bad_inputs(tmp_path, expanded):
 
 def test_cli_expand_vocab(expanded, tmp_path):
     base = expanded[False][0]
-    res = run_cli(["expand-vocab", "--base-dir", str(base), "--out", str(tmp_path / "e"), "--layers", "2",
+    res = run_cli(["expand-vocab", "--hf-dir", str(base), "--out", str(tmp_path / "e"), "--layers", "2",
                    "--codebook-size", "100", "--pad-to-multiple", "64"])
     assert res.returncode == 0, res.stderr
     lay = ItemicLayout.load(tmp_path / "e")
     assert (lay.first_id, lay.last_id, lay.padded_vocab_size) == (151669, 151870, 151872)
-    res = run_cli(["expand-vocab", "--base-dir", str(base), "--out", str(tmp_path / "f"), "--layers", "27",
+    res = run_cli(["expand-vocab", "--hf-dir", str(base), "--out", str(tmp_path / "f"), "--layers", "27",
                    "--codebook-size", "4"])
     assert res.returncode == 2
     want = "megarec expand-vocab: error: 27 itemic layers, but layer letters a..z allow at most 26"

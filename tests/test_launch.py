@@ -116,7 +116,7 @@ def test_batch_log_needs_no_directory(script):
 
 def test_pretrain_1p7b_env_overrides(tmp_path):
     out = _dry_run("pretrain_1p7b.sh", tmp_path, STAGE="1", TP="8", CP="1", GBS="64", MASTER_PORT="31000",
-                   GPUS_PER_NODE="4", EXTRA_OVERRIDES="train.train_iters=10 logging.log_interval=5",
+                   GPUS_PER_NODE="4", EXTRA_OVERRIDES="train.steps=10 logging.log_interval=5",
                    PG_TIMEOUT_MINUTES="90", PYTORCH_CUDA_ALLOC_CONF="expandable_segments:False",
                    TORCH_NCCL_AVOID_RECORD_STREAMS="0")
     assert _printed_env(out) == {"CUDA_DEVICE_MAX_CONNECTIONS": "1",
@@ -126,7 +126,7 @@ def test_pretrain_1p7b_env_overrides(tmp_path):
     assert argv[argv.index("--config") + 1].endswith("configs/pretrain/stage1_1p7b.yaml")
     for ov in ("parallel.tensor_model_parallel_size=8", "parallel.context_parallel_size=1",
                "parallel.distributed_timeout_minutes=90",
-               "train.global_batch_size=64", "train.train_iters=10", "logging.log_interval=5",
+               "train.global_batch_size=64", "train.steps=10", "logging.log_interval=5",
                "--rdzv_endpoint=gpu007:31000", "--nproc_per_node=4"):
         assert ov in argv, ov
 
@@ -161,11 +161,11 @@ def test_real_submission_exports_settings_to_srun(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
-def test_init_distributed_uses_the_configured_timeout(monkeypatch):
+def test_init_megatron_uses_the_configured_timeout(monkeypatch):
     import torch.distributed as dist
 
-    from megarec.models.config import ParallelConfig
-    from megarec.runtime import distributed
+    from megarec.runtime import megatron_parallel
+    from megarec.runtime.config import ParallelConfig
 
     class Reached(Exception):
         pass
@@ -182,7 +182,7 @@ def test_init_distributed_uses_the_configured_timeout(monkeypatch):
                        "MASTER_PORT": "29999"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(Reached):
-        distributed.init_distributed(ParallelConfig(distributed_timeout_minutes=45), seed=0)
+        megatron_parallel.init_megatron(ParallelConfig(distributed_timeout_minutes=45), seed=0)
     assert seen["timeout"] == datetime.timedelta(minutes=45)
     assert seen["rank"] == 1 and seen["world_size"] == 2
     assert ParallelConfig().distributed_timeout_minutes == 10  # Megatron-LM's --distributed-timeout-minutes
@@ -190,7 +190,7 @@ def test_init_distributed_uses_the_configured_timeout(monkeypatch):
 
 def test_timeout_must_be_positive():
     from megarec.common.errors import ConfigError
-    from megarec.models.config import ParallelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.models.qwen3.presets import get_preset
     from megarec.models.qwen3.builder import validate_layout
 

@@ -122,8 +122,8 @@ def pretrained(tmp_path_factory):
     """megarec pre-training (tiny, untied, fp32, head_dim 24): checkpoints at iterations 2 and 4 of 4."""
     root = tmp_path_factory.mktemp("pretrain")
     save = str(root / "ckpt")
-    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.train_iters=4",
-                "model.head_dim=24", "checkpoint.save_interval=2", f"checkpoint.save={save}",
+    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=4",
+                "model.head_dim=24", "checkpoint.save_interval=2", f"checkpoint.dir={save}",
                 f"logging.run_dir={root / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled",
                 "train.eval_interval=0"], timeout=600))
     lrs = [json.loads(line)["lr"] for line in open(root / "run" / "metrics.jsonl") if '"lr"' in line]
@@ -200,13 +200,14 @@ def _preset_args(preset: str, vocab: int, tp: int):
     from types import SimpleNamespace
 
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.models.qwen3.presets import get_preset
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     arch = get_preset(preset).replace(vocab_size=vocab)
     parallel = ParallelConfig(tensor_model_parallel_size=tp)
-    kwargs = qwen3.transformer_config_kwargs(arch, ModelConfig(precision="bf16"), parallel, "local", on_gpu=False)
+    kwargs = qwen3.transformer_config_kwargs(arch, ModelConfig(dtype="bf16"), parallel, "local", on_gpu=False)
     kwargs["tensor_model_parallel_size"] = 1  # no process groups here; only the config's fields are read
     padded = qwen3.padded_vocab_size(vocab, 128, tp)
     model = SimpleNamespace(config=TransformerConfig(**kwargs), vocab_size=padded, position_embedding_type="rope",
@@ -318,9 +319,9 @@ def test_interleaved_pipeline_checkpoint_loads_into_one_megatron_lm_chunk(tmp_pa
     """PP=2 × VP=2 saves model0/model1 on two ranks; the dist-checkpoint keys are global, so a Megatron-LM run
     without pipelining (one "model") loads all 4 layers bit-identically; the args record the layout."""
     save = str(tmp_path / "ckpt")
-    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.train_iters=1",
+    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=1",
                 "model.num_layers=4", "parallel.pipeline_model_parallel_size=2",
-                "parallel.virtual_pipeline_model_parallel_size=2", f"checkpoint.save={save}",
+                "parallel.virtual_pipeline_model_parallel_size=2", f"checkpoint.dir={save}",
                 f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled"],
                nproc=2, timeout=600))
     args = common_state(save)["args"]
@@ -393,10 +394,10 @@ def test_megarec_starts_from_megatron_lm_weights(mlm_checkpoint, hf_tied, tmp_pa
     assert compat.is_megatron_lm_checkpoint(theirs_common) and theirs_common["checkpoint_version"] == 3.0
     assert theirs_common["args"].padded_vocab_size == 1280 and "padded_vocab_size" not in theirs_common
     save = str(tmp_path / "ckpt")
-    ok(run_cli(["pretrain", f"model.hf_config={hf_tied}", "model.precision=fp32", "model.transformer_impl=local",
-                f"checkpoint.init_from={mlm_checkpoint}", "data.mock=true", "train.train_iters=0",
+    ok(run_cli(["pretrain", f"model.hf_config={hf_tied}", "model.dtype=fp32", "model.transformer_impl=local",
+                f"checkpoint.init_from={mlm_checkpoint}", "data.mock=true", "train.steps=0",
                 "train.seq_length=32", "train.micro_batch_size=1", "train.global_batch_size=1",
-                f"checkpoint.save={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
+                f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
                 "logging.wandb_mode=disabled"], timeout=300))
     ours = full_tensors(save)
     theirs = full_tensors(mlm_checkpoint)
@@ -420,8 +421,8 @@ def test_megatron_lm_checkpoint_exports_to_hf(mlm_checkpoint, hf_tied, tmp_path)
 
 
 def test_megarec_refuses_to_resume_a_megatron_lm_checkpoint(mlm_checkpoint, hf_tied, tmp_path):
-    proc = run_cli(["pretrain", f"model.hf_config={hf_tied}", f"checkpoint.load={mlm_checkpoint}",
-                    "data.mock=true", "train.train_iters=1", "train.seq_length=32", "train.micro_batch_size=1",
+    proc = run_cli(["pretrain", f"model.hf_config={hf_tied}", f"checkpoint.resume_from={mlm_checkpoint}",
+                    "data.mock=true", "train.steps=1", "train.seq_length=32", "train.micro_batch_size=1",
                     "train.global_batch_size=1", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
                     "logging.wandb_mode=disabled"], timeout=300)
     assert proc.returncode != 0

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from megarec.common.config import load_config
 from megarec.common.errors import ConfigError
-from megarec.itemic.layout import ItemicLayout
+from megarec.common.itemic import ItemicLayout
 from megarec.models.qwen3.memory import (GIB, MemoryEstimate, choose_recompute, estimate_for_config, estimate_memory,
                                    local_params)
 from megarec.models.qwen3.presets import Qwen3Arch, get_preset

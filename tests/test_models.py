@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from megarec.common.errors import ConfigError
-from megarec.models.config import ModelConfig, ParallelConfig
+from megarec.models.config import ModelConfig
+from megarec.runtime.config import ParallelConfig
 from megarec.models.qwen3.specs import resolve_transformer_impl
-from megarec.models.qwen3.presets import PRESETS, arch_from_hf_config, get_preset
+from megarec.models.qwen3.hf_config import arch_from_hf_config
+from megarec.models.qwen3.presets import PRESETS, get_preset
 from megarec.models.qwen3.builder import padded_vocab_size, resolve_arch, transformer_config_kwargs, validate_layout
 
 
@@ -105,7 +107,7 @@ def test_gpu_fp8_plumbing():
     """What an 8B/32K H100 layout with FP8 and selective recompute hands to TransformerConfig (checked without
     a GPU)."""
     arch = get_preset("qwen3-8b")
-    model = ModelConfig(preset="qwen3-8b", precision="auto", transformer_impl="transformer_engine", fp8="hybrid",
+    model = ModelConfig(preset="qwen3-8b", dtype="auto", transformer_impl="transformer_engine", fp8="hybrid",
                         recompute_activations=True)
     par = ParallelConfig(tensor_model_parallel_size=4, context_parallel_size=2, sequence_parallel=True)
     validate_layout(arch, par, "transformer_engine", world_size=16, fp8="hybrid")
@@ -140,7 +142,7 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.runtime.distributed import init_distributed
+    from megarec.runtime.megatron_parallel import init_megatron
 
     monkeypatch.setattr(qwen3, "fused_wgrad_kernel_available", lambda: kernel_present)
     arch = PRESETS["qwen3-tiny"]
@@ -148,7 +150,7 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
     assert kw["gradient_accumulation_fusion"] is kernel_present
     if kernel_present:
         return  # the kernel really is absent here: nothing to build
-    init_distributed(ParallelConfig(), seed=0)
+    init_megatron(ParallelConfig(), seed=0)
     # Megatron's output layer, built here on the CPU with the fusion flag the GPU config carries.
     cpu = transformer_config_kwargs(arch, ModelConfig(), ParallelConfig(), "local", on_gpu=False)
     cfg = TransformerConfig(**{**cpu, "gradient_accumulation_fusion": kw["gradient_accumulation_fusion"]})
@@ -162,7 +164,7 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
 def test_flops_per_token_counts_causal_attention_as_megatron_lm():
     """Megatron-LM's num_floating_point_operations for a dense GQA SwiGLU model, per token: 6 × (h·(q+2kv)·d +
     q·d·S/2·2 + q·d·h) + 18·h·f per layer, plus 6·h·V for the logits."""
-    from megarec.runtime.metrics import flops_per_token
+    from megarec.models.qwen3.flops import flops_per_token
 
     arch = get_preset("qwen3-8b")
     h, d, q, kv, f, n, s, v = 4096, 128, 32, 8, 12288, 36, 32768, 176384

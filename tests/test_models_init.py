@@ -42,7 +42,7 @@ def test_init_model_shape_seed_and_expand(tmp_path):
     res = run_cli(["init-model", "--tokenizer", qwen3_tokenizer_dir, "--out", str(tmp_path / "a"), *ARCH])
     assert res.returncode == 2 and "not empty" in res.stderr
 
-    res = run_cli(["expand-vocab", "--base-dir", str(tmp_path / "a"), "--out", str(tmp_path / "x"),
+    res = run_cli(["expand-vocab", "--hf-dir", str(tmp_path / "a"), "--out", str(tmp_path / "x"),
                    "--layers", "2", "--codebook-size", "4"])
     assert res.returncode == 0, res.stderr
     meta = json.load(open(tmp_path / "x" / "itemic.json"))

@@ -18,14 +18,14 @@ VERBS = {
     "tokenizer build-qwen3": lambda out, inp: ["tokenizer", "build-qwen3", "--out", out, "--tiktoken", inp],
     "init-model": lambda out, inp: ["init-model", "--tokenizer", inp, "--out", out],
     "itemic train": lambda out, inp: ["itemic", "train", "--embeddings", inp, "--out", out],
-    "expand-vocab": lambda out, inp: ["expand-vocab", "--base-dir", inp, "--out", out, "--layers", "2",
+    "expand-vocab": lambda out, inp: ["expand-vocab", "--hf-dir", inp, "--out", out, "--layers", "2",
                                       "--codebook-size", "4"],
     "convert hf-to-mcore": lambda out, inp: ["convert", "hf-to-mcore", "--hf-dir", inp, "--out", out],
     "convert mcore-to-hf": lambda out, inp: ["convert", "mcore-to-hf", "--mcore-dir", inp, "--out", out],
     "data build": lambda out, inp: ["data", "build", "--source", "synthetic", "--out", out],
     "data dedup": lambda out, inp: ["data", "dedup", "--train", inp, "--eval", inp, "--out", out],
     "preprocess": lambda out, inp: ["preprocess", "--input", inp, "--tokenizer", inp, "--output-prefix", out],
-    "evaluate": lambda out, inp: ["evaluate", "--model", inp, "--data", inp, "--out", out],
+    "evaluate": lambda out, inp: ["evaluate", "--hf-dir", inp, "--data", inp, "--out", out],
     "bench seqrec": lambda out, inp: ["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop",
                                       "--out", out],
     "scaling fit": lambda out, inp: ["scaling", "fit", "--runs", inp, "--out", out],
@@ -106,7 +106,7 @@ def test_ancestor_of_cwd_and_inputs_are_refused_even_with_force(tmp_path):
     base = tmp_path / "base"
     before = _foreign(base)
     proc = run_cli(VERBS["expand-vocab"](str(base), str(base)) + ["--force"], timeout=60)
-    assert _one_error_line(proc, "expand-vocab") == (f"--out {base} is the same path as --base-dir {base}; "
+    assert _one_error_line(proc, "expand-vocab") == (f"--out {base} is the same path as --hf-dir {base}; "
                                                      "give a separate output directory")
     proc = run_cli(VERBS["convert hf-to-mcore"](str(tmp_path), str(base)) + ["--force"], timeout=60)
     assert _one_error_line(proc, "convert") == (f"--out {tmp_path} is a directory containing --hf-dir {base}; "
@@ -132,7 +132,7 @@ def test_resumable_verbs_accept_their_own_output(verb, marker, later_error, tmp_
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    from megarec.posttrain import tiny
+    import posttrain_tiny as tiny
 
     d = tmp_path_factory.mktemp("outguard")
     tiny.build_tokenizer(str(d / "tok"))
@@ -143,19 +143,19 @@ def tiny_base(tmp_path_factory):
 def test_expand_vocab_force_replaces_only_after_success(tiny_base, tmp_path):
     out = tmp_path / "expanded"
     before = _foreign(out)
-    argv = ["expand-vocab", "--base-dir", str(tiny_base), "--out", str(out), "--layers", "2", "--codebook-size", "4"]
+    argv = ["expand-vocab", "--hf-dir", str(tiny_base), "--out", str(out), "--layers", "2", "--codebook-size", "4"]
     msg = _one_error_line(run_cli(argv, timeout=300), "expand-vocab")
     assert msg == f"--out {out} is not empty (2 entries); pass --force to replace it"
     assert _snapshot(out) == before
 
     # --force, but the run fails (before and after loading the model): the old directory is untouched and
     # nothing is left beside it
-    res = run_cli(["expand-vocab", "--base-dir", str(tmp_path / "other"), "--out", str(out), "--layers", "2",
+    res = run_cli(["expand-vocab", "--hf-dir", str(tmp_path / "other"), "--out", str(out), "--layers", "2",
                    "--codebook-size", "4", "--force"], timeout=300)
     assert "config.json: not found" in _one_error_line(res, "expand-vocab")
     first = tmp_path / "first"
     assert run_cli(argv[:4] + [str(first)] + argv[5:], timeout=300).returncode == 0
-    res = run_cli(["expand-vocab", "--base-dir", str(first), "--out", str(out), "--layers", "2",
+    res = run_cli(["expand-vocab", "--hf-dir", str(first), "--out", str(out), "--layers", "2",
                    "--codebook-size", "4", "--force"], timeout=300)
     assert res.returncode == 2 and "already contains <s_a_0>" in res.stderr.splitlines()[-1]  # after a model load
     assert _snapshot(out) == before

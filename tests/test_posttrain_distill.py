@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_cli
 from megarec.common.errors import ConfigError
-from megarec.posttrain import tiny
+import posttrain_tiny as tiny
 
 WORDS = ["film", "song", "video", "hello", "world", "topic3", "user2", "calm", "fun"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

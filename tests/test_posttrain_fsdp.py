@@ -16,7 +16,7 @@ import random
 import pytest
 
 from conftest import run_cli
-from megarec.posttrain import tiny
+import posttrain_tiny as tiny
 from posttrain_helpers import write_rec_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from megarec.common.errors import DataError
-from megarec.posttrain import tiny
+import posttrain_tiny as tiny
 from posttrain_helpers import REC_ITEMS as ITEMS
 from posttrain_helpers import write_rec_task
 

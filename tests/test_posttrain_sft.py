@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from megarec.common.errors import DataError
-from megarec.posttrain import chat, tiny
+import posttrain_tiny as tiny
+
+from megarec.posttrain import chat
 from megarec.posttrain.sft_data import ChatEncoder, encode_conversation
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -152,7 +154,7 @@ def test_user_and_system_tokens_never_contribute(assets):
 
 
 def tiny_env():
-    from megarec.posttrain.distributed import single_process_env
+    from megarec.runtime.distributed import single_process_env
 
     return single_process_env()
 

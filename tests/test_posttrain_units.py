@@ -16,7 +16,7 @@ from megarec.posttrain.models.logprobs import token_logprobs
 from megarec.posttrain.models.losses import ClippedPolicyGradientLoss, k3_kl
 from megarec.posttrain.rewards import group_advantages, item_reward
 from megarec.posttrain.rollout import Rollout
-from megarec.posttrain.schedule import lr_at
+from megarec.runtime.schedule import lr_at
 
 
 def test_token_logprobs_alignment_temperature_and_masks():
@@ -108,13 +108,17 @@ def test_mixture_sampler_proportions_and_resume():
 
 
 def test_lr_schedule_warmup_cosine_and_no_zero_first_step():
-    cfg = OptimizerSection(lr=2e-5, min_lr=5e-6, warmup_fraction=0.1, lr_decay_style="cosine")
-    assert lr_at(1, 100, cfg) == pytest.approx(2e-6)
-    assert lr_at(10, 100, cfg) == pytest.approx(2e-5)
-    assert lr_at(100, 100, cfg) == pytest.approx(5e-6)
-    assert lr_at(55, 100, cfg) == pytest.approx((2e-5 + 5e-6) / 2)
-    const = OptimizerSection(lr=1e-6, min_lr=1e-6, warmup_fraction=0.0, lr_decay_style="constant")
-    assert lr_at(1, 10, const) == lr_at(10, 10, const) == 1e-6
+    def at(k, total, **kw):
+        c = OptimizerSection(**kw)
+        return lr_at(k, total, c.lr, c.min_lr, c.warmup_fraction, c.lr_decay_style)
+
+    cosine = dict(lr=2e-5, min_lr=5e-6, warmup_fraction=0.1, lr_decay_style="cosine")
+    assert at(1, 100, **cosine) == pytest.approx(2e-6)
+    assert at(10, 100, **cosine) == pytest.approx(2e-5)
+    assert at(100, 100, **cosine) == pytest.approx(5e-6)
+    assert at(55, 100, **cosine) == pytest.approx((2e-5 + 5e-6) / 2)
+    const = dict(lr=1e-6, min_lr=1e-6, warmup_fraction=0.0, lr_decay_style="constant")
+    assert at(1, 10, **const) == at(10, 10, **const) == 1e-6
 
 
 def test_rollout_batch_masks_forced_tokens_and_compacts_constraints():

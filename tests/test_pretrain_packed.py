@@ -103,10 +103,10 @@ def test_engine_packed_dataset_blend(chat_data, tmp_path, process_group):
 
     data = DataConfig(data_path=[f"0.7 {chat_data['a_packed']} 0.3 {chat_data['b_packed']}"], split="1,0,0",
                       tokenizer=chat_data["tokenizer"], packed=True, loss_mask=True, num_workers=0)
-    train = TrainConfig(train_iters=10, micro_batch_size=2, global_batch_size=4, seq_length=SEQ, eval_interval=0)
+    train = TrainConfig(steps=10, micro_batch_size=2, global_batch_size=4, seq_length=SEQ, eval_interval=0)
     ds = build_datasets(data, train, chat_data["vocab"], str(tmp_path)).train
     tok = Tokenizer.from_file(os.path.join(chat_data["tokenizer"], "tokenizer.json"))
-    n = train.train_iters * train.global_batch_size
+    n = train.steps * train.global_batch_size
     assert type(ds).__name__ == "BlendedDataset" and len(ds) >= n
     assert 0.55 < np.mean(np.asarray(ds.dataset_index[:n]) == 0) < 0.85  # the 0.7 / 0.3 weights
     multi_doc = 0
@@ -160,9 +160,10 @@ EQUIVALENCE = textwrap.dedent("""
     import json, torch
     from megarec.data.megatron_datasets import packed_sample
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
-    from megarec.runtime.distributed import init_distributed
-    init_distributed(ParallelConfig(), seed=0)
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
+    from megarec.runtime.megatron_parallel import init_megatron
+    init_megatron(ParallelConfig(), seed=0)
     arch = qwen3.resolve_arch(ModelConfig(preset="qwen3-tiny"))
     tcfg = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")
     S, V = 32, arch.vocab_size
@@ -229,7 +230,7 @@ TINY_RECIPE = "configs/pretrain/tiny_cpu.yaml"
 
 def _engine_args(chat_data, run_dir, *extra, recipe=PACKED_RECIPE):
     return ["pretrain", "--config", recipe, "model.preset=qwen3-tiny-tied",
-            f"model.vocab_size={chat_data['vocab']}", f"train.train_iters={ITERS}", f"train.seq_length={SEQ}",
+            f"model.vocab_size={chat_data['vocab']}", f"train.steps={ITERS}", f"train.seq_length={SEQ}",
             "train.micro_batch_size=2", f"train.global_batch_size={GBS}", "train.eval_interval=0",
             "checkpoint.save_interval=0", "logging.progress=false", "logging.wandb_mode=disabled",
             f"data.tokenizer={chat_data['tokenizer']}", f"logging.run_dir={run_dir}", *extra]
@@ -269,12 +270,12 @@ FIRST_STEP = textwrap.dedent("""
     from megarec.models.qwen3 import builder as qwen3
     from megarec.pretrain.config import PretrainConfig
     from megarec.pretrain.data import build_datasets
-    from megarec.runtime.distributed import init_distributed
+    from megarec.runtime.megatron_parallel import init_megatron
     from megarec.pretrain.trainer import _padded_vocab, validate
     recipe, overrides, cache = json.loads(sys.argv[1])
     cfg = load_config(PretrainConfig, recipe, overrides)
     arch, impl = validate(cfg, 1)
-    init_distributed(cfg.parallel, cfg.train.seed)
+    init_megatron(cfg.parallel, cfg.train.seed)
     tcfg = qwen3.build_transformer_config(arch, cfg.model, cfg.parallel, impl)
     model = qwen3.build_model_chunks(arch, tcfg, impl, _padded_vocab(cfg, arch.vocab_size, None),
                                      cfg.train.seq_length, cfg.model.local_attention)[0].eval()

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, free_port, run_cli
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
 VOCAB = 1024
 ITEMIC = (960, 1022)  # the tiny tokenizer below appends 63 "itemic" tokens, then EOD at 1023
-COMMON = ["train.train_iters=10", "train.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=8",
+COMMON = ["train.steps=10", "train.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=8",
           "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "logging.progress=false", "logging.wandb_mode=disabled",
           # EOD tokens carry no loss, so micro-batches and DP ranks hold different numbers of loss tokens:
           # DP=2 matching DP=1 then shows the loss is normalised by the global count, not per rank.
@@ -72,7 +72,7 @@ def reference(corpus, tmp_path_factory):
     """Initial weights saved once at TP=1, and the uninterrupted TP=1 run from them."""
     root = tmp_path_factory.mktemp("ref")
     init = str(root / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=0", f"checkpoint.save={init}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=0", f"checkpoint.dir={init}",
                 f"logging.run_dir={root / 'init_run'}"]))
     run_dir = str(root / "tp1")
     ok(run_cli(["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={init}", f"logging.run_dir={run_dir}"]))
@@ -119,7 +119,7 @@ def test_metrics_jsonl_records(reference):
 def test_resume_continues_exact_curve(corpus, reference, tmp_path):
     save = str(tmp_path / "ckpt")
     args = ["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={reference['init']}",
-            f"checkpoint.save={save}", f"logging.run_dir={tmp_path / 'run'}"]
+            f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}"]
     ok(run_cli([*args, "train.exit_interval=4"]))
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "4"
     assert sorted(os.listdir(save)) == ["iter_0000004", "latest_checkpointed_iteration.txt"]
@@ -130,7 +130,7 @@ def test_resume_continues_exact_curve(corpus, reference, tmp_path):
 
 def test_save_tp1_resume_tp2(corpus, reference, tmp_path):
     save = str(tmp_path / "ckpt")
-    args = ["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={reference['init']}", f"checkpoint.save={save}"]
+    args = ["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={reference['init']}", f"checkpoint.dir={save}"]
     ok(run_cli([*args, "train.exit_interval=5", f"logging.run_dir={tmp_path / 'a'}"]))
     proc = ok(run_cli([*args, "parallel.tensor_model_parallel_size=2", f"logging.run_dir={tmp_path / 'b'}"], nproc=2))
     assert "RNG not restored" in proc.stdout
@@ -141,8 +141,8 @@ def test_save_tp1_resume_tp2(corpus, reference, tmp_path):
 def test_sigterm_saves_and_exits_cleanly(corpus, reference, tmp_path):
     save, run_dir = str(tmp_path / "ckpt"), str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "megarec", "pretrain", *COMMON, *corpus["data"], "train.train_iters=100000",
-           f"checkpoint.init_from={reference['init']}", f"checkpoint.save={save}", f"logging.run_dir={run_dir}"]
+    cmd = [sys.executable, "-m", "megarec", "pretrain", *COMMON, *corpus["data"], "train.steps=100000",
+           f"checkpoint.init_from={reference['init']}", f"checkpoint.dir={save}", f"logging.run_dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     metrics = os.path.join(run_dir, "metrics.jsonl")
@@ -158,8 +158,8 @@ def test_sigterm_saves_and_exits_cleanly(corpus, reference, tmp_path):
 
 def _stage1(corpus, tmp_path, init, nproc, extra):
     save = str(tmp_path / "stage1")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=5", "freeze.stage=itemic",
-                f"checkpoint.init_from={init}", f"checkpoint.save={save}", f"logging.run_dir={tmp_path / 'run'}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=5", "freeze.stage=itemic",
+                f"checkpoint.init_from={init}", f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}",
                 *extra], nproc=nproc))
     return save
 
@@ -194,7 +194,7 @@ def test_stage1_tied_model(corpus, tmp_path):
 
     init = str(tmp_path / "init")
     tied = ["model.preset=qwen3-tiny-tied"]
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *tied, "train.train_iters=0", f"checkpoint.save={init}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *tied, "train.steps=0", f"checkpoint.dir={init}",
                 f"logging.run_dir={tmp_path / 'init_run'}"]))
     save = _stage1(corpus, tmp_path, init, 2, [*tied, "parallel.pipeline_model_parallel_size=2"])
     before, after = read_full_tensors(init), read_full_tensors(save)
@@ -211,9 +211,9 @@ def test_interleaved_pipeline_matches_tp1(corpus, tmp_path):
     """PP=2 × VP=2 (4 model chunks of one layer) reproduces the single-process curve of a 4-layer model."""
     four = ["model.num_layers=4"]
     init = str(tmp_path / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *four, "train.train_iters=0", f"checkpoint.save={init}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *four, "train.steps=0", f"checkpoint.dir={init}",
                 f"logging.run_dir={tmp_path / 'i'}"]))
-    base = [*COMMON, *corpus["data"], *four, "train.train_iters=5", f"checkpoint.init_from={init}"]
+    base = [*COMMON, *corpus["data"], *four, "train.steps=5", f"checkpoint.init_from={init}"]
     ok(run_cli(["pretrain", *base, f"logging.run_dir={tmp_path / 'ref'}"]))
     ok(run_cli(["pretrain", *base, "parallel.pipeline_model_parallel_size=2",
                 "parallel.virtual_pipeline_model_parallel_size=2", f"logging.run_dir={tmp_path / 'vp'}"], nproc=2))
@@ -223,7 +223,7 @@ def test_interleaved_pipeline_matches_tp1(corpus, tmp_path):
 def test_document_resets_and_validation(corpus, tmp_path):
     """Per-document position/attention resets train, validation runs, and loss still falls."""
     run_dir = str(tmp_path / "run")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=12", "data.reset_position_ids=true",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=12", "data.reset_position_ids=true",
                 "data.reset_attention_mask=true", "train.eval_interval=6", "train.eval_iters=1",
                 f"logging.run_dir={run_dir}"]))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -237,8 +237,8 @@ def test_document_resets_and_validation(corpus, tmp_path):
 
 def test_divergence_stops_with_clear_error(corpus, reference, tmp_path):
     proc = run_cli(["pretrain", *COMMON, *corpus["data"], "optimizer.lr=1e30", "optimizer.clip_grad=0",
-                    "train.train_iters=50", f"checkpoint.init_from={reference['init']}",
-                    f"checkpoint.save={tmp_path / 'ckpt'}", f"logging.run_dir={tmp_path / 'run'}"])
+                    "train.steps=50", f"checkpoint.init_from={reference['init']}",
+                    f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.run_dir={tmp_path / 'run'}"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     err = [line for line in proc.stderr.splitlines() if "megarec pretrain: error:" in line]
@@ -265,7 +265,7 @@ def test_h100_recipe_options_run_on_cpu(corpus, reference, tmp_path):
     assert "parallel.context_parallel_size=2" in cpu_keys
     save = str(tmp_path / "ckpt")
     args = ["pretrain", *COMMON, *corpus["data"], *cpu_keys, f"checkpoint.init_from={reference['init']}",
-            f"checkpoint.save={save}"]
+            f"checkpoint.dir={save}"]
     ok(run_cli([*args, "train.exit_interval=4", f"logging.run_dir={tmp_path / 'a'}"], nproc=4))
     proc = ok(run_cli([*args, f"logging.run_dir={tmp_path / 'b'}"], nproc=4))
     assert "resumed from" in proc.stdout and "at iteration 4" in proc.stdout
@@ -282,8 +282,8 @@ def test_overlapped_param_gather_saves_current_weights(corpus, reference, tmp_pa
     for name, extra in {"plain": [], "overlap": ["parallel.overlap_grad_reduce=true",
                                                  "parallel.overlap_param_gather=true"]}.items():
         saved[name] = str(tmp_path / name)
-        ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=3", "parallel.use_distributed_optimizer=true",
-                    *extra, f"checkpoint.init_from={reference['init']}", f"checkpoint.save={saved[name]}",
+        ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=3", "parallel.use_distributed_optimizer=true",
+                    *extra, f"checkpoint.init_from={reference['init']}", f"checkpoint.dir={saved[name]}",
                     f"logging.run_dir={tmp_path / (name + '_run')}"], nproc=2))
     plain, overlap = read_full_tensors(saved["plain"]), read_full_tensors(saved["overlap"])
     start = read_full_tensors(reference["init"])
@@ -300,8 +300,8 @@ def test_pipeline_stages_start_from_different_seeds(corpus, tmp_path):
     from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     save = str(tmp_path / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "model.num_layers=4", "train.train_iters=0",
-                "parallel.pipeline_model_parallel_size=4", f"checkpoint.save={save}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "model.num_layers=4", "train.steps=0",
+                "parallel.pipeline_model_parallel_size=4", f"checkpoint.dir={save}",
                 f"logging.run_dir={tmp_path / 'run'}"], nproc=4))
     tensors = read_full_tensors(save)
     for name in ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight"):
@@ -315,8 +315,8 @@ def test_step_time_excludes_evaluation_and_saving(corpus, reference, tmp_path):
     """step_time_s (and tokens/s, MFU from it) times the training step only: evaluation and checkpoint writes,
     logged with their own durations, do not land in the next step's time."""
     run_dir = str(tmp_path / "run")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.train_iters=4", "train.eval_interval=1",
-                "train.eval_iters=12", "checkpoint.save_interval=1", f"checkpoint.save={tmp_path / 'ckpt'}",
+    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=4", "train.eval_interval=1",
+                "train.eval_iters=12", "checkpoint.save_interval=1", f"checkpoint.dir={tmp_path / 'ckpt'}",
                 f"checkpoint.init_from={reference['init']}", f"logging.run_dir={run_dir}"]))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]

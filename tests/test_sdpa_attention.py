@@ -10,10 +10,11 @@ import textwrap
 def test_sdpa_matches_megatron_unfused_attention():
     code = textwrap.dedent("""
         import torch
-        from megarec.models.config import ModelConfig, ParallelConfig
+        from megarec.models.config import ModelConfig
+        from megarec.runtime.config import ParallelConfig
         from megarec.models.qwen3 import builder as qwen3
-        from megarec.runtime.distributed import init_distributed
-        init_distributed(ParallelConfig(), seed=0)
+        from megarec.runtime.megatron_parallel import init_megatron
+        init_megatron(ParallelConfig(), seed=0)
         arch = qwen3.resolve_arch(ModelConfig(preset="qwen3-tiny"))     # 4 heads, 2 KV groups
         tcfg = qwen3.build_transformer_config(arch, ModelConfig(), ParallelConfig(), "local")
         torch.manual_seed(0)

@@ -100,17 +100,18 @@ def test_bench_seqrec_ml100k_sasrec_beats_pop(ml100k, tmp_path):
 
 def test_bench_seqrec_generative_model(tmp_path):
     """A tiny random expanded checkpoint ranks items by constrained beam search; metrics in range."""
-    from megarec.data.itemic_text import placeholder_codes, write_codes_table
-    from megarec.posttrain import tiny
+    from megarec.common.itemic import write_codes_table
+    from megarec.data.placeholder_codes import placeholder_codes
+    import posttrain_tiny as tiny
 
     tiny.build_tokenizer(str(tmp_path / "tok"))
     tiny.build_model(str(tmp_path / "base"), str(tmp_path / "tok"), seed=0)
     tiny.expand(str(tmp_path / "base"), str(tmp_path / "model"), num_layers=3, codebook_size=8)
     d = load_seqrec("synthetic")
     codes = placeholder_codes(d.item_ids, 3, 8)
-    write_codes_table(str(tmp_path / "codes.csv"), codes)
+    write_codes_table(str(tmp_path / "codes.csv"), list(codes), np.array(list(codes.values())))
     out = tmp_path / "gen"
-    r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop", "--model", str(tmp_path / "model"),
+    r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop", "--hf-dir", str(tmp_path / "model"),
                  "--codes", str(tmp_path / "codes.csv"), "--max-eval-users", "12", "--num-beams", "12",
                  "--out", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -119,5 +120,5 @@ def test_bench_seqrec_generative_model(tmp_path):
     # history items are excluded inside each user's trie: every user gets a full list of unseen items
     assert gen["mean_ranked_items"] == 12.0
     assert all(0.0 <= gen[k] <= 1.0 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
-    r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--model", str(tmp_path / "model"), "--out", str(out)])
+    r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--hf-dir", str(tmp_path / "model"), "--out", str(out)])
     assert r.returncode == 2 and "--codes" in r.stderr

@@ -54,3 +54,9 @@ def save_npy(path: str | os.PathLike, array) -> None:
 
     with atomic_open(path, "wb") as f:
         np.save(f, array)
+
+
+def savefig_atomic(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -177,10 +177,66 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _pop_path(data: dict, parts: list[str]) -> tuple[bool, Any]:
+    node = data
+    for p in parts[:-1]:
+        node = node.get(p)
+        if not isinstance(node, dict):
+            return False, None
+    if parts[-1] not in node:
+        return False, None
+    return True, node.pop(parts[-1])
+
+
+def _set_path(data: dict, parts: list[str], value: Any) -> None:
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def apply_renames(data: dict, renamed: dict[str, str], warn=None) -> dict:
+    """Move values of renamed keys (old dotted name → new) to their new names, saying so once per key; a key
+    given under both names is an error."""
+    import sys
+
+    warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+    for old, new in renamed.items():
+        found, value = _pop_path(data, old.split("."))
+        if not found:
+            continue
+        present, _ = _pop_path(_deep_copy(data), new.split("."))
+        if present:
+            raise ConfigError(f"'{old}' and '{new}' are the same setting: give only '{new}'")
+        _set_path(data, new.split("."), value)
+        warn(f"megarec: config key '{old}' is now '{new}' (the old name still works in this release)")
+    return data
+
+
+def _renamed_override(text: str, renamed: dict[str, str]) -> str:
+    key, sep, value = text.partition("=")
+    if sep and key in renamed:
+        apply_renames({key: None} if "." not in key else _nested(key), {key: renamed[key]})
+        return f"{renamed[key]}={value}"
+    return text
+
+
+def _nested(dotted: str) -> dict:
+    out: dict = {}
+    _set_path(out, dotted.split("."), None)
+    return out
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
 def load_config(cls: type, recipe: str | None = None, overrides: list[str] | None = None) -> Any:
-    """Recipe file (optional) + dotted overrides → a validated `cls` instance."""
-    data = read_recipe(recipe) if recipe else {}
-    data = apply_overrides(data, overrides or [])
+    """Recipe file (optional) + dotted overrides → a validated `cls` instance. Keys the config class lists in
+    its `RENAMED` mapping (earlier releases' names) are read under their new names."""
+    renamed = getattr(cls, "RENAMED", {})
+    data = apply_renames(read_recipe(recipe) if recipe else {}, renamed)
+    data = apply_overrides(data, [_renamed_override(o, renamed) for o in overrides or []])
     where = f" (in {recipe})" if recipe else ""
     try:
         return build(cls, data)
@@ -214,7 +270,7 @@ def describe(cls: type) -> str:
         if sec != section:
             section = sec
             lines.append(f"\n  [{sec or 'top level'}]")
-        lines.append(f"  {name} ({tname}, default {default!r})")
+        lines.append(f"  {name} ({tname}, default: {default!r})")
         if help_text:
             lines.append(f"      {help_text}")
     return "\n".join(lines)

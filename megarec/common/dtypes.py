@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from megarec.common.cli import DTYPE_CHOICES
 from megarec.common.errors import ConfigError
 
 # Names users write in configs and flags.
@@ -16,7 +17,6 @@ HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.fl
 HF_NAME_DTYPES = {name: dtype for dtype, name in HF_DTYPE_NAMES.items()}
 # Element types in safetensors headers.
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-DTYPE_CHOICES = ("auto", *CONFIG_DTYPES)
 
 
 def resolve_dtype(name: str, on_gpu: Optional[bool] = None) -> torch.dtype:

@@ -11,18 +11,15 @@ from typing import Iterable, Optional
 
 import torch
 
+from megarec.common.dtypes import HF_NAME_DTYPES, SAFETENSORS_DTYPES
 from megarec.common.errors import ConfigError
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 WEIGHT_INDEXES = (SAFE_INDEX, BIN_INDEX)
-ITEMIC_JSON = "itemic.json"
 
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-NAME_DTYPES = {v: k for k, v in DTYPE_NAMES.items()} | {"fp32": torch.float32, "bf16": torch.bfloat16,
-                                                      "fp16": torch.float16}
+
 
 
 class HFWeights:
@@ -45,7 +42,7 @@ class HFWeights:
                         for name in f.keys():
                             sl = f.get_slice(name)
                             self._add(name, path)
-                            self._meta[name] = (tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype()))
+                            self._meta[name] = (tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(sl.get_dtype()))
                 except Exception as e:  # safetensors raises its own error types
                     raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
             else:
@@ -195,21 +192,8 @@ def read_json(path: str) -> dict:
     return data
 
 
-def read_qwen3_config(hf_dir: str):
-    """(Qwen3Arch, config dict) of an HF directory, refusing configs whose numerics the Megatron model
-    would not reproduce (RoPE scaling, sliding-window attention, another activation)."""
-    from megarec.models.qwen3.presets import arch_from_hf_config
-
-    arch = arch_from_hf_config(hf_dir)  # rejects non-qwen3 configs and missing fields
-    path = os.path.join(hf_dir, "config.json") if os.path.isdir(hf_dir) else hf_dir
-    cfg = read_json(path)
-    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-    if rope_type not in (None, "default"):
-        raise ConfigError(f"{path}: RoPE scaling type '{rope_type}' is not supported by the conversion "
-                          "(the Megatron model uses plain RoPE)")
-    if cfg.get("use_sliding_window"):
-        raise ConfigError(f"{path}: use_sliding_window=true is not supported (full attention only)")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{path}: hidden_act '{cfg['hidden_act']}' is not Qwen3's SwiGLU (silu)")
-    return arch, cfg
+def source_dtype(path: str) -> torch.dtype:
+    """dtype recorded in an HF directory's config.json (`dtype` or `torch_dtype`; fp32 when absent)."""
+    cfg = read_json(os.path.join(path, "config.json"))
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return HF_NAME_DTYPES.get(str(name), torch.float32)

@@ -54,7 +54,7 @@ def register(sub) -> None:
                         "the ones recorded at import, or the pre-training run's model.hf_config).")
     b.add_argument("--max-shard-size", default="5GB",
                    help="Largest safetensors shard (e.g. 5GB, 500MB, 2GiB). Default %(default)s.")
-    b.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    b.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="Weight dtype; auto = the HF config's dtype (else the checkpoint's).")
     b.add_argument("--force", action="store_true", help=FORCE_HELP)
     b.set_defaults(func=run_mcore_to_hf)
@@ -145,7 +145,7 @@ def run_megatron_lm_flags(args) -> int:
     import shlex
 
     from megarec.runtime.megatron_checkpoint import ensure_single_process_group
-    from megarec.runtime.megatron_lm_compat import flags_for_checkpoint
+    from megarec.runtime.megatron_checkpoint import flags_for_checkpoint
 
     ensure_single_process_group()
     print(shlex.join(flags_for_checkpoint(args.mcore_dir, args.mode)), flush=True)

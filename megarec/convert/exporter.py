@@ -17,6 +17,10 @@ from typing import Optional
 import torch
 
 from megarec.common import hfdir as hf_io
+from megarec.common.itemic import ITEMIC_JSON
+from megarec.common.dtypes import HF_DTYPE_NAMES, HF_NAME_DTYPES, dtype_from_name
+
+from megarec.models.qwen3.hf_config import read_qwen3_config
 from megarec.models.qwen3 import mapping
 from megarec.convert.importer import HF_ASSETS_DIR, check_itemic
 from megarec.common.errors import ConfigError
@@ -85,10 +89,10 @@ def _recorded_vocab(conv: dict, pretrain_model: dict) -> Optional[int]:
 
 def _output_dtype(requested: str, config: dict, tensors: dict) -> torch.dtype:
     if requested != "auto":
-        return hf_io.NAME_DTYPES[requested]
+        return dtype_from_name(requested)
     for key in ("dtype", "torch_dtype"):
-        if config.get(key) in hf_io.NAME_DTYPES:
-            return hf_io.NAME_DTYPES[config[key]]
+        if config.get(key) in HF_NAME_DTYPES:
+            return HF_NAME_DTYPES[config[key]]
     return tensors["embedding.word_embeddings.weight"].dtype
 
 
@@ -125,7 +129,7 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
     with staged_dir(out, force=force, inputs=inputs) as stage:
         config_path = os.path.join(stage, "config.json")
         _write_config(config_path, config, out_dtype)
-        arch, config = hf_io.read_qwen3_config(config_path)
+        arch, config = read_qwen3_config(config_path)
         if arch.vocab_size > padded:
             raise ConfigError(f"config vocab_size={arch.vocab_size} is larger than the checkpoint's "
                               f"{padded} embedding rows")
@@ -155,18 +159,18 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
         copied = []
         if asset_dir:
             copied = hf_io.copy_assets(asset_dir, stage, skip={"config.json"})
-            itemic_path = os.path.join(stage, hf_io.ITEMIC_JSON)
+            itemic_path = os.path.join(stage, ITEMIC_JSON)
             if os.path.isfile(itemic_path):
                 check_itemic(hf_io.read_json(itemic_path), arch.vocab_size, itemic_path)
     return {"out": os.path.abspath(out), "vocab_size": arch.vocab_size, "padded_vocab_size": padded,
-            "tied": arch.tie_word_embeddings, "dtype": hf_io.DTYPE_NAMES[out_dtype], "weight_files": files,
+            "tied": arch.tie_word_embeddings, "dtype": HF_DTYPE_NAMES[out_dtype], "weight_files": files,
             "copied": copied, "assets_from": asset_dir, "seconds": round(time.time() - start, 2)}
 
 
 def _write_config(path: str, config: dict, dtype: torch.dtype) -> None:
     config = dict(config)
     config.setdefault("architectures", ["Qwen3ForCausalLM"])
-    name = hf_io.DTYPE_NAMES[dtype]
+    name = HF_DTYPE_NAMES[dtype]
     keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["torch_dtype"]
     for k in keys:
         config[k] = name

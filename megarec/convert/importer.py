@@ -20,6 +20,10 @@ from typing import Optional
 import torch
 
 from megarec.common import hfdir as hf_io
+from megarec.common.itemic import ITEMIC_JSON
+from megarec.common.dtypes import HF_DTYPE_NAMES, dtype_from_name
+
+from megarec.models.qwen3.hf_config import read_qwen3_config
 from megarec.models.qwen3 import mapping
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import check_out_dir, staged_dir
@@ -30,16 +34,16 @@ HF_ASSETS_DIR = "hf_assets"  # non-weight HF files kept beside the checkpoint, f
 @contextlib.contextmanager
 def megatron_single_process():
     """A one-process gloo group with Megatron's TP=PP=1 groups (and the CPU shims when CUDA is absent)."""
-    from megarec.models.config import ParallelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.runtime.megatron_checkpoint import ensure_single_process_group
-    from megarec.runtime.distributed import init_distributed, shutdown
+    from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
 
     ensure_single_process_group()  # gloo even on a GPU node: the conversion runs on the CPU
     try:
-        init_distributed(ParallelConfig(), seed=0)
+        init_megatron(ParallelConfig(), seed=0)
         yield
     finally:
-        shutdown()
+        shutdown_megatron()
 
 
 def check_hf_tensors(weights: hf_io.HFWeights, arch, where: str) -> None:
@@ -67,7 +71,7 @@ def check_hf_tensors(weights: hf_io.HFWeights, arch, where: str) -> None:
 def checkpoint_dtype(requested: str, weights: hf_io.HFWeights, arch) -> torch.dtype:
     """auto: bf16 when the HF weights are all bf16, else fp32 (fp16 is widened losslessly)."""
     if requested != "auto":
-        return {"fp32": torch.float32, "bf16": torch.bfloat16}[requested]
+        return dtype_from_name(requested)
     dtypes = {weights.dtype(n) for n in mapping.expected_hf_shapes(arch)}
     return torch.bfloat16 if dtypes == {torch.bfloat16} else torch.float32
 
@@ -99,7 +103,8 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
     """Convert; returns a summary dict. Raises ConfigError (nothing written) on any mismatch."""
     from megarec import __version__
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.runtime.megatron_checkpoint import save_checkpoint
     from megarec.runtime.distributed import world_size_from_env
 
@@ -111,7 +116,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
         raise ConfigError(f"HF checkpoint directory not found: {hf_dir}")
     if make_vocab_size_divisible_by < 1:
         raise ConfigError("--make-vocab-size-divisible-by must be >= 1")
-    arch, hf_cfg = hf_io.read_qwen3_config(hf_dir)
+    arch, hf_cfg = read_qwen3_config(hf_dir)
     qwen3.validate_layout(arch, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
                           "local")
     padded = qwen3.padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)
@@ -122,14 +127,14 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
     ckpt_dtype = checkpoint_dtype(dtype, weights, arch)
     itemic = _read_itemic(hf_dir, arch.vocab_size)
 
-    hf_dtypes = sorted({hf_io.DTYPE_NAMES.get(weights.dtype(n), str(weights.dtype(n)))
+    hf_dtypes = sorted({HF_DTYPE_NAMES.get(weights.dtype(n), str(weights.dtype(n)))
                         for n in mapping.expected_hf_shapes(arch)})
     extra = {"convert": {
         "direction": "hf-to-mcore",
         "source": os.path.abspath(hf_dir),
         "hf_config": hf_cfg,
         "hf_dtype": hf_dtypes[0] if len(hf_dtypes) == 1 else hf_dtypes,
-        "checkpoint_dtype": hf_io.DTYPE_NAMES[ckpt_dtype],
+        "checkpoint_dtype": HF_DTYPE_NAMES[ckpt_dtype],
         "vocab_size": arch.vocab_size,
         "padded_vocab_size": padded,
         "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
@@ -142,7 +147,7 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
     precision = "bf16" if ckpt_dtype == torch.bfloat16 else "fp32"
     with staged_dir(out, force=force, inputs=[("--hf-dir", hf_dir)]) as stage:
         with megatron_single_process():
-            tconfig = qwen3.build_transformer_config(arch, ModelConfig(precision=precision), ParallelConfig(), "local")
+            tconfig = qwen3.build_transformer_config(arch, ModelConfig(dtype=precision), ParallelConfig(), "local")
             tconfig.perform_initialization = False  # every parameter is overwritten below
             tconfig.use_cpu_initialization = True
             (model,) = qwen3.build_model_chunks(arch, tconfig, "local", padded, seq_length=1)
@@ -162,12 +167,12 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
         os.makedirs(assets)
         copied = hf_io.copy_assets(hf_dir, assets)
     return {"out": os.path.abspath(out), "vocab_size": arch.vocab_size, "padded_vocab_size": padded,
-            "tp": tp, "pp": pp, "tied": arch.tie_word_embeddings, "dtype": hf_io.DTYPE_NAMES[ckpt_dtype],
+            "tp": tp, "pp": pp, "tied": arch.tie_word_embeddings, "dtype": HF_DTYPE_NAMES[ckpt_dtype],
             "hf_files_kept": copied, "seconds": round(time.time() - start, 2)}
 
 
 def _read_itemic(hf_dir: str, vocab_size: int) -> Optional[dict]:
-    path = os.path.join(hf_dir, hf_io.ITEMIC_JSON)
+    path = os.path.join(hf_dir, ITEMIC_JSON)
     if not os.path.isfile(path):
         return None
     data = hf_io.read_json(path)

@@ -13,7 +13,8 @@ from typing import Optional
 
 import torch
 
-from megarec.common import hfdir as hf_io
+
+from megarec.models.qwen3.hf_config import read_qwen3_config
 from megarec.common.errors import ConfigError
 
 
@@ -93,14 +94,16 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.models.qwen3.specs import needs_explicit_causal_mask
     from megarec.runtime.megatron_checkpoint import load_model_weights, resolve_checkpoint_dir
-    from megarec.runtime.distributed import init_distributed, shutdown, world_size_from_env
+    from megarec.runtime.distributed import world_size_from_env
+    from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
 
     if seq_length < 2 or batch_size < 1:
         raise ConfigError("--seq-length must be >= 2 and --batch-size >= 1")
-    arch, _ = hf_io.read_qwen3_config(hf_dir)
+    arch, _ = read_qwen3_config(hf_dir)
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     world = world_size_from_env()
     if world < tp * pp:
@@ -118,10 +121,10 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
         raise ConfigError(f"{hf_dir} has tie_word_embeddings={arch.tie_word_embeddings} but the checkpoint "
                           f"{'has' if untied else 'has no'} separate output layer")
 
-    init_distributed(parallel, seed)
+    init_megatron(parallel, seed)
     try:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        tconfig = qwen3.build_transformer_config(arch, ModelConfig(precision="fp32", local_attention=local_attention),
+        tconfig = qwen3.build_transformer_config(arch, ModelConfig(dtype="fp32", local_attention=local_attention),
                                                  parallel, "local")
         tconfig.perform_initialization = False
         (model,) = qwen3.build_model_chunks(arch, tconfig, "local", padded, seq_length, local_attention)
@@ -159,7 +162,7 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # only the reporter can set it
         return metrics, bool(flag.item() > 0)
     finally:
-        shutdown()
+        shutdown_megatron()
 
 
 def _hf_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,9 @@ class DocumentEncoder:
         itemic = itemic or (os.path.join(tokenizer_dir, "itemic.json")
                             if os.path.isfile(os.path.join(tokenizer_dir, "itemic.json")) else None)
         if itemic:
-            from megarec.data.itemic_text import ItemicIds
+            from megarec.common.itemic import ItemicLayout
 
-            self.itemic = ItemicIds.load(itemic)
+            self.itemic = ItemicLayout.load(itemic)
         self.header_text = assistant_header
         self.header_ids: list[int] = []
         self.end_id: Optional[int] = None

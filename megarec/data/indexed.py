@@ -9,7 +9,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from megarec.common.io import atomic_open
 
 TEXT_SUFFIX = "_text_document"
 LOSS_MASK_SUFFIX = "_loss_mask_document"
@@ -80,11 +79,6 @@ def write_index_stream(f, length_chunks: Callable[[], Iterable[np.ndarray]], n: 
         f.write(starts.tobytes())
     for a in range(0, n + 1, STREAM_CHUNK):
         f.write(np.arange(a, min(n + 1, a + STREAM_CHUNK), dtype="<i8").tobytes())
-
-
-def write_index(path: str, lengths: np.ndarray, document_indices: np.ndarray, dtype: np.dtype) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(index_bytes(lengths, document_indices, dtype))
 
 
 def read_index_header(path: str) -> dict:

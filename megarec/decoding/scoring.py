@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import torch
 
 from megarec.decoding.batching import left_pad, model_device, pad_token_id_for, with_item_begin
-from megarec.decoding.layout import ItemTokenLayout
+from megarec.common.itemic import ItemicLayout
 
 
 def score_items(model, prompt_ids: Sequence[int], codes_list: Sequence[Sequence[int]], layout, *,
                 score_end: bool = False, batch_size: int = 64) -> list[float]:
     """log p(c1..cL [, <|sid_end|>] | prompt, <|sid_begin|>) for every code tuple, by one forward pass per
     batch of full sequences (prompt + item)."""
-    layout = ItemTokenLayout.coerce(layout)
+    layout = ItemicLayout.coerce(layout)
     prompt = with_item_begin([int(t) for t in prompt_ids], layout.sid_begin_id)
     pad = pad_token_id_for(model)
     device = model_device(model)

@@ -10,9 +10,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from megarec.decoding.layout import ItemTokenLayout
+from megarec.common.itemic import ItemicLayout
 from megarec.common.errors import DataError
-from megarec.eval.metrics import CodeToItems
+from megarec.common.itemic import CodeToItems
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -22,7 +22,7 @@ class ItemTrie:
 
     def __init__(self, item_codes: Mapping[Hashable, Sequence[int]], layout, *,
                  popularity: Mapping[Hashable, float] | None = None):
-        self.layout = ItemTokenLayout.coerce(layout)
+        self.layout = ItemicLayout.coerce(layout)
         if not item_codes:
             raise DataError("cannot build an item trie from an empty codes table")
         L = self.layout.num_layers

@@ -1,7 +1,6 @@
 """`megarec demo`: MovieLens-100k through every stage of megarec on a CPU, then report.md / report.json."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from megarec.common.errors import ConfigError
@@ -31,7 +30,7 @@ def register(sub) -> None:
                     "Each stage is one `megarec` command (listed in the report) with its log in <out>/logs; rerunning "
                     "skips finished stages, a stage whose settings changed is redone with everything after it. "
                     f"Stages: {', '.join(s.name for s in STAGES)}.",
-        epilog="config keys (KEY=VALUE):\n" + describe(DemoConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="config keys (KEY=VALUE):\n" + describe(DemoConfig))
     p.add_argument("--out", default="runs/demo",
                    help="Output directory (default runs/demo): missing, empty, or an earlier demo's, which is "
                         "resumed; see --force.")
@@ -68,7 +67,7 @@ def run_demo(args) -> int:
     from megarec.demo.report import build_report
     from megarec.demo.runner import run_stages
     from megarec.demo.stages import DemoPaths
-    from megarec.eval.report import format_table
+    from megarec.common.tables import format_table
 
     recipe = args.config or os.path.join(recipes_dir(), f"{args.profile}.yaml")
     cfg = load_config(DemoConfig, recipe, args.overrides)

@@ -84,7 +84,8 @@ def _plot_bench(models: dict, path: str) -> None:
 def build_report(out_dir: str, stage_records: list[dict], config: dict,
                  samples: Optional[dict] = None) -> dict:
     """Collect everything under `out_dir` into report.json / report.md / losses.png / bench.png."""
-    from megarec.eval.report import atomic_write_text, format_table
+    from megarec.common.atomic import atomic_write_text
+    from megarec.common.tables import format_table
 
     curves = {}
     for stage, key in CURVES:

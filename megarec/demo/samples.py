@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from megarec.data.itemic_text import read_codes_table
+from megarec.common.itemic import read_codes_table
 
 
 def _captions(items_jsonl: str) -> dict[str, str]:
@@ -27,7 +27,7 @@ def free_generations(model_dir: str, codes_path: str, items_jsonl: str, dataset:
     from megarec.eval.seqrec_generative import rec_messages
 
     loaded = load_hf_model(model_dir)
-    codes = read_codes_table(codes_path)
+    codes = read_codes_table(codes_path).as_dict()
     by_codes = {tuple(c): item for item, c in codes.items()}
     captions = _captions(items_jsonl)
     data = load_seqrec(dataset, cache_dir=cache_dir, seed=seed)

@@ -66,7 +66,7 @@ def _pretrain_args(cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckp
             f"model.hf_config={p.expanded}", f"data.tokenizer={p.expanded}",
             f"data.data_path=[{p.pretrain_prefix}_text_document]",
             f"parallel.tensor_model_parallel_size={cfg.stages.tensor_parallel}",
-            f"checkpoint.init_from={init_from}", f"checkpoint.save={ckpt}", f"logging.run_dir={run_dir}",
+            f"checkpoint.init_from={init_from}", f"checkpoint.dir={ckpt}", f"logging.run_dir={run_dir}",
             f"data.cache_dir={os.path.join(run_dir, 'index_cache')}", "logging.progress=false", *extra]
 
 
@@ -100,7 +100,7 @@ def _grpo(cfg, p):
 def _bench(cfg, p):
     b = cfg.bench
     cmd = ["bench", "seqrec", "--dataset", cfg.data.source, "--baselines", ",".join(b.baselines),
-           "--model", p.grpo_hf, "--codes", p.codes, "--num-beams", str(b.num_beams),
+           "--hf-dir", p.grpo_hf, "--codes", p.codes, "--num-beams", str(b.num_beams),
            "--max-history", str(cfg.data.max_history), "--epochs", str(b.sasrec_epochs),
            "--seed", str(cfg.data.seed), "--out", p.bench]
     if b.max_eval_users:
@@ -122,7 +122,7 @@ STAGES: List[Stage] = [
                         "--normalize", "l2", "--seed", str(c.data.seed), "--codes-out", p.codes],
           lambda p: [p.itemic, p.codes]),
     Stage("expand_vocab", "vocabulary expansion with itemic tokens",
-          lambda c, p: ["expand-vocab", "--base-dir", p.base_model, "--itemic-tokenizer", p.itemic,
+          lambda c, p: ["expand-vocab", "--hf-dir", p.base_model, "--itemic-tokenizer", p.itemic,
                         "--out", p.expanded, "--seed", str(c.data.seed)],
           lambda p: [p.expanded]),
     Stage("data_build", "task samples (pre-training, SFT, RL) with leave-one-out split",

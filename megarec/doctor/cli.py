@@ -1,7 +1,6 @@
 """`megarec doctor gpu`: argument handling and the run of the selected checks, in order, to one JSON summary."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -34,8 +33,7 @@ def register(sub) -> None:
                "Each check ends its commands when its time limit (times --timeout-scale) is up and fails with "
                f"'timeout'; the first check that builds the shared small model (tokenizer, init-model, convert: "
                f"{SETUP_ALLOWANCE_S:.0f}s) or runs its TE bf16 reference ({BASE_RUN_ALLOWANCE_S:.0f}s) gets that "
-               "time on top.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "time on top.")
     g.add_argument("--out", default="runs/doctor_gpu",
                    help="Directory for logs/ (one log per command), work/ (tokenizer, models, run directories) and "
                         "doctor_gpu.json. Must be empty or an earlier doctor's output (which is cleared). "

@@ -122,8 +122,8 @@ def setup_commands(paths: WorkPaths, tiktoken: Optional[str] = None) -> list[Com
 
 
 def _common(paths: WorkPaths, name: str, steps: int) -> list[str]:
-    return ["data.mock=true", f"train.train_iters={steps}", "train.eval_interval=0", f"train.seed={SEED}",
-            "model.precision=bf16", "logging.log_interval=1", "logging.progress=false",
+    return ["data.mock=true", f"train.steps={steps}", "train.eval_interval=0", f"train.seed={SEED}",
+            "model.dtype=bf16", "logging.log_interval=1", "logging.progress=false",
             "logging.wandb_mode=disabled", f"logging.run_dir={paths.run_dir(name)}"]
 
 

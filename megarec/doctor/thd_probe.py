@@ -4,7 +4,7 @@ Transformer Engine's THD layout against each document run alone.
 It uses the product code end to end: `megarec.data.megatron_datasets.packed_sample` builds the packs (without
 an S×S mask, as the engine does under TE), `megarec.pretrain.batch.make_batch_preparer(..., thd=True)` turns
 them into the one-stream THD batch with `PackedSeqParams` (`to_thd`), and the model is
-`megarec.models.qwen3.builder.build_model_chunks(..., impl="transformer_engine")` after `init_distributed`. A control
+`megarec.models.qwen3.builder.build_model_chunks(..., impl="transformer_engine")` after `init_megatron`. A control
 runs the same packs as plain causal sequences (documents attending to each other): it must differ by far more
 than the tolerance, or the probe could not tell the two apart. Prints one JSON line.
 
@@ -25,15 +25,16 @@ def run(seq_length: int, seed: int) -> dict:
 
     from megarec.data.megatron_datasets import packed_sample
     from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig, ParallelConfig
+    from megarec.models.config import ModelConfig
+    from megarec.runtime.config import ParallelConfig
     from megarec.pretrain.batch import make_batch_preparer
-    from megarec.runtime.distributed import init_distributed, shutdown
+    from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
 
-    model_cfg = ModelConfig(preset=PRESET, num_layers=NUM_LAYERS, vocab_size=VOCAB, precision="bf16",
+    model_cfg = ModelConfig(preset=PRESET, num_layers=NUM_LAYERS, vocab_size=VOCAB, dtype="bf16",
                             transformer_impl="transformer_engine")
     parallel = ParallelConfig()
     arch, impl = qwen3.setup(model_cfg, parallel, 1)
-    init_distributed(parallel, seed)
+    init_megatron(parallel, seed)
     try:
         device = torch.device("cuda", torch.cuda.current_device())
         tconfig = qwen3.build_transformer_config(arch, model_cfg, parallel, impl)
@@ -72,7 +73,7 @@ def run(seq_length: int, seed: int) -> dict:
                 "packs": len(packs), "seq_length": seq_length, "mean_loss": packed[in_document].mean().item(),
                 "cu_seqlens": thd["packed_seq_params"].cu_seqlens_q.tolist()}
     finally:
-        shutdown()
+        shutdown_megatron()
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,8 @@
 generative megarec model), printed as one side-by-side table and written to results.json."""
 from __future__ import annotations
 
-from megarec.eval.cli_format import DefaultsHelpFormatter
+
+from megarec.common.cli import add_renamed_flag
 from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 BASELINES = ("pop", "sasrec", "gru4rec")
@@ -21,9 +22,8 @@ def register(sub) -> None:
         help="Leave-one-out sequential recommendation: Recall/NDCG@5/10 vs Pop, SASRec, GRU4Rec.",
         description="Leave-one-out split (last item = test, second-last = validation), full ranking over all "
                     "items with the user's history excluded, Recall@5/10 and NDCG@5/10. Baselines train with "
-                    "early stopping on validation NDCG@10. With --model, a megarec HF checkpoint ranks items "
+                    "early stopping on validation NDCG@10. With --hf-dir, a megarec HF checkpoint ranks items "
                     "by trie-constrained beam search over itemic tokens.",
-        formatter_class=DefaultsHelpFormatter,
     )
     s.add_argument("--dataset", required=True,
                    help="ml-100k (fetched once with pip into $MEGAREC_CACHE), amazon:<dir>, synthetic or raw:<dir>.")
@@ -32,8 +32,9 @@ def register(sub) -> None:
                    help="Output directory for results.json (must be missing or empty unless --force).")
     s.add_argument("--baselines", type=_csv, default=["pop", "sasrec"],
                    help=f"Comma-separated baselines to run ({', '.join(BASELINES)}); empty string for none.")
-    s.add_argument("--model", default=None, help="HF checkpoint directory (with itemic.json) of a megarec model.")
-    s.add_argument("--codes", default=None, help="Codes table (item_id,c1..cL) of the dataset's items; needed with --model.")
+    s.add_argument("--hf-dir", default=None, help="HF checkpoint directory (with itemic.json) of a megarec model.")
+    add_renamed_flag(s, "--hf-dir", "--model")
+    s.add_argument("--codes", default=None, help="Codes table (item_id,c1..cL) of the dataset's items; needed with --hf-dir.")
     s.add_argument("--itemic", default=None, help="itemic.json to use instead of <model>/itemic.json.")
     s.add_argument("--num-beams", type=int, default=20, help="Beam width of the generative model (>= 10).")
     s.add_argument("--max-eval-users", type=int, default=None,
@@ -61,7 +62,7 @@ def register(sub) -> None:
 def _inputs(args) -> list[tuple[str, str | None]]:
     kind, sep, path = args.dataset.partition(":")
     dataset_dir = path if sep and kind in ("amazon", "raw") else None
-    return [("--dataset", dataset_dir), ("--model", args.model), ("--codes", args.codes), ("--itemic", args.itemic),
+    return [("--dataset", dataset_dir), ("--hf-dir", args.hf_dir), ("--codes", args.codes), ("--itemic", args.itemic),
             ("--cache-dir", args.cache_dir)]
 
 
@@ -75,15 +76,15 @@ def run_seqrec(args) -> int:
     unknown = set(args.baselines) - set(BASELINES)
     if unknown:
         raise ConfigError(f"unknown baseline(s) {sorted(unknown)}; choose from {', '.join(BASELINES)}")
-    if args.model and not args.codes:
-        raise ConfigError("--model needs --codes (the codes table of the dataset's items)")
-    if not args.baselines and not args.model:
-        raise ConfigError("nothing to run: give --baselines and/or --model")
+    if args.hf_dir and not args.codes:
+        raise ConfigError("--hf-dir needs --codes (the codes table of the dataset's items)")
+    if not args.baselines and not args.hf_dir:
+        raise ConfigError("nothing to run: give --baselines and/or --hf-dir")
     check_out_dir(args.out, force=args.force, inputs=_inputs(args))
     import torch
 
     from megarec.common.atomic import atomic_write_text
-    from megarec.eval.report import format_table
+    from megarec.common.tables import format_table
     from megarec.eval.seqrec_data import load_seqrec
 
     if args.threads:
@@ -113,18 +114,18 @@ def run_seqrec(args) -> int:
         res["seconds"] = time.perf_counter() - t0
         results["models"][name] = res
         print(f"{name}: test ndcg@10 {res['test']['ndcg@10']:.4f} ({res['seconds']:.1f}s)")
-    if args.model:
-        from megarec.data.itemic_text import read_codes_table
+    if args.hf_dir:
+        from megarec.common.itemic import read_codes_table
         from megarec.eval.hf_model import load_hf_model
         from megarec.eval.seqrec_generative import evaluate_generative
 
         t0 = time.perf_counter()
-        loaded = load_hf_model(args.model, itemic=args.itemic)
-        codes = read_codes_table(args.codes)
+        loaded = load_hf_model(args.hf_dir, itemic=args.itemic)
+        codes = read_codes_table(args.codes).as_dict()
         test = evaluate_generative(loaded, data, codes, num_beams=args.num_beams, max_history=args.max_history,
                                    batch_size=args.eval_batch_size, lang=args.lang,
                                    max_users=args.max_eval_users, seed=args.seed)
-        results["models"]["megarec"] = {"test": test, "model": os.path.abspath(args.model),
+        results["models"]["megarec"] = {"test": test, "model": os.path.abspath(args.hf_dir),
                                         "num_beams": args.num_beams, "seconds": time.perf_counter() - t0}
     cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
     rows = [[name] + [f"{r['test'][c]:.4f}" for c in cols] for name, r in results["models"].items()]

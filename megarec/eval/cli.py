@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from megarec.eval.cli_format import DefaultsHelpFormatter
+from megarec.common.cli import add_renamed_flag
+from megarec.common.dtypes import DTYPE_CHOICES
+
 from megarec.common.outdir import check_out_dir, has_entry
 
 # evaluate resumes in its own --out: a directory with tasks/ holds an earlier evaluation
@@ -29,9 +31,9 @@ def register(sub) -> None:
                     "pass@k, position-1 pass@k, recall@k, NDCG@k; label prediction: AUC of "
                     "p(yes)/(p(yes)+p(no)) of the first answer token; text tasks: a judge (offline: a labelled "
                     "lexical-overlap fallback). Finished tasks are kept in OUT/tasks/ and skipped on rerun.",
-        formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="HF checkpoint directory with tokenizer and itemic.json.")
+    p.add_argument("--hf-dir", required=True, help="HF checkpoint directory with tokenizer and itemic.json.")
+    add_renamed_flag(p, "--hf-dir", "--model")
     p.add_argument("--data", required=True, help="Data directory from `megarec data build` (or an eval JSONL file).")
     p.add_argument("--out", required=True,
                    help="Output directory (results.json, report.md, plots, tasks/): missing, empty, or an earlier "
@@ -59,7 +61,8 @@ def register(sub) -> None:
     p.add_argument("--lm-eval-tasks", type=_csv, default=[],
                    help="lm-evaluation-harness tasks (run only when the lm_eval package is importable).")
     p.add_argument("--lm-eval-limit", type=int, default=None, help="Examples per lm-eval task.")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="Model dtype.")
+    p.add_argument("--dtype", choices=list(DTYPE_CHOICES), default="auto",
+                   help="Model dtype; auto = bf16 with CUDA, fp32 on CPU.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     p.add_argument("--overwrite", action="store_true", help="Recompute tasks already finished in OUT/tasks/.")
     p.add_argument("--force", action="store_true",
@@ -69,7 +72,7 @@ def register(sub) -> None:
 
 
 def _inputs(args) -> list[tuple[str, str | None]]:
-    return [("--model", args.model), ("--data", args.data), ("--codes", args.codes), ("--itemic", args.itemic),
+    return [("--hf-dir", args.hf_dir), ("--data", args.data), ("--codes", args.codes), ("--itemic", args.itemic),
             ("--general", args.general)]
 
 
@@ -84,7 +87,7 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    opts = EvalOptions(model=args.model, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
+    opts = EvalOptions(model=args.hf_dir, data=args.data, out=args.out, tasks=args.tasks, split=args.split,
                        codes=args.codes, itemic=args.itemic, num_beams=args.num_beams, ks=args.ks,
                        batch_size=args.batch_size, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, judge=args.judge, judge_url=args.judge_url, judge_model=args.judge_model,

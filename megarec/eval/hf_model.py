@@ -11,23 +11,21 @@ from megarec.common.errors import ConfigError
 class LoadedModel:
     model: object
     tokenizer: object
-    layout: object            # ItemTokenLayout
+    layout: object            # ItemicLayout
     path: str
 
 
-def load_hf_model(path: str, *, itemic: str | None = None, dtype: str = "float32") -> LoadedModel:
+def load_hf_model(path: str, *, itemic: str | None = None, dtype: str = "auto") -> LoadedModel:
     """Model + tokenizer from an HF directory; the item layout from `itemic` or `<path>/itemic.json`."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megarec.decoding.layout import ItemTokenLayout
+    from megarec.common.dtypes import resolve_dtype
+    from megarec.common.itemic import ItemicLayout
 
     if not os.path.isdir(path):
         raise ConfigError(f"{path}: model directory not found")
-    layout = ItemTokenLayout.coerce(itemic or path)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ConfigError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+    layout = ItemicLayout.coerce(itemic or path)
+    torch_dtype = resolve_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).eval()
     vocab = model.get_output_embeddings().weight.shape[0]

@@ -11,11 +11,12 @@ item first, before the item-level metric is applied.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
 from megarec.common.errors import MegarecError
+from megarec.common.itemic import CodeToItems
 
 
 class MetricError(MegarecError, ValueError):
@@ -144,45 +145,6 @@ def batch_metrics(ranked_lists: Sequence[Sequence[Hashable]], target_lists: Sequ
 
 
 # ------------------------------------------------------------------------------------------- PID level
-
-class CodeToItems:
-    """Maps a code tuple to the items that share it, most popular first (ties: smaller item id first)."""
-
-    def __init__(self, item_codes: Mapping[Hashable, Sequence[int]],
-                 popularity: Mapping[Hashable, float] | None = None):
-        pop = popularity or {}
-        groups: dict[tuple[int, ...], list] = {}
-        for item, codes in item_codes.items():
-            groups.setdefault(tuple(int(c) for c in codes), []).append(item)
-        self._items = {
-            codes: sorted(items, key=lambda it: (-float(pop.get(it, 0.0)), _sort_key(it)))
-            for codes, items in groups.items()
-        }
-
-    def items(self, codes: Sequence[int]) -> list:
-        """Items with these codes, most popular first; empty when no item has them."""
-        return list(self._items.get(tuple(int(c) for c in codes), ()))
-
-    def rank_items(self, ranked_codes: Iterable[Sequence[int]], expand: str = "first") -> list:
-        """Item ranking from a ranked list of code tuples. expand="first" keeps the most popular item of
-        each tuple (the RecIF-Bench convention); expand="all" lists every item of the tuple, most popular
-        first. Unknown tuples are skipped; repeated items keep their first position."""
-        if expand not in ("first", "all"):
-            raise MetricError(f"expand must be 'first' or 'all', got {expand!r}")
-        out: list = []
-        seen: set = set()
-        for codes in ranked_codes:
-            items = self.items(codes)
-            for it in items[:1] if expand == "first" else items:
-                if it not in seen:
-                    seen.add(it)
-                    out.append(it)
-        return out
-
-
-def _sort_key(item: Hashable):
-    return (0, item, "") if isinstance(item, (int, np.integer)) else (1, 0, str(item))
-
 
 def _pid_level(fn: PerSample, doc: str) -> Callable:
     def wrapped(ranked_codes: Sequence[Sequence[int]], target_items: Iterable[Hashable], k: int,

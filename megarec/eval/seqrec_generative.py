@@ -18,7 +18,7 @@ from megarec.eval.seqrec_eval import DEFAULT_KS, ranking_metrics
 def rec_messages(history_codes: list[tuple[int, ...]], domain: str, lang: str = "en", seed: int = 0,
                  letters=None) -> list[dict]:
     """System + user messages of the next-item prompt (the SFT `rec` template, first variant)."""
-    from megarec.data.itemic_text import item_string
+    from megarec.common.itemic import item_string
     from megarec.data.tasks.templates import Templates
 
     t = Templates.load(lang)

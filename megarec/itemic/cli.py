@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from megarec.common.cli import add_renamed_flag
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import FORCE_HELP, check_out_dir
 
@@ -34,8 +35,9 @@ def register(sub) -> None:
     m.add_argument("--id-field", default="item_id", help="Item id field of --items rows.")
     m.add_argument("--text-field", default="caption", help="Text field of --items rows.")
     m.add_argument("--out", required=True, help="Output .npy path; item ids go to <stem>.ids.txt beside it.")
-    m.add_argument("--model", default=None,
-                   help="HF encoder directory (BERT-like; mean pooling). Default: all-MiniLM-L6-v2 from the cache.")
+    m.add_argument("--encoder", default=None,
+                   help="Sentence-embedding model directory (BERT-like; mean pooling). Default: all-MiniLM-L6-v2 from the cache.")
+    add_renamed_flag(m, "--encoder", "--model")
     m.add_argument("--batch-size", type=_positive_int, default=64, help="Texts per forward pass.")
     m.add_argument("--max-length", type=_positive_int, default=256, help="Longest text in encoder tokens (truncated).")
     m.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice).")
@@ -107,7 +109,8 @@ def register(sub) -> None:
                                    "tokenizer, resize embeddings to a padded size, initialise every new and "
                                    "padding row from a multivariate normal fitted to the trained rows, and write "
                                    "itemic.json.")
-    x.add_argument("--base-dir", required=True, help="Qwen3 Hugging Face checkpoint directory (model + tokenizer).")
+    x.add_argument("--hf-dir", required=True, help="Qwen3 Hugging Face checkpoint directory (model + tokenizer).")
+    add_renamed_flag(x, "--hf-dir", "--base-dir")
     x.add_argument("--out", required=True,
                    help="Output directory for the expanded checkpoint (must be missing or empty unless --force).")
     x.add_argument("--layers", type=int, default=None, help="Code layers (one token letter each).")
@@ -139,7 +142,7 @@ def run_embed(args) -> int:
         ids, texts = item_texts_from_source(args.source, cache_dir=args.cache_dir)
     else:
         ids, texts = item_texts_from_jsonl(args.items, args.id_field, args.text_field)
-    encoder = SentenceEncoder(args.model or ensure_minilm(args.cache_dir), args.max_length, args.threads)
+    encoder = SentenceEncoder(args.encoder or ensure_minilm(args.cache_dir), args.max_length, args.threads)
     emb = embed_texts(encoder, texts, args.batch_size)
     out, ids_path = write_embeddings(args.out, ids, emb)
     print(f"wrote {emb.shape[0]}x{emb.shape[1]} embeddings to {out} (ids: {ids_path})")
@@ -168,7 +171,8 @@ def run_train(args) -> int:
 
 
 def run_encode(args) -> int:
-    from megarec.itemic.io import open_embeddings, write_codes_table
+    from megarec.common.itemic import write_codes_table
+    from megarec.itemic.io import open_embeddings
     from megarec.itemic.pipeline import encode_items
 
     source = open_embeddings(args.embeddings, args.ids)
@@ -193,7 +197,7 @@ def run_stats(args) -> int:
 
 
 def run_expand(args) -> int:
-    inputs = [("--base-dir", args.base_dir), ("--itemic-tokenizer", args.itemic_tokenizer)]
+    inputs = [("--hf-dir", args.hf_dir), ("--itemic-tokenizer", args.itemic_tokenizer)]
     check_out_dir(args.out, force=args.force, inputs=inputs)
     from megarec.itemic.expand import expand_checkpoint
 
@@ -209,7 +213,7 @@ def run_expand(args) -> int:
         layers, size = meta.code_layers, meta.codebook_size
     if layers is None or size is None:
         raise ConfigError("give --layers and --codebook-size (or --itemic-tokenizer DIR)")
-    layout = expand_checkpoint(args.base_dir, args.out, num_layers=layers, codebook_size=size,
+    layout = expand_checkpoint(args.hf_dir, args.out, num_layers=layers, codebook_size=size,
                                pad_to_multiple=args.pad_to_multiple, seed=args.seed, force=args.force,
                                inputs=inputs[1:])
     print(f"wrote expanded checkpoint to {args.out}: itemic ids {layout.first_id}..{layout.last_id}, "

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Iterable
 
 from megarec.common.errors import ConfigError, DataError
-from megarec.itemic.codes import check_codebook_size, layer_letters
-from megarec.itemic.layout import ITEMIC_JSON, ItemicLayout
+from megarec.common.itemic import check_codebook_size, layer_letters
+from megarec.common.itemic import ITEMIC_JSON, ItemicLayout
 from megarec.common.outdir import check_out_dir, staged_dir
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)

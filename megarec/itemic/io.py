@@ -1,10 +1,10 @@
-"""Reading item embeddings (.npy memmap or parquet, streamed in batches) and reading/writing code tables.
+"""Reading item embeddings (.npy memmap or parquet, streamed in batches). Codes tables live in
+`megarec.common.itemic`.
 
 Embedding inputs:
   * `.npy` float array [N, D], memory-mapped; item ids from `--ids` (.npy or .txt, one per line), else from a
     sibling `<stem>.ids.npy` / `<stem>.ids.txt`, else the row number.
   * `.parquet` with an `item_id` column and an `embedding` list column (fixed width), read batch by batch.
-Code tables (`item_id, c1..cL`) are parquet or csv, chosen by the file extension.
 """
 from __future__ import annotations
 
@@ -15,14 +15,10 @@ from typing import Iterator
 import numpy as np
 
 from megarec.common.errors import DataError
+from megarec.common.itemic import show_id
 
 ID_COLUMN = "item_id"
 EMBEDDING_COLUMN = "embedding"
-
-
-def show_id(value) -> str:
-    """An item id as users wrote it (numpy scalars unwrapped), quoted when it is a string."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _read_ids_file(path: str) -> np.ndarray:
@@ -211,82 +207,3 @@ def open_embeddings(path: str | os.PathLike, ids_path: str | os.PathLike | None 
             raise DataError(f"{path}: row 0: field '{EMBEDDING_COLUMN}' is empty")
         return EmbeddingSource(path, len(ids), dim, ids)
     raise DataError(f"{path}: unsupported embeddings format (use .npy or .parquet)")
-
-
-def code_columns(num_layers: int) -> list[str]:
-    return [f"c{i + 1}" for i in range(num_layers)]
-
-
-def write_codes_table(path: str | os.PathLike, ids: np.ndarray, codes: np.ndarray) -> None:
-    """Write `item_id, c1..cL` as parquet (default) or csv (by extension), atomically."""
-    import pyarrow as pa
-
-    from megarec.common.atomic import atomic_path
-
-    path = str(path)
-    id_arr = pa.array(ids.tolist() if ids.dtype == object else ids)
-    cols = {ID_COLUMN: id_arr}
-    for j, name in enumerate(code_columns(codes.shape[1])):
-        cols[name] = pa.array(np.ascontiguousarray(codes[:, j]).astype(np.int32))
-    table = pa.table(cols)
-    with atomic_path(path) as tmp:
-        if path.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            pacsv.write_csv(table, tmp)
-        else:
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp)
-
-
-def read_codes_table(path: str | os.PathLike, num_layers: int, codebook_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [N], codes int64 [N, L]) from a codes table; validates columns, ranges and unique ids."""
-    import pyarrow as pa
-
-    path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: codes table not found")
-    try:
-        if path.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            table = pacsv.read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: cannot read codes table ({e})") from e
-    need = [ID_COLUMN, *code_columns(num_layers)]
-    for col in need:
-        if col not in table.column_names:
-            raise DataError(f"{path}: missing column '{col}' (columns: {', '.join(table.column_names)})")
-    ids = table.column(ID_COLUMN).to_numpy()
-    ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(object)
-    _check_unique_ids(ids, path)
-    codes = np.empty((len(ids), num_layers), dtype=np.int64)
-    for j, name in enumerate(code_columns(num_layers)):
-        col = table.column(name)
-        if col.null_count or not pa.types.is_integer(col.type):
-            raise DataError(f"{path}: field '{name}' must be non-null integers")
-        codes[:, j] = col.to_numpy()
-        bad = (codes[:, j] < 0) | (codes[:, j] >= codebook_size)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(f"{path}: row {i}: field '{name}' = {codes[i, j]} outside [0, {codebook_size})")
-    return ids, codes
-
-
-def lookup_rows(table_ids: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
-    """Row index in `table_ids` of each query id, -1 when absent (ids of either kind: int or str)."""
-    if len(table_ids) == 0:
-        return np.full(len(query_ids), -1, dtype=np.int64)
-    if (table_ids.dtype == object) != (query_ids.dtype == object):
-        table_ids, query_ids = table_ids.astype(str).astype(object), query_ids.astype(str).astype(object)
-    order = np.argsort(table_ids, kind="stable")
-    sorted_ids = table_ids[order]
-    pos = np.searchsorted(sorted_ids, query_ids)
-    pos = np.clip(pos, 0, len(sorted_ids) - 1)
-    found = sorted_ids[pos] == query_ids
-    return np.where(found, order[pos], -1).astype(np.int64)

@@ -18,7 +18,8 @@ from megarec.common.errors import DataError
 from megarec.itemic import dedup as dd
 from megarec.itemic import stats as st
 from megarec.common.atomic import write_json
-from megarec.itemic.io import EmbeddingSource, lookup_rows, read_codes_table, show_id, write_codes_table
+from megarec.common.itemic import lookup_rows, read_codes_table, show_id, write_codes_table
+from megarec.itemic.io import EmbeddingSource
 from megarec.itemic.rqkmeans import CODES_FILE, STATS_FILE, RQKMeans, encode_source, train_centroids
 from megarec.common.outdir import check_out_dir, staged_dir
 
@@ -117,7 +118,8 @@ def encode_items(tok_dir: str | os.PathLike, source: EmbeddingSource, *, dedup: 
     table_path = Path(tok_dir) / model.meta.codes_file
     if method != "none" or reuse_known:
         if table_path.is_file():
-            table_ids, table_codes = read_codes_table(table_path, model.meta.code_layers, model.meta.codebook_size)
+            table = read_codes_table(table_path, model.meta.code_layers, model.meta.codebook_size)
+            table_ids, table_codes = table.ids, table.codes
     known = lookup_rows(table_ids, enc.ids) if reuse_known else np.full(n, -1, dtype=np.int64)
     new_rows = np.flatnonzero(known < 0)
     # the table (fixed) first, then new items; dedup only moves new items
@@ -156,7 +158,8 @@ def compute_stats(tok_dir: str | os.PathLike, *, codes_path: str | os.PathLike |
 
     model = RQKMeans.load(tok_dir)
     codes_path = Path(codes_path) if codes_path else Path(tok_dir) / model.meta.codes_file
-    ids, codes = read_codes_table(codes_path, model.meta.code_layers, model.meta.codebook_size)
+    table = read_codes_table(codes_path, model.meta.code_layers, model.meta.codebook_size)
+    ids, codes = table.ids, table.codes
     out = {"codes_file": str(codes_path), "codebook_size": model.meta.codebook_size,
            **st.code_stats(codes, model.meta.codebook_size)}
     if source is None:

@@ -19,7 +19,8 @@ import numpy as np
 from megarec.common.errors import ConfigError, DataError
 from megarec.itemic import kmeans as km
 from megarec.common.atomic import save_npy, write_json
-from megarec.itemic.io import EmbeddingSource, show_id
+from megarec.common.itemic import show_id
+from megarec.itemic.io import EmbeddingSource
 
 META_FILE = "meta.json"
 CENTROIDS_FILE = "centroids.npy"

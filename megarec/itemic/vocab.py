@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from megarec.common.errors import DataError
-from megarec.itemic.codes import itemic_token_strings
-from megarec.itemic.layout import ItemicLayout
+from megarec.common.itemic import itemic_token_strings
+from megarec.common.itemic import ItemicLayout
 
 
 def add_itemic_tokens(tokenizer, num_layers: int, codebook_size: int, padded_vocab_size: int | None = None

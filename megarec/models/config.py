@@ -26,8 +26,8 @@ class ModelConfig:
                                                      "(Qwen3 <= 4B tie them).")
     rope_theta: Optional[float] = help_field(None, "Override the RoPE base.")
     make_vocab_size_divisible_by: int = help_field(128, "Pad the vocabulary to a multiple of this times TP.")
-    precision: Literal["auto", "fp32", "bf16"] = help_field("auto", "Parameter/compute dtype: auto = bf16 "
-                                                            "with CUDA, fp32 on CPU.")
+    dtype: Literal["auto", "fp32", "bf16"] = help_field("auto", "Parameter/compute dtype: auto = bf16 with CUDA, "
+                                                        "fp32 on CPU.")
     transformer_impl: Literal["auto", "local", "transformer_engine"] = help_field(
         "auto", "Layer spec: transformer_engine when TE imports and CUDA is present (auto), else local.")
     local_attention: Literal["sdpa", "unfused"] = help_field(
@@ -39,23 +39,3 @@ class ModelConfig:
     fp8_amax_compute_algo: Literal["max", "most_recent"] = help_field("max", "FP8 amax reduction over history.")
     init_method_std: float = help_field(0.02, "Std of the normal weight initialisation.")
     recompute_activations: bool = help_field(False, "Selective activation recomputation (core attention).")
-
-
-@dataclass
-class ParallelConfig:
-    tensor_model_parallel_size: int = help_field(1, "Tensor parallel size (TP).")
-    pipeline_model_parallel_size: int = help_field(1, "Pipeline parallel size (PP).")
-    virtual_pipeline_model_parallel_size: Optional[int] = help_field(
-        None, "Model chunks per pipeline rank for the interleaved schedule (needs PP > 1).")
-    sequence_parallel: bool = help_field(False, "Sequence parallelism (with TP > 1; needs Transformer Engine).")
-    context_parallel_size: int = help_field(1, "Context parallel size (needs Transformer Engine).")
-    use_distributed_optimizer: bool = help_field(False, "Shard optimizer state across data-parallel ranks.")
-    overlap_grad_reduce: bool = help_field(False, "Overlap DP gradient reduce-scatter/all-reduce with backward.")
-    overlap_param_gather: bool = help_field(False, "Overlap distributed-optimizer param all-gather with forward.")
-    distributed_timeout_minutes: int = help_field(
-        10, "Timeout of the default process group (minutes): how long ranks wait in a collective, e.g. while "
-        "rank 0 builds the dataset index on a first run. The SLURM launchers raise it (PG_TIMEOUT_MINUTES).")
-
-    @property
-    def model_parallel_size(self) -> int:
-        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size

@@ -3,7 +3,6 @@ from-scratch runs and of the CPU demo, where no pre-trained Qwen3 weights are av
 The vocabulary size is the tokenizer's length, so `megarec expand-vocab` can extend it like a real Qwen3."""
 from __future__ import annotations
 
-import os
 
 from megarec.models.qwen3.presets import Qwen3Arch
 

@@ -3,7 +3,6 @@ where the policy is sharded with FSDP2). Every verb resumes from its newest chec
 writing an HF checkpoint that the next stage (model.path) and evaluation load."""
 from __future__ import annotations
 
-import argparse
 
 VERBS = {
     "sft": ("SFTConfig", "megarec.posttrain.algorithms.sft", "SFTTrainer",
@@ -19,7 +18,7 @@ VERBS = {
 
 
 def register(sub) -> None:
-    from megarec import config as config_mod  # noqa: F401  (cheap; no torch)
+    from megarec.common import config as config_mod
     from megarec.posttrain import config as pt_config
 
     for verb, (cfg_name, _, _, help_text, recipe) in VERBS.items():
@@ -28,8 +27,7 @@ def register(sub) -> None:
             verb, help=help_text,
             description=f"{help_text} Values come from --config (e.g. {recipe}), then KEY=VALUE overrides in "
                         f"dotted form. Multi-process: torchrun --nproc_per_node N -m megarec {verb} ...",
-            epilog="config keys:" + config_mod.describe(cfg_cls),
-            formatter_class=argparse.RawDescriptionHelpFormatter)
+            epilog="config keys:" + config_mod.describe(cfg_cls))
         p.add_argument("--config", help="YAML recipe (may name a `base:` recipe it extends).")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted config overrides (see keys below).")
         p.set_defaults(func=run)
@@ -40,7 +38,7 @@ def run(args) -> int:
 
     from megarec.common.config import load_config
     from megarec.posttrain import config as pt_config
-    from megarec.posttrain import distributed
+    from megarec.runtime import distributed
     from megarec.runtime.distributed import world_size_from_env
 
     cfg_name, module, trainer_name, _, _ = VERBS[args.verb]
@@ -48,7 +46,7 @@ def run(args) -> int:
     pt_config.check_export_dir(cfg)  # before torch is imported and any model is loaded
     mod = importlib.import_module(module)
     mod.validate_config(cfg, world_size_from_env())  # fail before any process group or model load
-    env = distributed.init_distributed()
+    env = distributed.init_process_group()
     try:
         getattr(mod, trainer_name)(cfg, env).fit()
     except BaseException:

@@ -1,20 +1,20 @@
 """Typed recipes of the three post-training verbs (`megarec sft | distill | grpo`).
 
-Sections shared by every verb (model, train, optimizer, checkpoint, logging, parallel) come first; each
-verb adds its own data / rollout / algorithm sections; the optimizer and logging keys extend pre-training's
-(`megarec.pretrain.config`). Values come from `configs/posttrain/*.yaml`, then
-from dotted `key=value` overrides (see `megarec.common.config`).
+Sections shared by every verb (model, train, optimizer, checkpoint, logging, parallel) come first, built on
+the training vocabulary every verb shares (`megarec.runtime.config`); each verb adds its own data / rollout /
+algorithm sections. Values come from `configs/posttrain/*.yaml`, then from dotted `key=value` overrides (see
+`megarec.common.config`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Literal, Optional
+from typing import ClassVar, List, Literal, Optional
 
 from megarec.common.config import help_field
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import check_out_dir, has_entry
-from megarec.pretrain.config import OptimizerConfig, RunLoggingConfig
+from megarec.runtime.config import CheckpointConfig, LoggingConfig, OptimizerConfig, StepsConfig, checkpoint_dir
 
 
 # ----------------------------------------------------------------------------------------------- shared
@@ -30,18 +30,10 @@ class ModelSection:
 
 
 @dataclass
-class TrainSection:
-    steps: int = help_field(100, "Training steps (optimizer steps for SFT, rollout iterations for distill/grpo); "
-                            "a resumed run continues to this total.")
+class TrainSection(StepsConfig):
     global_batch_size: int = help_field(32, "Per step, over all ranks: sequences (sft) or prompts (distill/grpo).")
     micro_batch_size: int = help_field(4, "Sequences per forward/backward pass on one rank.")
-    seed: int = help_field(1234, "Seed of data order, sampling and suffix choices.")
-    eval_interval: int = help_field(0, "Validate every N steps (0 = only at the end when validation data exists).")
     eval_at_start: bool = help_field(False, "Also validate before the first step of a fresh run (a baseline).")
-    log_interval: int = help_field(1, "Log metrics every N steps.")
-    exit_interval: int = help_field(0, "Save and exit after this many steps of this run (0 = run to train.steps).")
-    exit_signals: List[str] = help_field(default_factory=lambda: ["SIGTERM", "SIGUSR1"],
-                                         help="Signals that trigger save-and-exit (SLURM pre-emption).")
 
 
 @dataclass
@@ -53,12 +45,7 @@ class OptimizerSection(OptimizerConfig):
 
 
 @dataclass
-class CheckpointSection:
-    dir: Optional[str] = help_field(None, "Resumable checkpoints (step_XXXXXXX/ + latest pointer); "
-                                    "default <logging.run_dir>/checkpoints.")
-    save_interval: int = help_field(0, "Save every N steps (0 = at the end and on exit signals only).")
-    keep_last: int = help_field(2, "Keep the newest N step checkpoints (0 = keep all).")
-    resume: bool = help_field(True, "Continue from the newest checkpoint in checkpoint.dir when there is one.")
+class CheckpointSection(CheckpointConfig):
     output: Optional[str] = help_field(None, "Final HF checkpoint that the next stage and evaluation load; "
                                        "default <logging.run_dir>/hf.")
     export_dtype: Literal["source", "fp32", "bf16"] = help_field(
@@ -66,8 +53,13 @@ class CheckpointSection:
 
 
 @dataclass
-class LoggingSection(RunLoggingConfig):
-    run_dir: str = help_field("runs/posttrain", "Run directory: metrics.jsonl, config.yaml, checkpoints.")
+class LoggingSection(LoggingConfig):
+    run_dir: str = help_field("runs/posttrain", "Run directory: config.yaml, metrics.jsonl, checkpoints (by "
+                              "default) and the final HF checkpoint (by default).")
+
+
+# Keys of earlier releases, still read (with a one-line warning) in this one.
+RENAMED = {"train.log_interval": "logging.log_interval"}
 
 
 @dataclass
@@ -105,6 +97,7 @@ class SFTData:
 
 @dataclass
 class SFTConfig:
+    RENAMED: ClassVar[dict] = RENAMED
     model: ModelSection = help_field(default_factory=ModelSection)
     data: SFTData = help_field(default_factory=SFTData)
     train: TrainSection = help_field(default_factory=TrainSection)
@@ -181,6 +174,7 @@ class DistillAlgorithm:
 
 @dataclass
 class DistillConfig:
+    RENAMED: ClassVar[dict] = RENAMED
     model: ModelSection = help_field(default_factory=ModelSection)
     teacher: TeacherSection = help_field(default_factory=TeacherSection)
     data: PromptData = help_field(default_factory=PromptData)
@@ -235,6 +229,7 @@ class GRPOAlgorithm:
 
 @dataclass
 class GRPOConfig:
+    RENAMED: ClassVar[dict] = RENAMED
     model: ModelSection = help_field(default_factory=ModelSection)
     reference: ReferenceSection = help_field(default_factory=ReferenceSection)
     data: RecPromptData = help_field(default_factory=RecPromptData)
@@ -261,8 +256,8 @@ def check_common(cfg, world_size: int, unit: str) -> None:
     if t.global_batch_size % world_size:
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} {unit} cannot be split evenly over "
                           f"{world_size} ranks")
-    if t.log_interval < 1:
-        raise ConfigError("train.log_interval must be >= 1")
+    if cfg.logging.log_interval < 1:
+        raise ConfigError("logging.log_interval must be >= 1")
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
@@ -282,7 +277,7 @@ def check_export_dir(cfg) -> None:
     run_dir = cfg.logging.run_dir
     inputs = [("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer),
               ("logging.run_dir", run_dir),
-              ("checkpoint.dir", cfg.checkpoint.dir or os.path.join(run_dir, "checkpoints"))]
+              ("checkpoint.dir", checkpoint_dir(cfg.checkpoint, cfg.logging))]
     for section in ("teacher", "reference"):
         if hasattr(cfg, section):
             inputs.append((f"{section}.path", getattr(cfg, section).path))

@@ -2,18 +2,14 @@
 checkpoint (config, safetensors, tokenizer, generation config, itemic.json) all-or-nothing."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 import torch
 
+from megarec.common.dtypes import resolve_dtype
 from megarec.common.errors import ConfigError
-
-ITEMIC_JSON = "itemic.json"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16,
-          "float16": torch.float16}
-
+from megarec.common.itemic import ItemicLayout, find_itemic_json
 
 def check_hf_dir(path: Optional[str], key: str) -> str:
     if not path:
@@ -24,18 +20,8 @@ def check_hf_dir(path: Optional[str], key: str) -> str:
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto → bf16 on GPU, fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
-def source_dtype(path: str) -> torch.dtype:
-    """dtype recorded in an HF config.json (fp32 when absent)."""
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
-    return DTYPES.get(str(name), torch.float32)
+    """auto → bf16 on GPU, fp32 on CPU; or the named dtype."""
+    return resolve_dtype(name, device.type == "cuda")
 
 
 def load_tokenizer(path: str):
@@ -52,22 +38,10 @@ def load_tokenizer(path: str):
     return tok
 
 
-def itemic_json_path(*dirs: Optional[str]) -> Optional[str]:
-    """The first itemic.json found in the given directories."""
-    for d in dirs:
-        if d and os.path.isfile(os.path.join(d, ITEMIC_JSON)):
-            return os.path.join(d, ITEMIC_JSON)
-    return None
-
-
 def load_item_layout(*dirs: Optional[str]):
-    """`megarec.decoding.ItemTokenLayout` from the first itemic.json in `dirs`, or None."""
-    path = itemic_json_path(*dirs)
-    if path is None:
-        return None
-    from megarec.decoding.layout import ItemTokenLayout
-
-    return ItemTokenLayout.from_itemic_json(path)
+    """The `ItemicLayout` of the first itemic.json in `dirs`, or None."""
+    path = find_itemic_json(*dirs)
+    return ItemicLayout.load(path) if path else None
 
 
 def load_causal_lm(path: str, dtype: torch.dtype, attn_implementation: str = "sdpa"):

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from megarec.common.errors import ConfigError
-from megarec.models.config import ParallelConfig
+from megarec.runtime.config import ParallelConfig
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 

@@ -1,7 +1,6 @@
 """`megarec pretrain`: stage 1 / stage 2 pre-training on Megatron-Core (also under torchrun/srun)."""
 from __future__ import annotations
 
-import argparse
 
 
 def register(sub) -> None:
@@ -13,10 +12,9 @@ def register(sub) -> None:
         help="Pre-train a Qwen3 model on Megatron-Core (TP/PP/DP; stage 1 or stage 2 recipes).",
         description="Pre-train on Megatron-Core. Values come from --config (a YAML recipe in configs/pretrain/), "
                     "then from KEY=VALUE overrides in dotted form, e.g. parallel.tensor_model_parallel_size=2 "
-                    "train.train_iters=100 'data.data_path=[0.6, gen_text_document, 0.4, rec_text_document]'. "
+                    "train.steps=100 'data.data_path=[0.6, gen_text_document, 0.4, rec_text_document]'. "
                     "Run multi-process with: torchrun --nproc_per_node N -m megarec pretrain ...",
         epilog="config keys:" + describe(PretrainConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML recipe (may name a `base:` recipe it extends).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted config overrides (see keys below).")

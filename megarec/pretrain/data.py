@@ -178,7 +178,7 @@ class Datasets:
 
 def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str,
                    thd: bool = False) -> Datasets:
-    """Train/valid datasets sized for the whole run (train_iters × global batch). With `thd` (packed data
+    """Train/valid datasets sized for the whole run (steps × global batch). With `thd` (packed data
     under Transformer Engine) packs carry no S×S attention mask."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
@@ -194,8 +194,8 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} entries but the model vocabulary is "
                           f"{vocab_size}: set model.vocab_size or use the expanded checkpoint's config")
     blend = None if data.mock else parse_blend(data.data_path)
-    n_eval = (train.train_iters // train.eval_interval + 1) * train.eval_iters if train.eval_interval else 0
-    sizes = [train.train_iters * train.global_batch_size, n_eval * train.global_batch_size, 0]
+    n_eval = (train.steps // train.eval_interval + 1) * train.eval_iters if train.eval_interval else 0
+    sizes = [train.steps * train.global_batch_size, n_eval * train.global_batch_size, 0]
     cfg = MegarecDatasetConfig(
         random_seed=train.seed,
         sequence_length=train.seq_length,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
-from megarec.models.config import ParallelConfig
+from megarec.runtime.config import ParallelConfig
 
 
 def _unwrap_single(funcs: list):

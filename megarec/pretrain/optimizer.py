@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from megarec.pretrain.config import OptimizerConfig, TrainConfig
+from megarec.pretrain.config import TrainConfig
+from megarec.runtime.config import OptimizerConfig
+from megarec.runtime.schedule import warmup_updates
 
 
 def _no_weight_decay(row_frozen: set[str]):
@@ -46,12 +48,10 @@ def build_optimizer(chunks: list, opt: OptimizerConfig, dtype: torch.dtype, dist
     return get_megatron_optimizer(cfg, chunks, config_overrides=overrides)
 
 
-def warmup_steps(opt: OptimizerConfig, train: TrainConfig) -> int:
-    return int(round(opt.warmup_fraction * train.train_iters))
-
-
 def build_scheduler(optimizer, opt: OptimizerConfig, train: TrainConfig):
-    """Linear warm-up from 0 over `warmup_fraction` of the steps, then decay to `min_lr` at the end."""
+    """Megatron-Core's scheduler set up to give `megarec.runtime.schedule.lr_at` (linear warm-up from 0 over
+    `warmup_fraction` of the steps, then decay to `min_lr` at the end) when stepped before each optimizer step;
+    its state is what Megatron-LM's checkpoints carry."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     return OptimizerParamScheduler(
@@ -59,11 +59,11 @@ def build_scheduler(optimizer, opt: OptimizerConfig, train: TrainConfig):
         init_lr=0.0,
         max_lr=opt.lr,
         min_lr=opt.min_lr,
-        lr_warmup_steps=warmup_steps(opt, train),
-        lr_decay_steps=max(1, train.train_iters),
+        lr_warmup_steps=warmup_updates(opt.warmup_fraction, train.steps),
+        lr_decay_steps=max(1, train.steps),
         lr_decay_style=opt.lr_decay_style,
         start_wd=opt.weight_decay,
         end_wd=opt.weight_decay,
-        wd_incr_steps=max(1, train.train_iters),
+        wd_incr_steps=max(1, train.steps),
         wd_incr_style="constant",
     )

@@ -2,41 +2,31 @@
 Megatron DDP, trains with the pipeline schedule, logs, checkpoints and handles exit signals."""
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
 import torch
-import yaml
 
-from megarec.runtime import cpu_shims
 from megarec.common.config import to_dict
-from megarec.common.errors import ConfigError, TrainingDivergedError
+from megarec.common.errors import ConfigError
 from megarec.models.qwen3 import builder as qwen3
+from megarec.models.qwen3.flops import flops_per_token
 from megarec.models.qwen3.specs import needs_explicit_causal_mask
-from megarec.runtime import megatron_checkpoint as ckpt
-from megarec.runtime import megatron_lm_compat
 from megarec.pretrain.batch import check_seq_length, make_batch_preparer
 from megarec.pretrain.config import PretrainConfig
 from megarec.pretrain.data import build_datasets, make_loader, read_itemic_range
-from megarec.runtime.distributed import init_distributed, shutdown, world_size_from_env
-from megarec.pretrain.freezing import apply_itemic_freeze, mask_frozen_row_grads, row_frozen_param_names
 from megarec.pretrain.ddp import ParamGatherControl, wrap_model
-from megarec.runtime.metrics import MetricsLogger, flops_per_token
+from megarec.pretrain.freezing import apply_itemic_freeze, mask_frozen_row_grads, row_frozen_param_names
 from megarec.pretrain.optimizer import build_optimizer, build_scheduler
-from megarec.runtime.signals import ExitSignalHandler
-
-
-@dataclass
-class RunSummary:
-    start_iteration: int
-    final_iteration: int
-    losses: list
-    exit_reason: str  # finished | signal | exit_interval
-    checkpoint: Optional[str]
+from megarec.runtime import checkpoint_dir, cpu_shims, megatron_lm_compat
+from megarec.runtime import megatron_checkpoint as ckpt
+from megarec.runtime.config import checkpoint_dir as checkpoint_root
+from megarec.runtime.distributed import world_size_from_env
+from megarec.runtime.loop import Cadence, RunSummary, StepLoop, check_finite
+from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
+from megarec.runtime.rundir import open_run
 
 
 def validate(cfg: PretrainConfig, world_size: int):
@@ -47,8 +37,8 @@ def validate(cfg: PretrainConfig, world_size: int):
     if t.micro_batch_size < 1 or t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} must be a multiple of "
                           f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
-    if t.train_iters < 0 or t.seq_length < 1:
-        raise ConfigError("train.train_iters must be >= 0 and train.seq_length >= 1")
+    if t.steps < 0 or t.seq_length < 1:
+        raise ConfigError("train.steps must be >= 0 and train.seq_length >= 1")
     check_seq_length(t.seq_length, cfg.parallel)
     p = cfg.parallel
     if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
@@ -96,9 +86,8 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
     """Megatron's padding rule, unless a checkpoint being loaded already has a padding compatible
     with this TP (then keep it, so checkpoints reshard across TP without reshaping the vocabulary)."""
     tp = cfg.parallel.tensor_model_parallel_size
-    multiple = cfg.model.make_vocab_size_divisible_by * tp
     if resume_from:
-        saved = megatron_lm_compat.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
+        saved = ckpt.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
         if saved is not None:
             if saved < vocab_size or saved % tp:
                 raise ConfigError(f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
@@ -108,13 +97,15 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
 
 
 def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
-    """(path, is_resume). Resume wins over init_from. A checkpoint without optimizer state (e.g. `convert
-    hf-to-mcore` output given as checkpoint.load) holds weights only: it starts the run as init_from does."""
+    """(path, is_resume). Resume (checkpoint.resume_from, else checkpoint.dir) wins over init_from. A checkpoint
+    without optimizer state (e.g. `convert hf-to-mcore` output given as checkpoint.resume_from) holds weights
+    only: it starts the run as init_from does."""
     import torch.distributed as dist
 
     c = cfg.checkpoint
-    for root in (c.load, c.save):
-        if root and (ckpt.read_latest_iteration(root) is not None or
+    roots = [c.resume_from, checkpoint_root(c, cfg.logging)] if c.resume else []
+    for root in roots:
+        if root and (checkpoint_dir.read_latest(root) is not None or
                      os.path.isfile(os.path.join(root, "metadata.json"))):
             if ckpt.has_optimizer_state(root):
                 megatron_lm_compat.refuse_resume(ckpt.read_common_state(ckpt.resolve_checkpoint_dir(root)), root)
@@ -123,8 +114,8 @@ def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
                 print(f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
                       "starting from its weights at iteration 0, as checkpoint.init_from does", flush=True)
             return root, False
-    if c.load:
-        raise ConfigError(f"checkpoint.load={c.load} holds no checkpoint")
+    if c.resume_from:
+        raise ConfigError(f"checkpoint.resume_from={c.resume_from} holds no checkpoint")
     if c.init_from:
         ckpt.resolve_checkpoint_dir(c.init_from)
         return c.init_from, False
@@ -189,11 +180,11 @@ def run_pretrain(cfg: PretrainConfig) -> RunSummary:
     world = world_size_from_env()
     arch, impl = validate(cfg, world)
     freeze_range = itemic_range(cfg) if cfg.freeze.stage == "itemic" else None
-    init_distributed(cfg.parallel, cfg.train.seed)
+    init_megatron(cfg.parallel, cfg.train.seed)
     try:
         return _train(cfg, arch, impl, freeze_range)
     finally:
-        shutdown()
+        shutdown_megatron()
 
 
 def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
@@ -203,10 +194,7 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     rank0 = dist.get_rank() == 0
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     run_dir = cfg.logging.run_dir
-    if rank0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    save_root = checkpoint_root(cfg.checkpoint, cfg.logging)
 
     source, is_resume = _checkpoint_source(cfg)
     padded_vocab = _padded_vocab(cfg, arch.vocab_size, source)
@@ -231,11 +219,12 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train)
 
     vp = cfg.parallel.virtual_pipeline_model_parallel_size
-    iteration, consumed, optimizer_loaded = 0, 0, False
+    iteration, consumed, optimizer_loaded, resumed_from = 0, 0, False, None
     if source and is_resume:
         state = ckpt.load_checkpoint(source, chunks, None if cfg.checkpoint.no_load_optim else optimizer,
                                      scheduler, vp, load_rng=not cfg.checkpoint.no_load_rng)
         iteration, consumed, optimizer_loaded = state.iteration, state.consumed_samples, state.optimizer_loaded
+        resumed_from = state.path
         if rank0:
             print(f"megarec: resumed from {state.path} at iteration {iteration} "
                   f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'}"
@@ -248,103 +237,71 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     if source and not optimizer_loaded:
         # The optimizer keeps fp32 main copies of bf16 params, made from the random init: refresh them from
         # the loaded weights, or step 1 would write the random init back (weights-only checkpoints, e.g.
-        # `convert hf-to-mcore` output given as checkpoint.load, and init_from).
+        # `convert hf-to-mcore` output given as checkpoint.resume_from, and init_from).
         optimizer.reload_model_params()
     param_gather = ParamGatherControl(model, tconfig, cfg.parallel)
 
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     thd = uses_thd(cfg, impl)
     datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir, thd)
-    total_samples = cfg.train.train_iters * cfg.train.global_batch_size
-    loader = make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size,
-                         cfg.data.num_workers)
-    loader_iter = iter(loader)
+    total_samples = cfg.train.steps * cfg.train.global_batch_size
+    loader_iter = iter(make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size,
+                                   cfg.data.num_workers))
     num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
     forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention), thd)
-
-    logger = MetricsLogger(run_dir, rank0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
-                           cfg.logging.wandb_name, to_dict(cfg), cfg.train.train_iters, iteration,
-                           cfg.logging.progress)
-    signals = ExitSignalHandler(cfg.train.exit_signals)
     tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
     flops_token = flops_per_token(arch, cfg.train.seq_length, padded_vocab)
     peak_tflops = _mfu_peak(cfg)
-    start_iteration, losses, exit_reason, saved = iteration, [], "finished", None
+    samples = {"consumed": consumed}
 
-    def save() -> str:
-        start = time.perf_counter()
+    def train_step(step: int) -> dict:
+        started = time.perf_counter()
+        for m in model:
+            m.zero_grad_buffer()
+        optimizer.zero_grad()
+        results = _run_schedule(model, forward_step, loader_iter, num_microbatches, cfg, forward_only=False)
+        loss, n_tokens = _reduce_loss(results, device)
+        check_finite("loss", loss, "before the optimizer step")
+        mask_frozen_row_grads(row_masks)
+        scheduler.step(1)  # first: step k trains at the schedule's rate for step k (megarec.runtime.schedule)
+        _, grad_norm, _ = optimizer.step()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        check_finite("gradient norm", grad_norm, f"(loss {loss:.4f})")
+        param_gather.step_succeeded()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - started  # the training step only: evaluation and saving are timed apart
+        samples["consumed"] += cfg.train.global_batch_size
+        tflops = flops_token * tokens_per_step / dt / dist.get_world_size() / 1e12
+        record = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "loss_tokens": int(n_tokens),
+                  "consumed_samples": samples["consumed"], "tflops_per_device": tflops}
+        if peak_tflops is not None:
+            record["mfu"] = tflops / peak_tflops[1]
+            record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return record
+
+    def validate_fn(step: int) -> dict:
+        with param_gather.hooks_off():
+            return {"valid_loss": _evaluate(model, datasets.valid, forward_step, cfg, dp_rank, dp_size,
+                                            num_microbatches, device)}
+
+    def save(step: int) -> str:
         param_gather.sync()  # overlapped param gathering leaves non-owned shards stale until the next forward
-        path = ckpt.save_checkpoint(cfg.checkpoint.save, iteration, chunks, optimizer, scheduler, consumed,
+        return ckpt.save_checkpoint(save_root, step, chunks, optimizer, scheduler, samples["consumed"],
                                     padded_vocab, vp, extra={"config": to_dict(cfg)},
                                     keep_last=cfg.checkpoint.keep_last)
-        logger.log({"step": iteration, "checkpoint": path, "save_time_s": time.perf_counter() - start})
-        return path
 
-    try:
-        while iteration < cfg.train.train_iters:
-            step_start = time.perf_counter()
-            for m in model:
-                m.zero_grad_buffer()
-            optimizer.zero_grad()
-            results = _run_schedule(model, forward_step, loader_iter, num_microbatches, cfg, forward_only=False)
-            loss, n_tokens = _reduce_loss(results, device)
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"step {iteration + 1}: loss is {loss} — training diverged before the optimizer step "
-                    f"(last checkpoint: {_latest(cfg)}); lower optimizer.lr or inspect the data")
-            mask_frozen_row_grads(row_masks)
-            # Step the schedule first so that step k trains at the rate of step k (no lr=0 first step).
-            scheduler.step(1)
-            _, grad_norm, _ = optimizer.step()
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            if not math.isfinite(grad_norm):
-                raise TrainingDivergedError(
-                    f"step {iteration + 1}: gradient norm is {grad_norm} (loss {loss:.4f}) — stopping "
-                    f"without saving (last checkpoint: {_latest(cfg)})")
-            param_gather.step_succeeded()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - step_start  # the training step only: evaluation and saving excluded
-            lr = optimizer.param_groups[0]["lr"]
-            iteration += 1
-            consumed += cfg.train.global_batch_size
-            losses.append(loss)
-            if iteration % cfg.logging.log_interval == 0 or iteration == cfg.train.train_iters:
-                tflops = flops_token * tokens_per_step / dt / dist.get_world_size() / 1e12
-                record = {"step": iteration, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                          "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "loss_tokens": int(n_tokens),
-                          "consumed_samples": consumed, "tflops_per_device": tflops}
-                if peak_tflops is not None:
-                    record["mfu"] = tflops / peak_tflops[1]
-                if torch.cuda.is_available():  # this rank's running peak, for the GPU acceptance check
-                    record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                logger.log(record)
-            logger.advance(1, loss=loss)
-            if cfg.train.eval_interval and iteration % cfg.train.eval_interval == 0 and datasets.valid is not None:
-                eval_start = time.perf_counter()
-                with param_gather.hooks_off():
-                    valid_loss = _evaluate(model, datasets.valid, forward_step, cfg, dp_rank, dp_size,
-                                           num_microbatches, device)
-                logger.log({"step": iteration, "valid_loss": valid_loss,
-                            "eval_time_s": time.perf_counter() - eval_start})
-            if signals.any_rank_received():
-                exit_reason = "signal"
-                break
-            if cfg.train.exit_interval and iteration - start_iteration >= cfg.train.exit_interval:
-                exit_reason = "exit_interval"
-                break
-            if cfg.checkpoint.save and cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0:
-                saved = save()
-        if cfg.checkpoint.save and (saved is None or not saved.endswith(f"{iteration:07d}")):
-            saved = save()
+    cadence = Cadence(cfg.train.steps, cfg.logging.log_interval, cfg.train.eval_interval,
+                      cfg.checkpoint.save_interval, cfg.train.exit_interval)
+    with open_run(cfg, cfg.logging, rank0, cfg.train.steps, iteration, cfg.train.exit_signals) as run:
+        loop = StepLoop(cadence, run.logger, run.signals, "pretrain", rank0)
+        summary = loop.run(iteration, train_step, save,
+                           validate_fn if datasets.valid is not None else None, resumed_from)
+        if summary.final_step == iteration == cfg.train.steps and not resumed_from:
+            summary.checkpoint = save(iteration)  # nothing to train: keep the starting point as a checkpoint
         param_gather.finish()
-        if exit_reason == "signal" and rank0:
-            print(f"megarec: received {signals.received or 'an exit signal on another rank'}; saved "
-                  f"{saved or 'nothing (checkpoint.save unset)'} at iteration {iteration}; exiting", flush=True)
-    finally:
-        logger.close()
-        signals.restore()
-    return RunSummary(start_iteration, iteration, losses, exit_reason, saved)
+    return summary
 
 
 def _mfu_peak(cfg: PretrainConfig) -> Optional[tuple[str, float]]:
@@ -361,12 +318,6 @@ def _mfu_peak(cfg: PretrainConfig) -> Optional[tuple[str, float]]:
         print(f"megarec: MFU is model TFLOP/s per GPU (causal attention counted as half of S²) over the dense "
               f"{peak[0]} peak of {peak[1]:g} TFLOP/s ({key})", flush=True)
     return peak
-
-
-def _latest(cfg: PretrainConfig) -> str:
-    root = cfg.checkpoint.save
-    it = ckpt.read_latest_iteration(root) if root else None
-    return ckpt.iteration_dir(root, it) if it is not None else "none"
 
 
 def _evaluate(model, dataset, forward_step, cfg, dp_rank, dp_size, num_microbatches, device) -> float:

@@ -392,11 +392,3 @@ def _rows(path: str):
 def load_reclog(items_path: str, users_path: str, *, on_error: str = "fail") -> RecLog:
     """Read and validate items and users tables (JSONL, JSONL.gz or parquet)."""
     return validate(_rows(items_path), _rows(users_path), on_error=on_error, name=users_path)
-
-
-def write_reclog(log: RecLog, items_path: str, users_path: str) -> None:
-    """Write a RecLog back as schema JSONL (atomic)."""
-    from megarec.common.io import write_jsonl
-
-    write_jsonl(items_path, (it.to_record() for it in log.items.values()))
-    write_jsonl(users_path, (u.to_record() for u in log.users))

@@ -1,4 +1,7 @@
-"""Process-group set-up from torchrun or SLURM environments, then Megatron-Core model parallel groups."""
+"""Process groups for every stage, from torchrun or SLURM environments: which rank this process is, the
+default process group (NCCL with CUDA, gloo on CPUs) with a configurable timeout, its device, and the few
+collectives the loops use (no-ops in a single process). Megatron-Core's model-parallel groups are built on top
+of it by `megarec.runtime.megatron_parallel`."""
 from __future__ import annotations
 
 import datetime
@@ -6,11 +9,11 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from megarec.common.errors import ConfigError
-from megarec.models.config import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -59,62 +62,83 @@ def world_size_from_env() -> int:
     return detect_launch_env().world_size
 
 
-def init_distributed(parallel: ParallelConfig, seed: int) -> LaunchEnv:
-    """Create the default process group (NCCL with CUDA, gloo otherwise) and Megatron's TP/PP/DP/CP
-    groups, then seed every RNG (the model-parallel tracker gives TP ranks distinct dropout streams;
-    pipeline stages get distinct seeds, see `seed_everything`)."""
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_process_group(timeout_minutes: Optional[int] = None, always: bool = False) -> DistEnv:
+    """Join the launcher's process group and pick this rank's device. A single process gets a group only
+    with `always` (Megatron-Core needs one), held in memory: no rendezvous, no port."""
     import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-    from megarec.runtime import cpu_shims
 
     launch = detect_launch_env()
     if torch.cuda.is_available():
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if launch.world_size == 1:  # no rendezvous needed: an in-memory store, no port to collide on
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized() and (launch.world_size > 1 or always):
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if launch.world_size == 1:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         else:
             os.environ["MASTER_ADDR"] = launch.master_addr
             os.environ["MASTER_PORT"] = str(launch.master_port)
+            timeout = datetime.timedelta(minutes=timeout_minutes) if timeout_minutes else None
             dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                                    timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes))
-    cpu_shims.enable()
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
-    ps.initialize_model_parallel(
-        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
-    )
-    seed_everything(seed)
-    return launch
+                                    **({"timeout": timeout} if timeout else {}))
+    return DistEnv(launch.rank, launch.world_size, launch.local_rank, device)
 
 
-def seed_everything(seed: int) -> int:
-    """Seed Python, NumPy, torch and the model-parallel tracker as Megatron-LM does: pipeline stages get
-    seed + 100 × PP rank, so a from-scratch model's stages do not start as copies of each other (its
-    initial weights therefore depend on PP; converted or resumed weights do not). Returns the seed used."""
-    import random
-
-    import numpy as np
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-
-    stage_seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
-    random.seed(stage_seed)
-    np.random.seed(stage_seed)
-    torch.manual_seed(stage_seed)
-    model_parallel_cuda_manual_seed(stage_seed)
-    return stage_seed
+def single_process_env() -> DistEnv:
+    """For library use and tests: this process alone, on its best device."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return DistEnv(0, 1, 0, device)
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = False) -> None:
+    """Destroy the process group. `sync` (the normal exit) first waits for every rank: a rank tearing gloo
+    down while a peer's gloo thread still serves a collective aborts that peer ("terminate called without an
+    active exception", seen intermittently at exit on loaded machines). Error paths skip the barrier, which
+    could hang on a peer that will never arrive."""
     import torch.distributed as dist
-    from megatron.core import parallel_state as ps
 
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
     if dist.is_initialized():
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _active() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_floats(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of a list of floats over ranks (float64)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if _active():
+        dist.barrier()

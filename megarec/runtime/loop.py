@@ -53,6 +53,7 @@ class RunSummary:
     validations: list = field(default_factory=list)    # one dict per validation
     exit_reason: str = "finished"                      # finished | signal | exit_interval
     checkpoint: Optional[str] = None                   # newest checkpoint (written by this run or resumed from)
+    output: Optional[str] = None                       # the stage's final export, when it writes one
 
     @property
     def losses(self) -> list[float]:

@@ -1,16 +1,14 @@
 """Save and resume with Megatron-Core dist_checkpointing (torch_dist format, loadable at another TP/PP).
 
-Layout: `<root>/iter_0000100/` (one dist checkpoint) and `<root>/latest_checkpointed_iteration.txt`.
-A checkpoint is written to `iter_XXXXXXX.tmp/`, renamed when every rank has finished, and only then
-does the `latest` pointer move, so an interrupted save never looks complete.
-State: model chunks, optimizer (reshardable across TP/PP/DP), LR scheduler, RNG (restored only at the
-same layout), iteration and consumed samples.
+Each step directory of a checkpoint root (committed by `megarec.runtime.checkpoint_dir`, so an interrupted
+save never looks complete) holds one dist checkpoint: model chunks, optimizer (reshardable across TP/PP/DP),
+LR scheduler, RNG (restored only at the same layout), iteration and consumed samples, and the fields
+Megatron-LM's loader reads (`megatron_lm_compat`).
 """
 from __future__ import annotations
 
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,31 +16,16 @@ import numpy as np
 import torch
 
 from megarec.common.errors import ConfigError
-from megarec.runtime import megatron_lm_compat
+from megarec.runtime import checkpoint_dir, megatron_lm_compat
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def read_latest_iteration(root: str) -> Optional[int]:
-    path = os.path.join(root, TRACKER_FILE)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise ConfigError(f"{path}: expected an iteration number, found '{text}'")
-    return int(text)
 
 
 def resolve_checkpoint_dir(path: str) -> str:
     """A checkpoint root (with a latest pointer) or one iteration directory → the iteration directory."""
-    latest = read_latest_iteration(path)
+    latest = checkpoint_dir.read_latest(path)
     if latest is not None:
-        path = iteration_dir(path, latest)
+        path = checkpoint_dir.step_dir(path, latest)
     if not os.path.isfile(os.path.join(path, "metadata.json")):
         raise ConfigError(f"{path} is not a complete Megatron dist checkpoint (no metadata.json)")
     return path
@@ -119,13 +102,10 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     """Collective: every rank calls it. Returns the final iteration directory."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
 
-    final = iteration_dir(root, iteration)
-    tmp = final + ".tmp"
     if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        checkpoint_dir.begin(root, iteration)
+    tmp = checkpoint_dir.step_dir(root, iteration) + checkpoint_dir.TMP_SUFFIX
     dist.barrier()
     state = _model_sharded_state(chunks)
     if optimizer is not None:
@@ -147,25 +127,9 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     dist_checkpointing.save(state, tmp, content_metadata=OPTIMIZER_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
-        with open(pointer_tmp, "w") as f:
-            f.write(str(iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, os.path.join(root, TRACKER_FILE))
-        if keep_last > 0:
-            _prune(root, keep_last)
+        checkpoint_dir.commit(root, iteration, keep_last)
     dist.barrier()
-    return final
-
-
-def _prune(root: str, keep_last: int) -> None:
-    dirs = sorted(d for d in os.listdir(root) if d.startswith("iter_") and not d.endswith(".tmp"))
-    for d in dirs[:-keep_last]:
-        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    return checkpoint_dir.step_dir(root, iteration)
 
 
 @dataclass
@@ -188,8 +152,6 @@ def _load_model_state(chunks: list, loaded: dict) -> None:
 def load_checkpoint(path: str, chunks: list, optimizer=None, scheduler=None, vp: Optional[int] = None,
                     load_rng: bool = True) -> LoadedState:
     """Resume everything from a checkpoint root or iteration directory (collective)."""
-    from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
 
     ckpt_dir = resolve_checkpoint_dir(path)
     common = read_common_state(ckpt_dir)
@@ -259,10 +221,25 @@ def _saved_top_keys(ckpt_dir: str) -> set[str]:
 
 
 def checkpoint_padded_vocab(path: str) -> Optional[int]:
-    """Padded vocabulary size a checkpoint was saved with (None if it does not say)."""
-    common = read_common_state(resolve_checkpoint_dir(path))
-    value = common.get("padded_vocab_size")
-    return int(value) if value is not None else None
+    """Padded vocabulary of a megarec or Megatron-LM checkpoint (root or iteration directory), None if it
+    does not say."""
+    return megatron_lm_compat.padded_vocab_size(read_common_state(resolve_checkpoint_dir(path)))
+
+
+def flags_for_checkpoint(path: str, mode: str = "weights") -> list[str]:
+    """megatron_lm_flags for a megarec checkpoint root (→ --load root) or iteration directory
+    (→ --load its parent --ckpt-step N)."""
+    ckpt_dir = resolve_checkpoint_dir(path)
+    common = read_common_state(ckpt_dir)
+    if "args" not in common:
+        raise ConfigError(f"{ckpt_dir} has no Megatron-LM args (saved by an older megarec): write the flags by "
+                          "hand (docs/convert.md, 'Moving checkpoints to and from Megatron-LM') and load it with "
+                          "--finetune, or save it again with this version")
+    root = os.path.dirname(os.path.abspath(ckpt_dir))
+    flags = megatron_lm_compat.megatron_lm_flags(common["args"], common.get("opt_param_scheduler"), root, mode)
+    if checkpoint_dir.read_latest(root) != int(common["iteration"]):
+        flags += ["--ckpt-step", str(int(common["iteration"]))]
+    return flags
 
 
 def ensure_single_process_group() -> None:

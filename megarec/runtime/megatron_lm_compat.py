@@ -86,7 +86,7 @@ def run_settings(extra: Optional[dict]) -> dict:
         "seq_length": train.get("seq_length"),
         "micro_batch_size": train.get("micro_batch_size"),
         "global_batch_size": train.get("global_batch_size"),
-        "train_iters": train.get("train_iters"),
+        "train_iters": train.get("steps"),
         "tokenizer_model": data.get("tokenizer"),
         "use_distributed_optimizer": bool(parallel.get("use_distributed_optimizer", False)),
         "context_parallel_size": parallel.get("context_parallel_size", 1),
@@ -229,13 +229,6 @@ def refuse_resume(common: dict, path: str) -> None:
                           "over to megarec)")
 
 
-def checkpoint_padded_vocab(path: str) -> Optional[int]:
-    """Padded vocabulary of a megarec or Megatron-LM checkpoint (root or iteration directory)."""
-    from megarec.runtime.megatron_checkpoint import read_common_state, resolve_checkpoint_dir
-
-    return padded_vocab_size(read_common_state(resolve_checkpoint_dir(path)))
-
-
 # ---------------------------------------------------------------- Megatron-LM command line
 
 
@@ -297,26 +290,4 @@ def megatron_lm_flags(args: argparse.Namespace, scheduler: Optional[dict] = None
                   "--lr-decay-style", scheduler["lr_decay_style"],
                   "--weight-decay", _num(scheduler["start_wd"]),
                   "--weight-decay-incr-style", scheduler["wd_incr_style"]]
-    return flags
-
-
-def flags_for_checkpoint(path: str, mode: str = "weights") -> list[str]:
-    """megatron_lm_flags for a megarec checkpoint root (→ --load root) or iteration directory
-    (→ --load its parent --ckpt-step N)."""
-    import os
-
-    from megarec.runtime.megatron_checkpoint import TRACKER_FILE, read_common_state, resolve_checkpoint_dir
-
-    ckpt_dir = resolve_checkpoint_dir(path)
-    common = read_common_state(ckpt_dir)
-    if "args" not in common:
-        raise ConfigError(f"{ckpt_dir} has no Megatron-LM args (saved by an older megarec): write the flags by "
-                          "hand (docs/convert.md, 'Moving checkpoints to and from Megatron-LM') and load it with "
-                          "--finetune, or save it again with this version")
-    root = os.path.dirname(os.path.abspath(ckpt_dir))
-    flags = megatron_lm_flags(common["args"], common.get("opt_param_scheduler"), root, mode)
-    latest = open(os.path.join(root, TRACKER_FILE)).read().strip() if os.path.isfile(
-        os.path.join(root, TRACKER_FILE)) else None
-    if latest != str(int(common["iteration"])):
-        flags += ["--ckpt-step", str(int(common["iteration"]))]
     return flags

@@ -1,26 +1,13 @@
-"""Run observability: metrics.jsonl, stdout lines, wandb (offline unless configured), a progress bar,
-throughput and (on GPU) model FLOPs utilisation. Only global rank 0 writes."""
+"""Run observability: metrics.jsonl, stdout lines, wandb (offline unless configured) and a progress bar.
+Only global rank 0 writes."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import sys
-import time
 from typing import Optional
 
-from megarec.models.qwen3.presets import Qwen3Arch
-
-
-def flops_per_token(arch: Qwen3Arch, seq_length: int, padded_vocab: int) -> float:
-    """Training FLOPs per token as Megatron-LM counts them (`num_floating_point_operations`): forward +
-    backward = 3 × forward, 2 FLOPs per multiply-add; per layer the QKV, output and SwiGLU projections and
-    causal attention, whose QK^T and PV products cover half of the S×S scores on average; plus the logits."""
-    h, layers, d = arch.hidden_size, arch.num_layers, arch.head_dim
-    q, kv, f = arch.num_attention_heads, arch.num_query_groups, arch.ffn_hidden_size
-    projections = h * (q + 2 * kv) * d + q * d * h + 3 * h * f
-    causal_attention = 2 * (q * d) * seq_length / 2  # QK^T and PV, half the scores under the causal mask
-    return 3 * 2 * (layers * (projections + causal_attention) + h * padded_vocab)
 
 
 class MetricsLogger:
@@ -74,13 +61,3 @@ class MetricsLogger:
             self._bar.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-class StepTimer:
-    def __init__(self):
-        self._t = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self._t = now - self._t, now
-        return dt

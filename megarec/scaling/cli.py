@@ -35,7 +35,7 @@ def run_fit(args) -> int:
     import os
 
     check_out_dir(args.out, force=args.force, inputs=[("--runs", args.runs)])
-    from megarec.eval.report import atomic_write_text
+    from megarec.common.atomic import atomic_write_text
     from megarec.scaling.fit import DEFAULT_GRID, SMALL_GRID, fit_scaling_law, read_runs
     from megarec.scaling.plot import plot_scaling_law
 
@@ -60,7 +60,7 @@ def run_plan(args) -> int:
     import json
 
     from megarec.common.errors import ConfigError
-    from megarec.eval.report import format_table
+    from megarec.common.tables import format_table
     from megarec.scaling.law import REFERENCE_LAW, ScalingLaw
 
     if args.fit:

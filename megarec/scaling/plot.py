@@ -14,7 +14,7 @@ def plot_scaling_law(law: ScalingLaw, path: str, runs: tuple | None = None, flop
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from megarec.eval.report import savefig_atomic
+    from megarec.common.atomic import savefig_atomic
 
     if flops_range is None:
         if runs is not None:

@@ -7,12 +7,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from megarec.models.config import ParallelConfig
+from megarec.runtime.config import ParallelConfig
 from megarec.pretrain.batch import make_batch_preparer
-from megarec.runtime.distributed import init_distributed
+from megarec.runtime.megatron_parallel import init_megatron
 from megarec.pretrain.trainer import _reduce_loss
 
-init_distributed(ParallelConfig(context_parallel_size=2), seed=1)
+init_megatron(ParallelConfig(context_parallel_size=2), seed=1)
 b, s = 2, 8
 tokens = torch.arange(b * s).view(b, s)
 mask = torch.ones(b, 1, s, s, dtype=torch.bool).triu(1)

@@ -18,8 +18,11 @@ import random
 from collections import Counter
 from dataclasses import asdict
 
+import numpy as np
+
 from megarec.common.io import write_json, write_jsonl
-from megarec.data.itemic_text import placeholder_codes, write_codes_table
+from megarec.common.itemic import write_codes_table
+from megarec.data.placeholder_codes import placeholder_codes
 from megarec.rawdata.schema import RecLog, User
 from megarec.data.tasks import pretrain, sft
 from megarec.data.tasks.config import BuildConfig
@@ -112,9 +115,9 @@ def build_tasks(log: RecLog, codes: dict[str, tuple[int, ...]], cfg: BuildConfig
 def resolve_codes(log: RecLog, source_codes: dict | None, codes_path: str | None, seed: int) -> tuple[dict, str]:
     """Codes from a codes table, else the source's own, else deterministic placeholders (with a note)."""
     if codes_path:
-        from megarec.data.itemic_text import read_codes_table
+        from megarec.common.itemic import read_codes_table
 
-        return read_codes_table(codes_path), f"table:{codes_path}"
+        return read_codes_table(codes_path).as_dict(), f"table:{codes_path}"
     if source_codes:
         return source_codes, "source"
     return placeholder_codes(sorted(log.items), PLACEHOLDER_LAYERS, PLACEHOLDER_CODEBOOK, seed), \
@@ -139,7 +142,7 @@ def write_build(out_dir: str, built: dict, codes: dict, cfg: BuildConfig, codes_
     item_codes = {i: codes[i] for i in log.items}
     write_jsonl(os.path.join(out_dir, "items.jsonl"),
                 ({**it.to_record(), "codes": list(item_codes[i])} for i, it in log.items.items()))
-    write_codes_table(os.path.join(out_dir, "codes.csv"), item_codes)
+    write_codes_table(os.path.join(out_dir, "codes.csv"), list(item_codes), np.array(list(item_codes.values())))
     report = {
         "source": source, "codes": codes_source, "config": asdict(cfg),
         "items": len(log.items), "users": len(log.users), "split": built["split"].summary(),

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from megarec.data.itemic_text import item_string
+from megarec.common.itemic import item_string
 from megarec.rawdata.schema import BEHAVIOUR_LABELS, Interaction, Item
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.templates import Templates

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from megarec.eval.report import markdown_table, savefig_atomic
+from megarec.common.atomic import savefig_atomic
+from megarec.common.tables import markdown_table
 
 
 def headline(task_result: dict) -> tuple[str, float | None]:

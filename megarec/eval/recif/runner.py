@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from megarec.common.errors import ConfigError
-from megarec.eval.report import atomic_write_text
+from megarec.common.atomic import atomic_write_text
 
 
 @dataclass

@@ -79,11 +79,11 @@ def subsample(samples: list[dict], n: int | None, seed: int) -> list[dict]:
 
 
 def load_catalogue(data_dir: str, codes_path: str | None = None) -> Catalogue:
-    from megarec.data.itemic_text import read_codes_table
+    from megarec.common.itemic import read_codes_table
 
     base = data_dir if os.path.isdir(data_dir) else os.path.dirname(data_dir)
     codes_path = codes_path or os.path.join(base, "codes.csv")
-    codes = read_codes_table(codes_path)
+    codes = read_codes_table(codes_path).as_dict()
     domains: dict[str, str] = {}
     items_path = os.path.join(base, "items.jsonl")
     if os.path.isfile(items_path):

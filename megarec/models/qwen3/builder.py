@@ -9,10 +9,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megarec.common.dtypes import resolve_dtype
 from megarec.common.errors import ConfigError
-from megarec.models.config import ModelConfig, ParallelConfig
+from megarec.models.config import ModelConfig
+from megarec.runtime.config import ParallelConfig
 from megarec.models.qwen3.specs import get_layer_spec, resolve_transformer_impl
-from megarec.models.qwen3.presets import Qwen3Arch, arch_from_hf_config, get_preset
+from megarec.models.qwen3.hf_config import arch_from_hf_config
+from megarec.models.qwen3.presets import Qwen3Arch, get_preset
 
 
 def resolve_arch(cfg: ModelConfig) -> Qwen3Arch:
@@ -30,12 +33,6 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Megatron's rule: round up to a multiple of make_vocab_size_divisible_by × TP."""
     multiple = divisible_by * tp
     return int(math.ceil(vocab_size / multiple) * multiple)
-
-
-def resolve_precision(requested: str) -> torch.dtype:
-    if requested == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[requested]
 
 
 def validate_layout(arch: Qwen3Arch, parallel: ParallelConfig, impl: str, world_size: int | None = None,
@@ -89,8 +86,7 @@ def transformer_config_kwargs(arch: Qwen3Arch, model: ModelConfig, parallel: Par
     """Keyword arguments for megatron.core TransformerConfig (kept separate so the GPU/FP8 plumbing
     can be checked without constructing GPU-only objects)."""
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
-    dtype = resolve_precision(model.precision) if model.precision != "auto" else (
-        torch.bfloat16 if on_gpu else torch.float32)
+    dtype = resolve_dtype(model.dtype, on_gpu)
     fused = on_gpu and impl == "transformer_engine"
     kwargs: dict[str, Any] = dict(
         num_layers=arch.num_layers,

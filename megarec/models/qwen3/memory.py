@@ -192,6 +192,6 @@ def estimate_for_config(cfg, *, dp: int, vocab_size: int | None = None, recomput
     return estimate_memory(
         arch, tp=tp, pp=par.pipeline_model_parallel_size, cp=par.context_parallel_size, sp=par.sequence_parallel,
         dp=dp, distributed_optimizer=par.use_distributed_optimizer, seq_length=cfg.train.seq_length,
-        micro_batch_size=cfg.train.micro_batch_size, params_dtype_bytes=4 if cfg.model.precision == "fp32" else 2,
+        micro_batch_size=cfg.train.micro_batch_size, params_dtype_bytes=4 if cfg.model.dtype == "fp32" else 2,
         recompute=cfg.model.recompute_activations if recompute is None else recompute,
         padded_vocab=padded_vocab_size(arch.vocab_size, cfg.model.make_vocab_size_divisible_by, tp))

@@ -8,31 +8,19 @@ optimizer steps) for distillation and GRPO. Per-step randomness (sampling, suffi
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
-from typing import Optional
+import time
 
-import yaml
-
-from megarec.common.config import to_dict
-from megarec.common.errors import ConfigError, TrainingDivergedError
+from megarec.common.dtypes import dtype_from_name
+from megarec.common.errors import ConfigError
+from megarec.common.hfdir import source_dtype
 from megarec.posttrain import checkpoint as ckpt
-from megarec.posttrain import distributed as dist_utils
-from megarec.posttrain import hf
-from megarec.posttrain.distributed import DistEnv
-from megarec.runtime.metrics import MetricsLogger, StepTimer
-
-
-@dataclass
-class RunSummary:
-    start_step: int
-    final_step: int
-    history: list = field(default_factory=list)        # one metrics dict per step
-    validations: list = field(default_factory=list)    # one dict per validation
-    exit_reason: str = "finished"                      # finished | signal | exit_interval
-    output: Optional[str] = None                       # final HF checkpoint (when finished)
-    checkpoint: Optional[str] = None                   # newest step checkpoint written by this run
+from megarec.posttrain.config import export_dir
+from megarec.runtime import distributed as dist_utils
+from megarec.runtime.config import checkpoint_dir
+from megarec.runtime.distributed import DistEnv
+from megarec.runtime.loop import Cadence, RunSummary, StepLoop
+from megarec.runtime.rundir import open_run
 
 
 class Trainer:
@@ -43,9 +31,8 @@ class Trainer:
         self.env = env
         self.policy = None
         self.step = 0
-        run_dir = cfg.logging.run_dir
-        self.ckpt_root = cfg.checkpoint.dir or os.path.join(run_dir, "checkpoints")
-        self.output_dir = cfg.checkpoint.output or os.path.join(run_dir, "hf")
+        self.ckpt_root = checkpoint_dir(cfg.checkpoint, cfg.logging)
+        self.output_dir = export_dir(cfg)
         self.resume_from = ckpt.latest_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
 
     # ------------------------------------------------------------------------- algorithm interface
@@ -81,13 +68,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- loop
     def fit(self) -> RunSummary:
-        from megarec.runtime.signals import ExitSignalHandler
-
         cfg, env = self.cfg, self.env
-        if env.is_rank0:
-            os.makedirs(cfg.logging.run_dir, exist_ok=True)
-            with open(os.path.join(cfg.logging.run_dir, "config.yaml"), "w") as f:
-                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
         self.setup()
         total = cfg.train.steps
         self.policy.setup_optimizer(cfg.optimizer, total * self.updates_per_step())
@@ -102,55 +83,31 @@ class Trainer:
             self.step = int(state["step"])
             if env.is_rank0:
                 print(f"megarec {self.verb}: resumed from {self.resume_from} at step {self.step}", flush=True)
-        summary = RunSummary(start_step=self.step, final_step=self.step)
-        logger = MetricsLogger(cfg.logging.run_dir, env.is_rank0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
-                               cfg.logging.wandb_name, to_dict(cfg), total, self.step, cfg.logging.progress)
-        signals = ExitSignalHandler(cfg.train.exit_signals)
-        timer = StepTimer()
-        steps_this_run = 0
-        try:
-            if self.has_validation() and cfg.train.eval_at_start and self.step == 0:
-                val = {"step": 0, **self.validate(0)}
-                summary.validations.append(val)
-                logger.log(val)
+
+        def train_step(step: int) -> dict:
+            started = time.perf_counter()
+            metrics = self.train_step(step)
+            self.step = step
+            dt = time.perf_counter() - started
+            record = {**metrics, "step_time_s": dt}
+            if "tokens" in metrics:
+                record["tokens_per_s"] = metrics["tokens"] / dt if dt > 0 else float("nan")
+            return record
+
+        def validate(step: int) -> dict:
+            result = self.validate(step)
             self.policy.prepare_for_training()
-            while self.step < total:
-                metrics = self.train_step(self.step + 1)
-                self.step += 1
-                steps_this_run += 1
-                dt = timer.lap()
-                loss = metrics.get("loss", 0.0)
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(f"step {self.step}: loss is {loss}; lower optimizer.lr or "
-                                                f"inspect the data (last checkpoint: {self.resume_from})")
-                record = {"step": self.step, **metrics, "step_time_s": dt}
-                if "tokens" in metrics:
-                    record["tokens_per_s"] = metrics["tokens"] / dt if dt > 0 else float("nan")
-                summary.history.append(record)
-                if self.step % cfg.train.log_interval == 0 or self.step == total:
-                    logger.log(record)
-                logger.advance(1, loss=loss)
-                last = self.step == total
-                if self.has_validation() and ((cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0)
-                                              or (last and not cfg.train.eval_interval)):
-                    val = {"step": self.step, **self.validate(self.step)}
-                    summary.validations.append(val)
-                    logger.log(val)
-                    self.policy.prepare_for_training()
-                stop_signal = signals.any_rank_received()
-                stop_interval = bool(cfg.train.exit_interval) and steps_this_run >= cfg.train.exit_interval
-                periodic = bool(cfg.checkpoint.save_interval) and self.step % cfg.checkpoint.save_interval == 0
-                if last or stop_signal or stop_interval or periodic:
-                    summary.checkpoint = self.save_checkpoint(cfg.checkpoint.keep_last)
-                if stop_signal or (stop_interval and not last):
-                    summary.exit_reason = "signal" if stop_signal else "exit_interval"
-                    break
+            return result
+
+        cadence = Cadence(total, cfg.logging.log_interval, cfg.train.eval_interval, cfg.checkpoint.save_interval,
+                          cfg.train.exit_interval, validate_at_start=cfg.train.eval_at_start)
+        with open_run(cfg, cfg.logging, env.is_rank0, total, self.step, cfg.train.exit_signals) as run:
+            self.policy.prepare_for_training()
+            loop = StepLoop(cadence, run.logger, run.signals, self.verb, env.is_rank0)
+            summary = loop.run(self.step, train_step, lambda step: self.save_checkpoint(cfg.checkpoint.keep_last),
+                               validate if self.has_validation() else None, self.resume_from)
             if self.step >= total and summary.exit_reason == "finished":
                 summary.output = self.export()
-        finally:
-            signals.restore()
-            logger.close()
-        summary.final_step = self.step
         return summary
 
     def save_checkpoint(self, keep_last: int) -> str:
@@ -160,7 +117,7 @@ class Trainer:
     def export(self) -> str:
         """The final HF checkpoint (the next stage's model.path and evaluation's input)."""
         name = self.cfg.checkpoint.export_dtype
-        dtype = hf.source_dtype(self.cfg.model.path) if name == "source" else hf.DTYPES[name]
+        dtype = source_dtype(self.cfg.model.path) if name == "source" else dtype_from_name(name)
         self.policy.save(self.output_dir, dtype=dtype)
         if self.env.is_rank0:
             print(f"megarec {self.verb}: wrote {self.output_dir}", flush=True)

@@ -86,7 +86,7 @@ class GRPOTrainer(OnPolicyTrainer):
 
     def setup(self) -> None:
         from megarec.decoding.trie import ItemTrie
-        from megarec.itemic.io import read_codes_table
+        from megarec.common.itemic import read_codes_table
 
         cfg, env = self.cfg, self.env
         validate_config(cfg, env.world_size)
@@ -101,7 +101,8 @@ class GRPOTrainer(OnPolicyTrainer):
         if r.max_new_tokens < need:
             raise ConfigError(f"rollout.max_new_tokens={r.max_new_tokens} cannot hold an answer "
                               f"(needs at least {need} tokens)")
-        ids, codes = read_codes_table(cfg.data.codes, L, max(layout.codebook_sizes))
+        table = read_codes_table(cfg.data.codes, L, layout.codebook_size)
+        ids, codes = table.ids, table.codes
         item_codes = {(i.item() if hasattr(i, "item") else i): tuple(int(c) for c in row) for i, row in zip(ids, codes)}
         self.trie = ItemTrie(item_codes, layout)
         self.layout = layout

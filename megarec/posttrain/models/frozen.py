@@ -10,7 +10,7 @@ import torch
 from megarec.common.errors import ConfigError
 from megarec.posttrain import hf
 from megarec.posttrain.batching import micro_batches
-from megarec.posttrain.distributed import DistEnv
+from megarec.runtime.distributed import DistEnv
 from megarec.posttrain.models import sharding
 from megarec.posttrain.models.logprobs import token_logprobs
 

@@ -52,12 +52,3 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *, temperature
                 parts.append(lg.gather(-1, targets[r, c][:, None]).squeeze(-1) - torch.logsumexp(lg, -1))
             out = out.index_put((rows, cols), torch.cat(parts))
     return F.pad(out, (1, 0))
-
-
-def full_logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """[B, T-1, V] fp32 log-softmax of the predicting positions (for exact KL on small vocabularies or
-    validation)."""
-    lg = logits[:, :-1].float()
-    if temperature != 1.0:
-        lg = lg / temperature
-    return torch.log_softmax(lg, dim=-1)

@@ -22,10 +22,11 @@ from typing import Optional, Sequence
 import torch
 
 from megarec.common.errors import ConfigError, TrainingDivergedError
-from megarec.posttrain import distributed as dist_utils
+from megarec.runtime import distributed as dist_utils
+from megarec.common.hfdir import source_dtype
 from megarec.posttrain import hf
 from megarec.posttrain.batching import micro_batches
-from megarec.posttrain.distributed import DistEnv
+from megarec.runtime.distributed import DistEnv
 from megarec.posttrain.models import sharding
 from megarec.posttrain.models.logprobs import token_logprobs
 from megarec.posttrain.models.losses import NLLLoss, TokenLoss
@@ -46,7 +47,7 @@ class PolicyModel:
         self.asset_dirs = [path, self.tokenizer_path, *[d for d in asset_dirs if d]]
         self.tokenizer = hf.load_tokenizer(self.tokenizer_path)
         self.item_layout = hf.load_item_layout(path, tokenizer_path)
-        self.source_dtype = hf.source_dtype(path)
+        self.source_dtype = source_dtype(path)
         self.compute_dtype = hf.compute_dtype(dtype, env.device)
         self.model = hf.load_causal_lm(path, torch.float32, attn_implementation).to(env.device)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
@@ -75,7 +76,7 @@ class PolicyModel:
     # ------------------------------------------------------------------------------------ optimizer
     def setup_optimizer(self, cfg, total_updates: int) -> None:
         """AdamW (no weight decay on norms, biases or embeddings) and the warm-up + decay schedule."""
-        from megarec.posttrain.schedule import build_scheduler
+        from megarec.runtime.schedule import lambda_scheduler
 
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -88,7 +89,8 @@ class PolicyModel:
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
                                            betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        self.scheduler = build_scheduler(self.optimizer, cfg, total_updates)
+        self.scheduler = lambda_scheduler(self.optimizer, total_updates, cfg.lr, cfg.min_lr, cfg.warmup_fraction,
+                                          cfg.lr_decay_style)
         self.clip_grad = cfg.clip_grad
 
     # ----------------------------------------------------------------------------------------- hooks

@@ -149,7 +149,7 @@ def run_trainer(verb: str, overrides: Sequence[str], recipe: Optional[str] = Non
     from megarec.common.config import load_config
     from megarec.posttrain import config as pt_config
     from megarec.posttrain.cli import VERBS
-    from megarec.posttrain.distributed import single_process_env
+    from megarec.runtime.distributed import single_process_env
 
     import importlib
 
