@@ -7,6 +7,7 @@ the numbers include interpreter and import start-up) and checks the round trip i
 
     .venv/bin/python benchmarks/convert_time.py [--dtype bf16] [--tp 1] [--workdir DIR] [--verify]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,19 @@ def build_hf(out: str, dtype: torch.dtype) -> float:
     a = get_preset("qwen3-0.6b")
     start = time.time()
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.ffn_hidden_size,
-                      num_hidden_layers=a.num_layers, num_attention_heads=a.num_attention_heads,
-                      num_key_value_heads=a.num_query_groups, head_dim=a.head_dim,
-                      tie_word_embeddings=a.tie_word_embeddings, rope_theta=a.rope_theta, rms_norm_eps=a.rms_norm_eps,
-                      max_position_embeddings=a.max_position_embeddings)
+    cfg = Qwen3Config(
+        vocab_size=a.vocab_size,
+        hidden_size=a.hidden_size,
+        intermediate_size=a.ffn_hidden_size,
+        num_hidden_layers=a.num_layers,
+        num_attention_heads=a.num_attention_heads,
+        num_key_value_heads=a.num_query_groups,
+        head_dim=a.head_dim,
+        tie_word_embeddings=a.tie_word_embeddings,
+        rope_theta=a.rope_theta,
+        rms_norm_eps=a.rms_norm_eps,
+        max_position_embeddings=a.max_position_embeddings,
+    )
     model = Qwen3ForCausalLM(cfg).to(dtype)
     model.save_pretrained(out)
     return time.time() - start
@@ -68,10 +77,17 @@ def main() -> None:
 
         a, b = HFWeights(hf), HFWeights(back)
         exact = sorted(a.names()) == sorted(b.names()) and all(torch.equal(a.get(n), b.get(n)) for n in a.names())
-        result = {"model": "qwen3-0.6b shape (random)", "dtype": args.dtype, "tp": args.tp,
-                  "build_and_save_hf_s": round(build_s, 1), "hf_to_mcore_s": round(to_mcore, 1),
-                  "mcore_to_hf_s": round(to_hf, 1), "round_trip_s": round(to_mcore + to_hf, 1),
-                  "bit_exact": exact, "threads": torch.get_num_threads()}
+        result = {
+            "model": "qwen3-0.6b shape (random)",
+            "dtype": args.dtype,
+            "tp": args.tp,
+            "build_and_save_hf_s": round(build_s, 1),
+            "hf_to_mcore_s": round(to_mcore, 1),
+            "mcore_to_hf_s": round(to_hf, 1),
+            "round_trip_s": round(to_mcore + to_hf, 1),
+            "bit_exact": exact,
+            "threads": torch.get_num_threads(),
+        }
         if args.verify:
             result["verify_s"] = round(timed([*cli, "verify", "--hf-dir", hf, "--mcore-dir", mc]), 1)
         print(json.dumps(result))

@@ -8,6 +8,7 @@ alternating, and the best time counts (guards against other load on a shared mac
 
     .venv/bin/python benchmarks/eval_throughput.py [--prompts 32] [--beams 32] [--items 5000] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,28 @@ def build(args):
     base, L, K = args.base_vocab, args.layers_codes, args.codebook
     layout = ItemicLayout.create(base, L, K)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=base + L * K + 2, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, head_dim=32, tie_word_embeddings=True,
-        max_position_embeddings=4096)).eval()
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=base + L * K + 2,
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=32,
+            tie_word_embeddings=True,
+            max_position_embeddings=4096,
+        )
+    ).eval()
     rng = np.random.default_rng(0)
     codes: dict[str, tuple[int, ...]] = {}
     while len(codes) < args.items:
         c = tuple(int(x) for x in rng.integers(0, K, L))
         codes.setdefault(f"i{len(codes)}", c) if c not in codes.values() else None
     trie = ItemTrie(codes, layout)
-    prompts = [[int(t) for t in rng.integers(0, base, args.prompt_len)] + [layout.sid_begin_id]
-               for _ in range(args.prompts)]
+    prompts = [
+        [int(t) for t in rng.integers(0, base, args.prompt_len)] + [layout.sid_begin_id] for _ in range(args.prompts)
+    ]
     return model, layout, trie, prompts
 
 
@@ -47,10 +58,20 @@ def unconstrained(model, layout, prompts, beams, batch):
     L = layout.num_layers
     with torch.inference_mode():
         for s in range(0, len(prompts), batch):
-            ids, attn = left_pad(prompts[s:s + batch], 0)
-            model.generate(input_ids=ids, attention_mask=attn, num_beams=beams, num_return_sequences=beams,
-                           max_new_tokens=L, min_new_tokens=L, do_sample=False, length_penalty=0.0,
-                           early_stopping=True, pad_token_id=0, eos_token_id=None)
+            ids, attn = left_pad(prompts[s : s + batch], 0)
+            model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                num_beams=beams,
+                num_return_sequences=beams,
+                max_new_tokens=L,
+                min_new_tokens=L,
+                do_sample=False,
+                length_penalty=0.0,
+                early_stopping=True,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
 
 
 def timed(fn, repeats):
@@ -82,18 +103,28 @@ def main() -> None:
     # warm-up (allocations, kernels)
     constrained_beam_search(model, None, prompts[:2], trie, num_beams=args.beams, batch_size=2)
     t_free = timed(lambda: unconstrained(model, layout, prompts, args.beams, args.batch), args.repeats)
-    t_trie = timed(lambda: constrained_beam_search(model, None, prompts, trie, num_beams=args.beams,
-                                                   batch_size=args.batch), args.repeats)
-    t_hf = timed(lambda: constrained_beam_search(model, None, prompts, trie, num_beams=args.beams,
-                                                 batch_size=args.batch, backend="hf"), args.repeats)
+    t_trie = timed(
+        lambda: constrained_beam_search(model, None, prompts, trie, num_beams=args.beams, batch_size=args.batch),
+        args.repeats,
+    )
+    t_hf = timed(
+        lambda: constrained_beam_search(
+            model, None, prompts, trie, num_beams=args.beams, batch_size=args.batch, backend="hf"
+        ),
+        args.repeats,
+    )
     n = len(prompts)
-    print(f"{n} prompts x {args.prompt_len} tokens, beam {args.beams}, batch {args.batch}, {args.items} items "
-          f"({args.layers_codes} x {args.codebook} codes), {args.threads} threads")
+    print(
+        f"{n} prompts x {args.prompt_len} tokens, beam {args.beams}, batch {args.batch}, {args.items} items "
+        f"({args.layers_codes} x {args.codebook} codes), {args.threads} threads"
+    )
     print(f"unconstrained HF beam search      : {n / t_free:8.2f} prompts/s")
     print(f"constrained, megarec trie loop    : {n / t_trie:8.2f} prompts/s")
     print(f"constrained, HF generate+processor: {n / t_hf:8.2f} prompts/s")
-    print(f"ratio constrained(trie)/unconstrained = {t_free / t_trie:.2f}; "
-          f"constrained(HF)/unconstrained = {t_free / t_hf:.2f}")
+    print(
+        f"ratio constrained(trie)/unconstrained = {t_free / t_trie:.2f}; "
+        f"constrained(HF)/unconstrained = {t_free / t_hf:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 
     .venv/bin/python benchmarks/posttrain_throughput.py [--hidden 256 --layers 4 --rows 32 --repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,17 +45,32 @@ def generation(args) -> dict:
     from megarec.posttrain.rollout import SamplingSpec, sample
 
     base, L, K = 151669, 3, 8192
-    meta = {"first_id": base, "num_layers": L, "codebook_size": K, "sid_begin_id": base + L * K,
-            "sid_end_id": base + L * K + 1, "last_id": base + L * K + 1}
+    meta = {
+        "first_id": base,
+        "num_layers": L,
+        "codebook_size": K,
+        "sid_begin_id": base + L * K,
+        "sid_end_id": base + L * K + 1,
+        "last_id": base + L * K + 1,
+    }
     vocab = -(-(base + L * K + 2) // 128) * 128
     layout = ItemicLayout.from_meta(meta)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, K, size=(args.items, L))
     trie = ItemTrie({i: tuple(c) for i, c in enumerate(codes)}, layout)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-                                         num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                                         head_dim=args.hidden // 4, tie_word_embeddings=True)).eval()
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=args.hidden,
+            intermediate_size=3 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=args.hidden // 4,
+            tie_word_embeddings=True,
+        )
+    ).eval()
     eos = 151645  # any base id serves as <|im_end|> for a synthetic model
     prompts = [[int(t) for t in rng.integers(0, base, size=args.prompt_len)] for _ in range(args.rows)]
 
@@ -81,10 +97,22 @@ def generation(args) -> dict:
     n_new = L + 3
     variants = {
         "unconstrained": SamplingSpec(max_new_tokens=n_new, batch_size=args.rows, vocab_limit=base + L * K + 2),
-        "trie": SamplingSpec(max_new_tokens=n_new, eos_token_ids=[eos], processors=procs, batch_size=args.rows,
-                             vocab_limit=base + L * K + 2),
-        "trie+record": SamplingSpec(max_new_tokens=n_new, eos_token_ids=[eos], processors=procs, batch_size=args.rows,
-                                    vocab_limit=base + L * K + 2, record_masks=True, record_logprobs=True),
+        "trie": SamplingSpec(
+            max_new_tokens=n_new,
+            eos_token_ids=[eos],
+            processors=procs,
+            batch_size=args.rows,
+            vocab_limit=base + L * K + 2,
+        ),
+        "trie+record": SamplingSpec(
+            max_new_tokens=n_new,
+            eos_token_ids=[eos],
+            processors=procs,
+            batch_size=args.rows,
+            vocab_limit=base + L * K + 2,
+            record_masks=True,
+            record_logprobs=True,
+        ),
     }
     times = {k: [] for k in variants}
     sample(model, prompts[:2], variants["trie+record"], pad_token_id=0, vocab_size=vocab, device=torch.device("cpu"))
@@ -98,7 +126,7 @@ def generation(args) -> dict:
             times[name].append(dt)
             assert all(len(r) == n_new for r in out.responses)
             if name != "unconstrained":
-                assert all(trie.is_item(r[1:1 + L]) for r in out.responses)
+                assert all(trie.is_item(r[1 : 1 + L]) for r in out.responses)
             if name == "trie":
                 trie_share.append(inside["s"] / dt)
     # the minimum over repeats is the least disturbed by other processes on a shared machine
@@ -108,6 +136,7 @@ def generation(args) -> dict:
 
 def _tiny_assets(d: str, hidden: int, layers: int):
     from megarec.common.itemic import write_codes_table
+
     import posttrain_tiny as tiny
 
     arch = dict(hidden=hidden, layers=layers, heads=4, kv_heads=2, head_dim=hidden // 4, ffn=3 * hidden)
@@ -118,15 +147,21 @@ def _tiny_assets(d: str, hidden: int, layers: int):
     rows = []
     for _ in range(64):
         u = rng.randrange(16)
-        rows.append(tiny.chat_row(f"recommend a film for user{u} please", " ".join(
-            [f"here is topic{u} because user{u} likes topic{u}"] * 4)))
+        rows.append(
+            tiny.chat_row(
+                f"recommend a film for user{u} please",
+                " ".join([f"here is topic{u} because user{u} likes topic{u}"] * 4),
+            )
+        )
     tiny.write_jsonl(f"{d}/sft.jsonl", rows)
     tiny.write_jsonl(f"{d}/prompts.jsonl", [tiny.chat_row(r["messages"][0]["content"]) for r in rows])
     codes = np.random.default_rng(1).integers(0, 16, size=(48, 3))
     items = {f"it{k}": tuple(int(c) for c in row) for k, row in enumerate(codes)}
     write_codes_table(f"{d}/codes.parquet", np.array(list(items), dtype=object), np.array(list(items.values())))
-    tiny.write_jsonl(f"{d}/rl.jsonl", [tiny.chat_row(f"recommend next item for user{u}", target_item_ids=[f"it{u}"])
-                                       for u in range(16)])
+    tiny.write_jsonl(
+        f"{d}/rl.jsonl",
+        [tiny.chat_row(f"recommend next item for user{u}", target_item_ids=[f"it{u}"]) for u in range(16)],
+    )
 
 
 def training(args) -> dict:
@@ -134,23 +169,53 @@ def training(args) -> dict:
 
     d = tempfile.mkdtemp(prefix="megarec-bench-")
     _tiny_assets(d, args.hidden, args.layers)
-    common = ["logging.wandb_mode=disabled", "logging.progress=false", "checkpoint.resume=false",
-              "train.eval_interval=0", "data.valid=[]", "checkpoint.save_interval=0", "checkpoint.keep_last=1"]
+    common = [
+        "logging.wandb_mode=disabled",
+        "logging.progress=false",
+        "checkpoint.resume=false",
+        "train.eval_interval=0",
+        "data.valid=[]",
+        "checkpoint.save_interval=0",
+        "checkpoint.keep_last=1",
+    ]
     runs = {
-        "sft": ("configs/posttrain/sft_tiny_cpu.yaml", [f"model.path={d}/base", f"data.sources=[{{path: {d}/sft.jsonl}}]",
-                                                         "train.global_batch_size=16", "train.micro_batch_size=8"]),
-        "distill": ("configs/posttrain/distill_tiny_cpu.yaml", [
-            f"model.path={d}/rec", f"teacher.path={d}/base", f"data.sources=[{{path: {d}/prompts.jsonl}}]",
-            "train.global_batch_size=8", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=32"]),
-        "grpo": ("configs/posttrain/grpo_tiny_cpu.yaml", [
-            f"model.path={d}/rec", f"data.sources=[{{path: {d}/rl.jsonl}}]", f"data.codes={d}/codes.parquet",
-            "train.global_batch_size=4", "rollout.samples_per_prompt=8"]),
+        "sft": (
+            "configs/posttrain/sft_tiny_cpu.yaml",
+            [
+                f"model.path={d}/base",
+                f"data.sources=[{{path: {d}/sft.jsonl}}]",
+                "train.global_batch_size=16",
+                "train.micro_batch_size=8",
+            ],
+        ),
+        "distill": (
+            "configs/posttrain/distill_tiny_cpu.yaml",
+            [
+                f"model.path={d}/rec",
+                f"teacher.path={d}/base",
+                f"data.sources=[{{path: {d}/prompts.jsonl}}]",
+                "train.global_batch_size=8",
+                "rollout.samples_per_prompt=2",
+                "rollout.max_new_tokens=32",
+            ],
+        ),
+        "grpo": (
+            "configs/posttrain/grpo_tiny_cpu.yaml",
+            [
+                f"model.path={d}/rec",
+                f"data.sources=[{{path: {d}/rl.jsonl}}]",
+                f"data.codes={d}/codes.parquet",
+                "train.global_batch_size=4",
+                "rollout.samples_per_prompt=8",
+            ],
+        ),
     }
     out = {}
     for verb, (recipe, over) in runs.items():
         with contextlib.redirect_stdout(io.StringIO()):  # the trainers' per-step log lines
-            _, s = tiny.run_trainer(verb, [*over, *common, f"train.steps={args.train_steps}",
-                                           f"logging.run_dir={d}/{verb}"], recipe=recipe)
+            _, s = tiny.run_trainer(
+                verb, [*over, *common, f"train.steps={args.train_steps}", f"logging.run_dir={d}/{verb}"], recipe=recipe
+            )
         out[verb] = statistics.median(h["tokens_per_s"] for h in s.history[1:])
     return out
 

@@ -1,4 +1,5 @@
-"""Tokens/s and peak memory of `megarec preprocess` vs the straightforward Megatron-LM `tools/preprocess_data.py` approach.
+"""Tokens/s and peak memory of `megarec preprocess` vs the straightforward approach of Megatron-LM's
+`tools/preprocess_data.py`.
 
 Baseline (re-implemented here, same behaviour as Megatron-LM's tool): the main process reads JSON lines and
 feeds them to a multiprocessing pool (`imap`, chunks of 32); each worker loads the tokenizer with
@@ -22,6 +23,7 @@ as many rows). Outputs are checked to be byte-identical (text document .bin/.idx
 Not part of the test suite. Example (about two minutes on 2 cores):
     python benchmarks/preprocess_throughput.py --workers 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +71,9 @@ def _baseline_messages(line: str):
     return ids, len(line)
 
 
-def run_baseline(kind: str, corpus: str, tokenizer_dir: str, prefix: str, workers: int, start: float) -> tuple[int, float]:
+def run_baseline(
+    kind: str, corpus: str, tokenizer_dir: str, prefix: str, workers: int, start: float
+) -> tuple[int, float]:
     """Returns (tokens, seconds from `start` until the first document came back: pool start-up, tokenizer
     loading in the workers, first chunk)."""
     import torch
@@ -80,8 +84,10 @@ def run_baseline(kind: str, corpus: str, tokenizer_dir: str, prefix: str, worker
     encode = {"text": _baseline_text, "segments": _baseline_segments, "messages": _baseline_messages}[kind]
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=DType.optimal_dtype(FastTokenizer(tokenizer_dir).vocab_size))
     tokens, first = 0, None
-    with open(corpus, encoding="utf-8") as fin, mp.Pool(workers, initializer=_baseline_init,
-                                                        initargs=(tokenizer_dir,)) as pool:
+    with (
+        open(corpus, encoding="utf-8") as fin,
+        mp.Pool(workers, initializer=_baseline_init, initargs=(tokenizer_dir,)) as pool,
+    ):
         for ids, _ in pool.imap(encode, fin, 32):
             first = first or time.time() - start
             builder.add_document(torch.IntTensor(ids), [len(ids)])
@@ -93,12 +99,16 @@ def run_baseline(kind: str, corpus: str, tokenizer_dir: str, prefix: str, worker
 def run_megarec(kind: str, corpus: str, tokenizer_dir: str, prefix: str, workers: int, shard_rows: int) -> int:
     from megarec.data.preprocess import PreprocessOptions, run_preprocess
 
-    res = run_preprocess(PreprocessOptions([corpus], tokenizer_dir, prefix, workers=workers, kind=kind,
-                                           shard_rows=shard_rows, progress=False))
+    res = run_preprocess(
+        PreprocessOptions(
+            [corpus], tokenizer_dir, prefix, workers=workers, kind=kind, shard_rows=shard_rows, progress=False
+        )
+    )
     return res.tokens
 
 
 # --- corpora and tokenizer -----------------------------------------------------------------------------------
+
 
 def build_tokenizer(out_dir: str, codebook_size: int) -> str:
     """Offline Qwen3 tokenizer + 3 x codebook_size itemic tokens (as `megarec expand-vocab`) + itemic.json."""
@@ -144,9 +154,9 @@ _SOURCES: dict = {}
 
 def _built_tasks(seed: int) -> dict:
     """`megarec data build` samples of the synthetic source (built once per seed)."""
-    from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
     from megarec.data.tasks.build import build_tasks
     from megarec.data.tasks.config import BuildConfig
+    from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
 
     if seed not in _SOURCES:
         log, codes = generate_synthetic(SyntheticConfig(num_users=300, num_items=900, seed=seed))
@@ -182,6 +192,7 @@ def make_corpora(out_dir: str, docs: dict[str, int], seed: int) -> dict[str, str
 
 
 # --- measurement -----------------------------------------------------------------------------------------------
+
 
 def _tree_pss(proc) -> int:
     """Summed proportional set size of a process and its descendants (shared pages counted once overall)."""
@@ -224,6 +235,7 @@ def measure(args: list[str]) -> tuple[dict, int]:
 def child_main(ns: argparse.Namespace) -> None:
     # imports outside the timed part (torch and megatron.core for the baseline's builder)
     import transformers  # noqa: F401
+
     if ns.child == "baseline":
         import megatron.core.datasets.indexed_dataset  # noqa: F401
         import torch  # noqa: F401
@@ -251,9 +263,13 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: offline Qwen3 + itemic tokens).")
     ap.add_argument("--codebook-size", type=int, default=8192, help="Itemic codes per layer of the default tokenizer.")
     ap.add_argument("--workers", type=int, default=2, help="Worker processes for both pipelines.")
-    ap.add_argument("--shard-rows", type=int, default=None,
-                    help="megarec shard size in rows (default: rows / (4 x workers), so every worker gets shards "
-                         "as on a large input with the default 20000).")
+    ap.add_argument(
+        "--shard-rows",
+        type=int,
+        default=None,
+        help="megarec shard size in rows (default: rows / (4 x workers), so every worker gets shards "
+        "as on a large input with the default 20000).",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="Alternating runs of each pipeline; the best time counts.")
     ap.add_argument("--seed", type=int, default=0, help="Corpus seed.")
     ap.add_argument("--child", choices=("baseline", "megarec"), help=argparse.SUPPRESS)
@@ -278,33 +294,59 @@ def main() -> None:
                 for r in range(args.repeats):
                     for name in ("baseline", "megarec"):
                         prefix = os.path.join(tmp, f"{name}_{kind}")
-                        out, peak = measure(["--child", name, "--kind", kind, "--input", corpus, "--tokenizer", tok,
-                                             "--prefix", prefix, "--workers", str(args.workers),
-                                             "--shard-rows", str(shard_rows)])
+                        out, peak = measure(
+                            [
+                                "--child",
+                                name,
+                                "--kind",
+                                kind,
+                                "--input",
+                                corpus,
+                                "--tokenizer",
+                                tok,
+                                "--prefix",
+                                prefix,
+                                "--workers",
+                                str(args.workers),
+                                "--shard-rows",
+                                str(shard_rows),
+                            ]
+                        )
                         first = f", first document after {out['first']:.1f}s" if out["first"] else ""
-                        print(f"{kind:8s} x{scale} {name:8s} run {r}: {out['tokens']:,} tokens in {out['seconds']:.2f}s"
-                              f" = {out['tokens'] / out['seconds']:,.0f} tokens/s{first}, peak {peak / 2**20:,.0f} MiB",
-                              flush=True)
+                        print(
+                            f"{kind:8s} x{scale} {name:8s} run {r}: {out['tokens']:,} tokens in {out['seconds']:.2f}s"
+                            f" = {out['tokens'] / out['seconds']:,.0f} tokens/s{first}, peak {peak / 2**20:,.0f} MiB",
+                            flush=True,
+                        )
                         old = best.get(name)
                         best[name] = dict(out, peak=max(peak, old["peak"] if old else 0))
                         if old and old["seconds"] < out["seconds"]:
                             best[name].update(seconds=old["seconds"], first=old["first"])
-                    same = _same(os.path.join(tmp, f"baseline_{kind}"), os.path.join(tmp, f"megarec_{kind}_text_document"))
+                    same = _same(
+                        os.path.join(tmp, f"baseline_{kind}"), os.path.join(tmp, f"megarec_{kind}_text_document")
+                    )
                     same = same and best["baseline"]["tokens"] == best["megarec"]["tokens"]
                 rows.append((kind, docs, best, same))
                 os.unlink(corpus)
-    print(f"\nworkers={args.workers}, cpus={os.cpu_count()}, best of {args.repeats}. tokens/s end to end (pool start, "
-          "tokenizer loading, merge included); 'w/o start-up' = baseline tokens / (time - time to its first document),"
-          " i.e. its start-up removed while megarec's is kept. Peak = summed PSS of the run's processes.")
-    print("| kind | rows | tokens | baseline tokens/s | megarec tokens/s | ratio | baseline w/o start-up | ratio to that | "
-          "baseline peak MiB | megarec peak MiB | byte-identical |")
+    print(
+        f"\nworkers={args.workers}, cpus={os.cpu_count()}, best of {args.repeats}. tokens/s end to end (pool start, "
+        "tokenizer loading, merge included); 'w/o start-up' = baseline tokens / (time - time to its first document),"
+        " i.e. its start-up removed while megarec's is kept. Peak = summed PSS of the run's processes."
+    )
+    print(
+        "| kind | rows | tokens | baseline tokens/s | megarec tokens/s | ratio | baseline w/o start-up "
+        "| ratio to that | baseline peak MiB | megarec peak MiB | byte-identical |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, docs, best, same in rows:
         b, m = best["baseline"], best["megarec"]
         b_rate, m_rate = b["tokens"] / b["seconds"], m["tokens"] / m["seconds"]
         b_steady = b["tokens"] / (b["seconds"] - b["first"])
-        print(f"| {kind} | {docs:,} | {m['tokens']:,} | {b_rate:,.0f} | {m_rate:,.0f} | {m_rate / b_rate:.2f}x | "
-              f"{b_steady:,.0f} | {m_rate / b_steady:.2f}x | {b['peak'] / 2**20:,.0f} | {m['peak'] / 2**20:,.0f} | {same} |")
+        print(
+            f"| {kind} | {docs:,} | {m['tokens']:,} | {b_rate:,.0f} | {m_rate:,.0f} | {m_rate / b_rate:.2f}x | "
+            f"{b_steady:,.0f} | {m_rate / b_steady:.2f}x | {b['peak'] / 2**20:,.0f} | {m['peak'] / 2**20:,.0f} "
+            f"| {same} |"
+        )
 
 
 if __name__ == "__main__":

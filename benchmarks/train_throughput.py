@@ -7,6 +7,7 @@ shims cannot touch the HF run; throughput is the median over steps after warm-up
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,21 @@ def hf_tokens_per_s(steps: int, warmup: int) -> float:
 
     a = get_preset("qwen3-small")
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=a.vocab_size, hidden_size=a.hidden_size, intermediate_size=a.ffn_hidden_size,
-        num_hidden_layers=a.num_layers, num_attention_heads=a.num_attention_heads,
-        num_key_value_heads=a.num_query_groups, head_dim=a.head_dim, tie_word_embeddings=a.tie_word_embeddings,
-        rope_theta=a.rope_theta, rms_norm_eps=a.rms_norm_eps, attn_implementation="sdpa"))
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=a.vocab_size,
+            hidden_size=a.hidden_size,
+            intermediate_size=a.ffn_hidden_size,
+            num_hidden_layers=a.num_layers,
+            num_attention_heads=a.num_attention_heads,
+            num_key_value_heads=a.num_query_groups,
+            head_dim=a.head_dim,
+            tie_word_embeddings=a.tie_word_embeddings,
+            rope_theta=a.rope_theta,
+            rms_norm_eps=a.rms_norm_eps,
+            attn_implementation="sdpa",
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     tokens = torch.randint(0, a.vocab_size, (BATCH, SEQ + 1))
     times = []
@@ -52,14 +63,33 @@ def hf_tokens_per_s(steps: int, warmup: int) -> float:
 
 def megarec_tokens_per_s(steps: int, warmup: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [sys.executable, "-m", "megarec", "pretrain", "--config", "configs/pretrain/tiny_cpu.yaml",
-               "model.preset=qwen3-small", "data.mock=true", f"train.steps={steps}",
-               f"train.seq_length={SEQ}", f"train.micro_batch_size={BATCH}", f"train.global_batch_size={BATCH}",
-               "train.eval_interval=0", "checkpoint.save_interval=0", "logging.progress=false",
-               "logging.wandb_mode=disabled", f"logging.run_dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "megarec",
+            "pretrain",
+            "--config",
+            "configs/pretrain/tiny_cpu.yaml",
+            "model.preset=qwen3-small",
+            "data.mock=true",
+            f"train.steps={steps}",
+            f"train.seq_length={SEQ}",
+            f"train.micro_batch_size={BATCH}",
+            f"train.global_batch_size={BATCH}",
+            "train.eval_interval=0",
+            "checkpoint.save_interval=0",
+            "logging.progress=false",
+            "logging.wandb_mode=disabled",
+            f"logging.run_dir={run_dir}",
+        ]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             raise SystemExit(proc.stderr[-3000:])
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -72,8 +102,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="Training steps per side.")
     ap.add_argument("--warmup", type=int, default=5, help="Steps excluded from the median.")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="Intra-op threads for both.")
-    ap.add_argument("--repeats", type=int, default=2, help="Alternating runs per side; the best median counts "
-                    "(guards against other load on a shared machine).")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="Alternating runs per side; the best median counts (guards against other load on a shared machine).",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     hf = mr = 0.0

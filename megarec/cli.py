@@ -1,5 +1,6 @@
 """`megarec <verb>`: the one console script. Each verb lives in its own module exposing
 `register(subparsers)`; heavy imports (torch, megatron) happen only when a verb runs."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: offline real Qwen3-layout tokenizer, one torch thread, free ports, CLI runner."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ def run_cli(args: list[str], *, nproc: int = 1, timeout: float = 600, env: dict 
     full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "megarec", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "megarec",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "megarec", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or REPO)

@@ -1,4 +1,5 @@
 """Helpers shared by the data tests: an itemic-token copy of a tokenizer and small corpora."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,16 @@ def itemic_tokenizer(base_dir: str, out_dir: str) -> str:
     base = len(tok)
     tok.add_tokens(itemic_token_strings(ITEMIC_LAYERS, ITEMIC_CODEBOOK))
     tok.save_pretrained(out_dir)
-    meta = {"first_id": base, "last_id": len(tok) - 1, "num_layers": ITEMIC_LAYERS, "codebook_size": ITEMIC_CODEBOOK,
-            "sid_begin_id": len(tok) - 2, "sid_end_id": len(tok) - 1, "layer_letters": ["a", "b", "c"],
-            "base_vocab_size": base}
+    meta = {
+        "first_id": base,
+        "last_id": len(tok) - 1,
+        "num_layers": ITEMIC_LAYERS,
+        "codebook_size": ITEMIC_CODEBOOK,
+        "sid_begin_id": len(tok) - 2,
+        "sid_end_id": len(tok) - 1,
+        "layer_letters": ["a", "b", "c"],
+        "base_vocab_size": base,
+    }
     with open(os.path.join(out_dir, "itemic.json"), "w") as f:
         json.dump(meta, f)
     return out_dir
@@ -52,7 +60,8 @@ def random_chats(n: int, seed: int, max_words: int) -> list[dict]:
         turns = [{"role": "system", "content": "You recommend items."}]
         for t in range(int(rng.integers(1, 3))):
             turns.append({"role": "user", "content": f"question {i}.{t} " + "word " * int(rng.integers(1, max_words))})
-            turns.append({"role": "assistant",
-                          "content": f"answer {i}.{t} " + "reply " * int(rng.integers(1, max_words))})
+            turns.append(
+                {"role": "assistant", "content": f"answer {i}.{t} " + "reply " * int(rng.integers(1, max_words))}
+            )
         out.append({"messages": turns})
     return out

@@ -9,6 +9,7 @@ own `load_checkpoint` run unchanged.
   python tests/megatron_lm_real.py parse <out.json> <flags…>   parse_args + validate_args → the args as JSON
   python tests/megatron_lm_real.py load <out.pt> <flags…>      + load_checkpoint → loaded tensors and state
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -63,8 +64,9 @@ def parse(flags: list[str]):
 
 def cmd_parse(out: str, flags: list[str]) -> None:
     args = parse(flags)
-    json.dump({k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))},
-              open(out, "w"))
+    json.dump(
+        {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}, open(out, "w")
+    )
 
 
 def cmd_load(out: str, flags: list[str]) -> None:
@@ -92,22 +94,33 @@ def cmd_load(out: str, flags: list[str]) -> None:
 
     model = gpt_builder(args, True, True)
     module = Float16Module(model.config, model) if args.bf16 else model
-    ddp = DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer), module=module)
+    ddp = DistributedDataParallel(
+        config=model.config,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer
+        ),
+        module=module,
+    )
     opt = sched = None
     if not args.finetune and not args.no_load_optim:
         config, overrides = get_megatron_optimizer_config(args)
         opt = get_megatron_optimizer(config, [ddp], config_overrides=overrides)
         sched = get_optimizer_param_scheduler(opt)
     iteration, _ = load_checkpoint([ddp], opt, sched)
-    dump = {"iteration": iteration, "consumed_train_samples": args.consumed_train_samples,
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
+    dump = {
+        "iteration": iteration,
+        "consumed_train_samples": args.consumed_train_samples,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)},
+    }
     if opt is not None:
         inner = opt.chained_optimizers[0] if hasattr(opt, "chained_optimizers") else opt
         names = {id(p): n for n, p in model.named_parameters()}
         groups = inner.optimizer.param_groups
-        dump["moments"] = {names[id(p)]: {k: v.clone() for k, v in inner.optimizer.state[p].items()}
-                           for g in groups for p in g["params"]}
+        dump["moments"] = {
+            names[id(p)]: {k: v.clone() for k, v in inner.optimizer.state[p].items()}
+            for g in groups
+            for p in g["params"]
+        }
         dump["lr"] = sorted({g["lr"] for g in groups})
         dump["scheduler"] = sched.state_dict()
     torch.save(dump, out)

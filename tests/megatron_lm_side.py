@@ -15,6 +15,7 @@ Run as a script (the CPU shims patch torch for the whole process):
   python tests/megatron_lm_side.py save <src> <iteration> <flags…>  start from src's weights, one Adam step,
                                                                      save at <iteration> to --save
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,21 @@ def flag_parser() -> argparse.ArgumentParser:
     """The Megatron-LM flags of docs/convert.md with Megatron-LM's dest names and defaults."""
     p = argparse.ArgumentParser(allow_abbrev=False)
     add = p.add_argument
-    for name in ("num-layers", "hidden-size", "ffn-hidden-size", "num-attention-heads", "kv-channels",
-                 "max-position-embeddings", "padded-vocab-size", "seq-length", "micro-batch-size",
-                 "global-batch-size", "train-iters", "ckpt-step", "save-interval"):
+    for name in (
+        "num-layers",
+        "hidden-size",
+        "ffn-hidden-size",
+        "num-attention-heads",
+        "kv-channels",
+        "max-position-embeddings",
+        "padded-vocab-size",
+        "seq-length",
+        "micro-batch-size",
+        "global-batch-size",
+        "train-iters",
+        "ckpt-step",
+        "save-interval",
+    ):
         add("--" + name, type=int, default=None)
     add("--num-query-groups", type=int, default=1)
     add("--group-query-attention", action="store_true")
@@ -88,16 +101,34 @@ def transformer_config(ns: argparse.Namespace):
 
     dtype = torch.bfloat16 if ns.bf16 else torch.float32
     return TransformerConfig(
-        num_layers=ns.num_layers, hidden_size=ns.hidden_size, ffn_hidden_size=ns.ffn_hidden_size,
-        num_attention_heads=ns.num_attention_heads, num_query_groups=ns.num_query_groups,
-        kv_channels=ns.kv_channels, normalization=ns.normalization, layernorm_epsilon=ns.layernorm_epsilon,
-        qk_layernorm=ns.qk_layernorm, add_bias_linear=ns.add_bias_linear, gated_linear_unit=ns.swiglu,
-        activation_func=F.silu if ns.swiglu else F.gelu, hidden_dropout=ns.hidden_dropout,
-        attention_dropout=ns.attention_dropout, bf16=ns.bf16, params_dtype=dtype, pipeline_dtype=dtype,
-        deallocate_pipeline_outputs=True, attention_softmax_in_fp32=False, transformer_impl=ns.transformer_impl,
-        use_cpu_initialization=True, bias_activation_fusion=False, bias_dropout_fusion=False,
-        masked_softmax_fusion=False, apply_rope_fusion=False, persist_layer_norm=False,
-        gradient_accumulation_fusion=False)
+        num_layers=ns.num_layers,
+        hidden_size=ns.hidden_size,
+        ffn_hidden_size=ns.ffn_hidden_size,
+        num_attention_heads=ns.num_attention_heads,
+        num_query_groups=ns.num_query_groups,
+        kv_channels=ns.kv_channels,
+        normalization=ns.normalization,
+        layernorm_epsilon=ns.layernorm_epsilon,
+        qk_layernorm=ns.qk_layernorm,
+        add_bias_linear=ns.add_bias_linear,
+        gated_linear_unit=ns.swiglu,
+        activation_func=F.silu if ns.swiglu else F.gelu,
+        hidden_dropout=ns.hidden_dropout,
+        attention_dropout=ns.attention_dropout,
+        bf16=ns.bf16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        deallocate_pipeline_outputs=True,
+        attention_softmax_in_fp32=False,
+        transformer_impl=ns.transformer_impl,
+        use_cpu_initialization=True,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+    )
 
 
 def build_model(ns: argparse.Namespace):
@@ -106,14 +137,28 @@ def build_model(ns: argparse.Namespace):
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     assert ns.transformer_impl == "local", "on CPU only the local spec builds"
-    spec = get_gpt_layer_local_spec(num_experts=None, moe_grouped_gemm=False, qk_layernorm=ns.qk_layernorm,
-                                    multi_latent_attention=False, normalization=ns.normalization)
-    return GPTModel(config=transformer_config(ns), transformer_layer_spec=spec, vocab_size=ns.padded_vocab_size,
-                    max_sequence_length=ns.max_position_embeddings, pre_process=True, post_process=True,
-                    fp16_lm_cross_entropy=False, parallel_output=True,
-                    share_embeddings_and_output_weights=not ns.untie_embeddings_and_output_weights,
-                    position_embedding_type=ns.position_embedding_type, rotary_percent=ns.rotary_percent,
-                    rotary_base=ns.rotary_base, rope_scaling=False)
+    spec = get_gpt_layer_local_spec(
+        num_experts=None,
+        moe_grouped_gemm=False,
+        qk_layernorm=ns.qk_layernorm,
+        multi_latent_attention=False,
+        normalization=ns.normalization,
+    )
+    return GPTModel(
+        config=transformer_config(ns),
+        transformer_layer_spec=spec,
+        vocab_size=ns.padded_vocab_size,
+        max_sequence_length=ns.max_position_embeddings,
+        pre_process=True,
+        post_process=True,
+        fp16_lm_cross_entropy=False,
+        parallel_output=True,
+        share_embeddings_and_output_weights=not ns.untie_embeddings_and_output_weights,
+        position_embedding_type=ns.position_embedding_type,
+        rotary_percent=ns.rotary_percent,
+        rotary_base=ns.rotary_base,
+        rope_scaling=False,
+    )
 
 
 def build_optimizer(ddp_model, ns: argparse.Namespace):
@@ -121,17 +166,34 @@ def build_optimizer(ddp_model, ns: argparse.Namespace):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer, get_standard_config_overrides
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    cfg = OptimizerConfig(optimizer="adam", lr=ns.lr, min_lr=ns.min_lr, weight_decay=ns.weight_decay,
-                          adam_beta1=ns.adam_beta1, adam_beta2=ns.adam_beta2, adam_eps=ns.adam_eps,
-                          clip_grad=ns.clip_grad, bf16=ns.bf16,
-                          params_dtype=torch.bfloat16 if ns.bf16 else torch.float32,
-                          use_distributed_optimizer=ns.use_distributed_optimizer)
+    cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=ns.lr,
+        min_lr=ns.min_lr,
+        weight_decay=ns.weight_decay,
+        adam_beta1=ns.adam_beta1,
+        adam_beta2=ns.adam_beta2,
+        adam_eps=ns.adam_eps,
+        clip_grad=ns.clip_grad,
+        bf16=ns.bf16,
+        params_dtype=torch.bfloat16 if ns.bf16 else torch.float32,
+        use_distributed_optimizer=ns.use_distributed_optimizer,
+    )
     opt = get_megatron_optimizer(cfg, [ddp_model], config_overrides=get_standard_config_overrides(cfg))
     gbs = ns.global_batch_size
     sched = OptimizerParamScheduler(
-        opt, init_lr=0.0, max_lr=ns.lr, min_lr=ns.min_lr, lr_warmup_steps=ns.lr_warmup_iters * gbs,
-        lr_decay_steps=ns.train_iters * gbs, lr_decay_style=ns.lr_decay_style, start_wd=ns.weight_decay,
-        end_wd=ns.weight_decay, wd_incr_steps=ns.train_iters * gbs, wd_incr_style=ns.weight_decay_incr_style)
+        opt,
+        init_lr=0.0,
+        max_lr=ns.lr,
+        min_lr=ns.min_lr,
+        lr_warmup_steps=ns.lr_warmup_iters * gbs,
+        lr_decay_steps=ns.train_iters * gbs,
+        lr_decay_style=ns.lr_decay_style,
+        start_wd=ns.weight_decay,
+        end_wd=ns.weight_decay,
+        wd_incr_steps=ns.train_iters * gbs,
+        wd_incr_style=ns.weight_decay_incr_style,
+    )
     return opt, sched
 
 
@@ -187,8 +249,13 @@ def _wrap(model, ns):
     from megatron.core.transformer.module import Float16Module
 
     module = Float16Module(model.config, model) if ns.bf16 else model
-    return DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, use_distributed_optimizer=ns.use_distributed_optimizer), module=module)
+    return DistributedDataParallel(
+        config=model.config,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, use_distributed_optimizer=ns.use_distributed_optimizer
+        ),
+        module=module,
+    )
 
 
 def _param_names(model) -> dict:
@@ -201,10 +268,16 @@ def _optimizer_dump(model, opt) -> dict:
     inner = opt.chained_optimizers[0] if hasattr(opt, "chained_optimizers") else opt
     groups = inner.optimizer.param_groups
     names = _param_names(model)
-    return {"moments": {names[id(p)]: {k: v.clone() for k, v in inner.optimizer.state[p].items()}
-                        for g in groups for p in g["params"]},
-            "weight_decay": {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]},
-            "lr": sorted({g["lr"] for g in groups}), "betas": sorted({tuple(g["betas"]) for g in groups})}
+    return {
+        "moments": {
+            names[id(p)]: {k: v.clone() for k, v in inner.optimizer.state[p].items()}
+            for g in groups
+            for p in g["params"]
+        },
+        "weight_decay": {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]},
+        "lr": sorted({g["lr"] for g in groups}),
+        "betas": sorted({tuple(g["betas"]) for g in groups}),
+    }
 
 
 def cmd_load(out: str, flags: list[str]) -> None:
@@ -213,8 +286,11 @@ def cmd_load(out: str, flags: list[str]) -> None:
     model = build_model(ns)
     ddp = _wrap(model, ns)
     iteration, consumed, opt, sched = load(ns, model, ddp)
-    dump = {"iteration": iteration, "consumed_train_samples": consumed,
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}}
+    dump = {
+        "iteration": iteration,
+        "consumed_train_samples": consumed,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)},
+    }
     if opt is not None:
         dump.update(_optimizer_dump(model, opt))
         dump["scheduler"] = sched.state_dict()
@@ -255,19 +331,36 @@ def cmd_save(src: str, iteration: int, flags: list[str]) -> None:
     root = ns.save
     ckpt = os.path.join(root, f"iter_{iteration:07d}")
     os.makedirs(ckpt, exist_ok=True)
-    args = argparse.Namespace(**vars(ns), consumed_train_samples=iteration * ns.global_batch_size,
-                              skipped_train_samples=0, consumed_valid_samples=0, tensor_model_parallel_size=1,
-                              pipeline_model_parallel_size=1, world_size=1, data_parallel_size=1,
-                              no_save_optim=None, no_save_rng=None)
+    args = argparse.Namespace(
+        **vars(ns),
+        consumed_train_samples=iteration * ns.global_batch_size,
+        skipped_train_samples=0,
+        consumed_valid_samples=0,
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        world_size=1,
+        data_parallel_size=1,
+        no_save_optim=None,
+        no_save_rng=None,
+    )
     metadata = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True}  # content metadata
     sd_metadata = dict(metadata, dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True))
-    state = {"args": args, "checkpoint_version": 3.0, "iteration": iteration,
-             "model": model.sharded_state_dict(metadata=sd_metadata), "num_floating_point_operations_so_far": 0}
+    state = {
+        "args": args,
+        "checkpoint_version": 3.0,
+        "iteration": iteration,
+        "model": model.sharded_state_dict(metadata=sd_metadata),
+        "num_floating_point_operations_so_far": 0,
+    }
     state["optimizer"] = opt.sharded_state_dict(state, metadata=sd_metadata)
     state["opt_param_scheduler"] = sched.state_dict()
-    rng = {"random_rng_state": random.getstate(), "np_rng_state": np.random.get_state(),
-           "torch_rng_state": torch.get_rng_state(), "cuda_rng_state": torch.get_rng_state(),  # no CUDA here
-           "rng_tracker_states": get_cuda_rng_tracker().get_states()}
+    rng = {
+        "random_rng_state": random.getstate(),
+        "np_rng_state": np.random.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.get_rng_state(),  # no CUDA here
+        "rng_tracker_states": get_cuda_rng_tracker().get_states(),
+    }
     state["rng_state"] = ShardedObject("rng_state", [rng], (1, 1), (0, 0), replica_id=0)
     dist_checkpointing.save(state, ckpt, content_metadata=metadata)
     with open(os.path.join(root, "latest_checkpointed_iteration.txt"), "w") as f:

@@ -1,4 +1,5 @@
 """Helpers shared by the post-training tests: the tiny next-item (Rec-RL) task."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,10 @@ def write_rec_task(d, prompts: str) -> None:
     is it{u % 6}."""
     from megarec.common.itemic import write_codes_table
 
-    write_codes_table(str(d / "codes.parquet"), np.array(list(REC_ITEMS), dtype=object),
-                      np.array(list(REC_ITEMS.values())))
-    tiny.write_jsonl(str(d / prompts), [tiny.chat_row(f"recommend next item for user{u}",
-                                                      target_item_ids=[f"it{u % 6}"]) for u in range(6)])
+    write_codes_table(
+        str(d / "codes.parquet"), np.array(list(REC_ITEMS), dtype=object), np.array(list(REC_ITEMS.values()))
+    )
+    tiny.write_jsonl(
+        str(d / prompts),
+        [tiny.chat_row(f"recommend next item for user{u}", target_item_ids=[f"it{u % 6}"]) for u in range(6)],
+    )

@@ -6,6 +6,7 @@ Ids follow the real layout: Qwen3's control tokens, then the words, then (expand
 every `<s_b_*>`, …, `<|sid_begin|>`, `<|sid_end|>`, starting at the base tokenizer's length. Nothing
 here is used by the trainers themselves.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,68 @@ from typing import Optional, Sequence
 import torch
 
 CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
-BASE_WORDS = ("system", "user", "assistant", "\n", "\n\n", "\n\n\n", " ", "/think", "/no_think",
-              "recommend", "a", "an", "the", "film", "song", "video", "for", "me", "please", "likes", "watched",
-              "next", "item", "is", "here", "why", "because", "it", "good", "great", "fun", "sad", "calm",
-              "hello", "world", "yes", "no", "and", "or", "of", "to", "you", "will", "like", "this", "that",
-              ".", ",", "?", "!", ":", "You", "are", "helpful", "assistant.") + tuple(string.digits) \
-    + tuple(f"user{i}" for i in range(16)) + tuple(f"topic{i}" for i in range(16))
+BASE_WORDS = (
+    (
+        "system",
+        "user",
+        "assistant",
+        "\n",
+        "\n\n",
+        "\n\n\n",
+        " ",
+        "/think",
+        "/no_think",
+        "recommend",
+        "a",
+        "an",
+        "the",
+        "film",
+        "song",
+        "video",
+        "for",
+        "me",
+        "please",
+        "likes",
+        "watched",
+        "next",
+        "item",
+        "is",
+        "here",
+        "why",
+        "because",
+        "it",
+        "good",
+        "great",
+        "fun",
+        "sad",
+        "calm",
+        "hello",
+        "world",
+        "yes",
+        "no",
+        "and",
+        "or",
+        "of",
+        "to",
+        "you",
+        "will",
+        "like",
+        "this",
+        "that",
+        ".",
+        ",",
+        "?",
+        "!",
+        ":",
+        "You",
+        "are",
+        "helpful",
+        "assistant.",
+    )
+    + tuple(string.digits)
+    + tuple(f"user{i}" for i in range(16))
+    + tuple(f"topic{i}" for i in range(16))
+)
 
 
 def build_tokenizer(out_dir: str, words: Sequence[str] = BASE_WORDS) -> str:
@@ -45,22 +102,44 @@ def build_tokenizer(out_dir: str, words: Sequence[str] = BASE_WORDS) -> str:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS[:3]])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in CONTROL_TOKENS[3:]])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="[UNK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="[UNK]"
+    )
     fast.chat_template = chat_template()
     os.makedirs(out_dir, exist_ok=True)
     fast.save_pretrained(out_dir)
     return out_dir
 
 
-def tiny_config(vocab_size: int, *, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                head_dim: int = 8, ffn: int = 64, tie: bool = True, init_std: float = 0.02):
+def tiny_config(
+    vocab_size: int,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 8,
+    ffn: int = 64,
+    tie: bool = True,
+    init_std: float = 0.02,
+):
     from transformers import Qwen3Config
 
-    return Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                       max_position_embeddings=1024, tie_word_embeddings=tie, rms_norm_eps=1e-6,
-                       attention_dropout=0.0, use_cache=True, initializer_range=init_std)
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tie,
+        rms_norm_eps=1e-6,
+        attention_dropout=0.0,
+        use_cache=True,
+        initializer_range=init_std,
+    )
 
 
 def _pad_to(n: int, multiple: int) -> int:
@@ -87,8 +166,17 @@ def build_model(out_dir: str, tokenizer_dir: str, *, seed: int = 0, pad_multiple
     return out_dir
 
 
-def expand(base_dir: str, out_dir: str, num_layers: int, codebook_size: int, *, seed: int = 0,
-           pad_multiple: int = 16, itemic_logit_bias: float = 0.0, weight_noise: float = 0.0) -> dict:
+def expand(
+    base_dir: str,
+    out_dir: str,
+    num_layers: int,
+    codebook_size: int,
+    *,
+    seed: int = 0,
+    pad_multiple: int = 16,
+    itemic_logit_bias: float = 0.0,
+    weight_noise: float = 0.0,
+) -> dict:
     """Vocabulary expansion of a tiny checkpoint with `megarec.itemic.expand.expand_checkpoint` (tokenizer,
     multivariate-normal rows, itemic.json), then optional test-only edits: `itemic_logit_bias` > 0 makes
     the new tokens likely everywhere (a student that emits them) by adding a component along the mean
@@ -98,8 +186,9 @@ def expand(base_dir: str, out_dir: str, num_layers: int, codebook_size: int, *, 
 
     from megarec.itemic.expand import expand_checkpoint
 
-    layout = expand_checkpoint(base_dir, out_dir, num_layers=num_layers, codebook_size=codebook_size,
-                               pad_to_multiple=pad_multiple, seed=seed)
+    layout = expand_checkpoint(
+        base_dir, out_dir, num_layers=num_layers, codebook_size=codebook_size, pad_to_multiple=pad_multiple, seed=seed
+    )
     meta = layout.to_dict()
     if itemic_logit_bias or weight_noise:
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
@@ -112,7 +201,7 @@ def expand(base_dir: str, out_dir: str, num_layers: int, codebook_size: int, *, 
             if itemic_logit_bias:
                 direction = _mean_hidden_direction(model, meta["first_id"])
                 out = model.get_output_embeddings().weight
-                out[meta["first_id"]:meta["last_id"] + 1] += itemic_logit_bias * direction
+                out[meta["first_id"] : meta["last_id"] + 1] += itemic_logit_bias * direction
         model.save_pretrained(out_dir)
     return meta
 
@@ -146,12 +235,12 @@ def chat_row(user: str, answer: Optional[str] = None, system: Optional[str] = No
 
 def run_trainer(verb: str, overrides: Sequence[str], recipe: Optional[str] = None):
     """Run one post-training verb in this process (single rank); returns (trainer, RunSummary)."""
+    import importlib
+
     from megarec.common.config import load_config
     from megarec.posttrain import config as pt_config
     from megarec.posttrain.cli import VERBS
     from megarec.runtime.distributed import single_process_env
-
-    import importlib
 
     cfg_name, module, trainer_name, _, _ = VERBS[verb]
     cfg = load_config(getattr(pt_config, cfg_name), recipe, list(overrides))

@@ -10,6 +10,7 @@ lower layer or stays inside its own package, and no import cycle exists between 
       < eval, scaling
       < demo, doctor, the CLI
 See docs/architecture.md."""
+
 from __future__ import annotations
 
 import ast
@@ -142,7 +143,7 @@ def test_no_import_cycles():
         stack.append(m)
         for t in sorted(graph.get(m, ())):
             if state.get(t) == "open":
-                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+                cycles.append(" -> ".join(stack[stack.index(t) :] + [t]))
             elif t not in state:
                 visit(t)
         stack.pop()

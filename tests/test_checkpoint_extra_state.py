@@ -2,6 +2,7 @@
 into a model whose modules carry TE-style extra state: TE's core attention keeps FP8 scaling metadata in an
 `_extra_state` entry that the local spec's attention has no counterpart for. Only those missing entries are
 tolerated, and it is said once."""
+
 from __future__ import annotations
 
 import subprocess
@@ -61,8 +62,13 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(tmp_path, mode):
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / mode), mode], capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / mode), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def test_converted_checkpoint_loads_into_a_model_with_extra_state(tmp_path):

@@ -1,4 +1,5 @@
 """Typed configs: YAML recipes with `base:` chains, dotted overrides, validation and --help text."""
+
 from __future__ import annotations
 
 import glob
@@ -6,16 +7,26 @@ import os
 
 import pytest
 
-from conftest import REPO
 from megarec.common.config import describe, iter_fields, load_config
 from megarec.common.errors import ConfigError
 from megarec.pretrain.config import PretrainConfig
 
+from conftest import REPO
+
 
 def test_overrides_parse_types_and_nesting(tmp_path):
-    cfg = load_config(PretrainConfig, None, ["parallel.tensor_model_parallel_size=2", "optimizer.lr=3e-4",
-                                             "data.mock=true", "data.data_path=[0.3, a, 0.7, b]",
-                                             "model.fp8=null", "train.exit_signals=[SIGTERM]"])
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            "parallel.tensor_model_parallel_size=2",
+            "optimizer.lr=3e-4",
+            "data.mock=true",
+            "data.data_path=[0.3, a, 0.7, b]",
+            "model.fp8=null",
+            "train.exit_signals=[SIGTERM]",
+        ],
+    )
     assert cfg.parallel.tensor_model_parallel_size == 2
     assert cfg.optimizer.lr == 3e-4 and cfg.data.mock is True
     assert cfg.data.data_path == ["0.3", "a", "0.7", "b"]
@@ -29,13 +40,16 @@ def test_base_chain_then_overrides(tmp_path):
     assert (cfg.optimizer.lr, cfg.optimizer.min_lr, cfg.train.seq_length) == (5e-4, 1e-4, 128)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.bogus=1", "unknown config key 'train.bogus'"),
-    ("train.seq_length=abc", "train.seq_length: expected an integer"),
-    ("model.dtype=fp64", "model.dtype: 'fp64' is not one of auto, fp32, bf16"),
-    ("data.mock=maybe", "data.mock: expected true/false"),
-    ("noequals", "must look like key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.bogus=1", "unknown config key 'train.bogus'"),
+        ("train.seq_length=abc", "train.seq_length: expected an integer"),
+        ("model.dtype=fp64", "model.dtype: 'fp64' is not one of auto, fp32, bf16"),
+        ("data.mock=maybe", "data.mock: expected true/false"),
+        ("noequals", "must look like key.sub=value"),
+    ],
+)
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(").replace("'", "'")):
         load_config(PretrainConfig, None, [override])
@@ -57,8 +71,9 @@ def test_every_field_has_help_and_appears_in_describe():
         assert name in text
 
 
-@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(REPO, "configs", "pretrain", "*.yaml"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+    "recipe", sorted(glob.glob(os.path.join(REPO, "configs", "pretrain", "*.yaml"))), ids=os.path.basename
+)
 def test_shipped_recipes_load(recipe):
     cfg = load_config(PretrainConfig, recipe)
     if "stage1" in recipe:

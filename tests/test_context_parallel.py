@@ -4,6 +4,7 @@ data × context parallel ranks, and CP=2 training that reproduces the CP=1 loss 
 Without Transformer Engine the local spec's SDPA attention gathers K/V over the CP group (TE's ring
 attention is the GPU path, checked by `megarec doctor gpu`); everything around the attention kernel —
 batch split, RoPE slice, gradient and loss reductions, checkpoint keys — is the code the GPU runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, free_port
 from megarec.common.errors import ConfigError
+
+from conftest import REPO, free_port
 
 SCRIPTS = os.path.join(REPO, "tests", "dist_scripts")
 
@@ -24,9 +26,22 @@ def _torchrun(script: str, nproc: int, out_dir) -> list[dict]:
     """Run a script under torchrun; each rank writes <out_dir>/rank<R>.json (stdout lines of two processes
     can interleave)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                           f"--master_port={free_port()}", os.path.join(SCRIPTS, script), str(out_dir)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}",
+            os.path.join(SCRIPTS, script),
+            str(out_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
 
@@ -50,11 +65,20 @@ def test_batch_split_and_loss_reduction_over_cp_ranks(tmp_path):
         assert r["count"] == 7 and r["loss"] == pytest.approx(29 / 7, abs=1e-12)
 
 
-@pytest.mark.parametrize("cp,tp,sp,seq,ok", [(2, 1, False, 36, True), (2, 1, False, 34, False), (4, 1, False, 40, True),
-                                             (2, 2, True, 40, True), (2, 2, True, 36, False), (1, 4, True, 6, False)])
+@pytest.mark.parametrize(
+    "cp,tp,sp,seq,ok",
+    [
+        (2, 1, False, 36, True),
+        (2, 1, False, 34, False),
+        (4, 1, False, 40, True),
+        (2, 2, True, 40, True),
+        (2, 2, True, 36, False),
+        (1, 4, True, 6, False),
+    ],
+)
 def test_sequence_length_must_split_into_cp_chunks(cp, tp, sp, seq, ok):
-    from megarec.runtime.config import ParallelConfig
     from megarec.pretrain.batch import check_seq_length
+    from megarec.runtime.config import ParallelConfig
 
     parallel = ParallelConfig(tensor_model_parallel_size=tp, context_parallel_size=cp, sequence_parallel=sp)
     if ok:

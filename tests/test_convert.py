@@ -1,5 +1,6 @@
 """HF Qwen3 ↔ Megatron-Core conversion: bit-exact round trips, fp32 logit parity at TP/PP, the
 pre-training engine loading a converted checkpoint, and clear refusals that leave nothing behind."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,18 @@ import os
 import pytest
 import torch
 
-from conftest import run_cli
-
 from megarec.common import hfdir as hf_io
-from megarec.models.qwen3 import mapping
 from megarec.common.errors import ConfigError
+from megarec.models.qwen3 import mapping
 from megarec.models.qwen3.presets import Qwen3Arch
 
-TOKENIZER_FILES = {"tokenizer.json": '{"model": {"type": "WordLevel"}}', "tokenizer_config.json": '{"eos": 1}',
-                   "chat_template.jinja": "{{ messages }}"}
+from conftest import run_cli
+
+TOKENIZER_FILES = {
+    "tokenizer.json": '{"model": {"type": "WordLevel"}}',
+    "tokenizer_config.json": '{"eos": 1}',
+    "chat_template.jinja": "{{ messages }}",
+}
 # head_dim 24 != hidden 64 / 4 heads; 1000 / 1100 rows: "expanded" vocabularies, not multiples of 128.
 MODELS = {
     "untied": dict(vocab_size=1000, head_dim=24, tie_word_embeddings=False, dtype=torch.float32),
@@ -39,10 +43,20 @@ def make_hf(path, vocab_size, head_dim, tie_word_embeddings, dtype, seed=0, **ov
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, rope_theta=1e6,
-                      rms_norm_eps=1e-6, max_position_embeddings=256, tie_word_embeddings=tie_word_embeddings,
-                      **over)
+    cfg = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie_word_embeddings,
+        **over,
+    )
     model = Qwen3ForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():  # norms too, so that a swapped tensor cannot go unnoticed
@@ -50,8 +64,9 @@ def make_hf(path, vocab_size, head_dim, tie_word_embeddings, dtype, seed=0, **ov
     model.to(dtype).save_pretrained(path)
     for name, text in TOKENIZER_FILES.items():
         (path / name).write_text(text)
-    (path / "itemic.json").write_text(json.dumps({"first_id": vocab_size - 100, "last_id": vocab_size - 1,
-                                                  "num_layers": 3, "codebook_size": 32}))
+    (path / "itemic.json").write_text(
+        json.dumps({"first_id": vocab_size - 100, "last_id": vocab_size - 1, "num_layers": 3, "codebook_size": 32})
+    )
     return str(path)
 
 
@@ -68,8 +83,12 @@ def mcore(hf, tmp_path_factory):
     out = {}
     for name, (tp, pp) in {"untied": (2, 2), "tied": (1, 1)}.items():
         out[name] = str(root / name)
-        proc = ok(run_cli(["convert", "hf-to-mcore", "--hf-dir", hf[name], "--out", out[name], "--tp", str(tp),
-                           "--pp", str(pp)], timeout=300))
+        proc = ok(
+            run_cli(
+                ["convert", "hf-to-mcore", "--hf-dir", hf[name], "--out", out[name], "--tp", str(tp), "--pp", str(pp)],
+                timeout=300,
+            )
+        )
         summary = last_json(proc)
         assert (summary["tp"], summary["pp"]) == (tp, pp)
     return out
@@ -137,9 +156,9 @@ def test_plan_shards():
 
 
 def test_checkpoint_contents_and_metadata(hf, mcore):
-    from megarec.runtime.megatron_checkpoint import checkpoint_padded_vocab, read_common_state, read_full_tensors
-
     import torch.distributed as dist
+
+    from megarec.runtime.megatron_checkpoint import checkpoint_padded_vocab, read_common_state, read_full_tensors
 
     try:
         t = read_full_tensors(mcore["untied"])
@@ -153,8 +172,9 @@ def test_checkpoint_contents_and_metadata(hf, mcore):
         assert t[key].shape == (1024, 64) and torch.all(t[key][1000:] == 0)  # deterministic padding rows
     assert t["decoder.layers.self_attention.linear_qkv.weight"].shape == (2, (4 + 2 * 2) * 24, 64)
     src = hf_tensors(hf["untied"])
-    assert torch.equal(t["decoder.layers.self_attention.linear_qkv.layer_norm_weight"][1],
-                       src["model.layers.1.input_layernorm.weight"])
+    assert torch.equal(
+        t["decoder.layers.self_attention.linear_qkv.layer_norm_weight"][1], src["model.layers.1.input_layernorm.weight"]
+    )
     gate_up = [src["model.layers.0.mlp.gate_proj.weight"], src["model.layers.0.mlp.up_proj.weight"]]
     assert torch.equal(t["decoder.layers.mlp.linear_fc1.weight"][0], torch.cat(gate_up))
     meta = common["megarec"]["convert"]
@@ -162,7 +182,8 @@ def test_checkpoint_contents_and_metadata(hf, mcore):
     assert (meta["target_tensor_model_parallel_size"], meta["target_pipeline_model_parallel_size"]) == (2, 2)
     assert meta["itemic"]["last_id"] == 999
     assert sorted(os.listdir(os.path.join(mcore["untied"], "hf_assets"))) == sorted(
-        ["config.json", "generation_config.json", "itemic.json", *TOKENIZER_FILES])
+        ["config.json", "generation_config.json", "itemic.json", *TOKENIZER_FILES]
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -176,8 +197,9 @@ def test_round_trip_is_bit_exact(name, hf, mcore, tmp_path):
     src_cfg, cfg = (json.load(open(os.path.join(d, "config.json"))) for d in (hf[name], out))
     assert cfg["vocab_size"] == MODELS[name]["vocab_size"]
     assert cfg["tie_word_embeddings"] == MODELS[name]["tie_word_embeddings"]
-    assert {k: v for k, v in cfg.items() if k != "transformers_version"} == \
-        {k: v for k, v in src_cfg.items() if k != "transformers_version"}
+    assert {k: v for k, v in cfg.items() if k != "transformers_version"} == {
+        k: v for k, v in src_cfg.items() if k != "transformers_version"
+    }
     for f in ["generation_config.json", "itemic.json", *TOKENIZER_FILES]:
         assert open(os.path.join(hf[name], f), "rb").read() == open(out / f, "rb").read(), f
 
@@ -204,8 +226,12 @@ def test_sharded_export_loads_in_transformers(hf, mcore, tmp_path):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_verify_single_process(name, hf, mcore):
-    proc = ok(run_cli(["convert", "verify", "--hf-dir", hf[name], "--mcore-dir", mcore[name],
-                       "--max-abs-diff", "1e-4"], timeout=300))
+    proc = ok(
+        run_cli(
+            ["convert", "verify", "--hf-dir", hf[name], "--mcore-dir", mcore[name], "--max-abs-diff", "1e-4"],
+            timeout=300,
+        )
+    )
     m = last_json(proc)
     assert m["ok"] and m["max_abs_diff"] < 1e-4 and m["cosine"] > 0.9999 and m["top1_agreement"] == 1.0
 
@@ -213,8 +239,26 @@ def test_verify_single_process(name, hf, mcore):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,tp,pp", [("untied", 2, 1), ("tied", 1, 2), ("tied", 2, 2)])
 def test_verify_under_torchrun(name, tp, pp, hf, mcore):
-    proc = ok(run_cli(["convert", "verify", "--hf-dir", hf[name], "--mcore-dir", mcore[name], "--tp", str(tp),
-                       "--pp", str(pp), "--max-abs-diff", "1e-4"], nproc=tp * pp, timeout=300))
+    proc = ok(
+        run_cli(
+            [
+                "convert",
+                "verify",
+                "--hf-dir",
+                hf[name],
+                "--mcore-dir",
+                mcore[name],
+                "--tp",
+                str(tp),
+                "--pp",
+                str(pp),
+                "--max-abs-diff",
+                "1e-4",
+            ],
+            nproc=tp * pp,
+            timeout=300,
+        )
+    )
     jsons = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(jsons) == 1, proc.stdout  # one report, from the last stage's TP rank 0
     m = json.loads(jsons[0])
@@ -236,11 +280,27 @@ def test_pretrain_engine_loads_converted_checkpoint_and_exports_back(hf, mcore, 
     from megarec.convert.exporter import mcore_to_hf
 
     save = tmp_path / "ckpt"
-    ok(run_cli(["pretrain", f"model.hf_config={hf['untied']}", f"checkpoint.init_from={mcore['untied']}",
-                "data.mock=true", "train.steps=0", "train.seq_length=32", "train.micro_batch_size=1",
-                "train.global_batch_size=2", "parallel.tensor_model_parallel_size=2", f"checkpoint.dir={save}",
-                f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled"],
-               nproc=2, timeout=300))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                f"model.hf_config={hf['untied']}",
+                f"checkpoint.init_from={mcore['untied']}",
+                "data.mock=true",
+                "train.steps=0",
+                "train.seq_length=32",
+                "train.micro_batch_size=1",
+                "train.global_batch_size=2",
+                "parallel.tensor_model_parallel_size=2",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+                "logging.progress=false",
+                "logging.wandb_mode=disabled",
+            ],
+            nproc=2,
+            timeout=300,
+        )
+    )
     out = tmp_path / "hf"
     summary = mcore_to_hf(str(save), str(out))
     assert summary["assets_from"] == hf["untied"]
@@ -256,11 +316,28 @@ def test_weights_only_checkpoint_as_load_keeps_its_weights_in_bf16(hf, mcore, tm
     from megarec.convert.exporter import mcore_to_hf
 
     save = tmp_path / "ckpt"
-    proc = ok(run_cli(["pretrain", f"model.hf_config={hf['tied']}", f"checkpoint.resume_from={mcore['tied']}",
-                       "model.dtype=bf16", "data.mock=true", "train.steps=1", "train.seq_length=32",
-                       "train.micro_batch_size=1", "train.global_batch_size=2", "optimizer.lr=0", "optimizer.min_lr=0",
-                       f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
-                       "logging.wandb_mode=disabled"], timeout=300))
+    proc = ok(
+        run_cli(
+            [
+                "pretrain",
+                f"model.hf_config={hf['tied']}",
+                f"checkpoint.resume_from={mcore['tied']}",
+                "model.dtype=bf16",
+                "data.mock=true",
+                "train.steps=1",
+                "train.seq_length=32",
+                "train.micro_batch_size=1",
+                "train.global_batch_size=2",
+                "optimizer.lr=0",
+                "optimizer.min_lr=0",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+                "logging.progress=false",
+                "logging.wandb_mode=disabled",
+            ],
+            timeout=300,
+        )
+    )
     assert "holds weights only (no optimizer state)" in proc.stdout
     out = tmp_path / "hf"
     mcore_to_hf(str(save), str(out))
@@ -286,16 +363,19 @@ def _nothing_written(out):
     assert not [n for n in os.listdir(parent) if n.startswith(f".{os.path.basename(str(out))}.")]  # no staging left
 
 
-@pytest.mark.parametrize("case,message", [
-    ("llama", "model_type is 'llama', expected 'qwen3'"),
-    ("shape", "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], config.json implies [96, 64]"),
-    ("layers", "the checkpoint has no tensor model.layers.2.input_layernorm.weight"),
-    ("tp3", "num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
-    ("kv_tp4", "num_query_groups (KV heads)=2 is not divisible by tensor_model_parallel_size=4"),
-    ("pp3", "num_layers=2 is not divisible by pipeline stages"),
-    ("rope", "RoPE scaling type 'yarn' is not supported"),
-    ("tied_differs", "tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("llama", "model_type is 'llama', expected 'qwen3'"),
+        ("shape", "tensor model.layers.0.mlp.gate_proj.weight has shape [128, 64], config.json implies [96, 64]"),
+        ("layers", "the checkpoint has no tensor model.layers.2.input_layernorm.weight"),
+        ("tp3", "num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
+        ("kv_tp4", "num_query_groups (KV heads)=2 is not divisible by tensor_model_parallel_size=4"),
+        ("pp3", "num_layers=2 is not divisible by pipeline stages"),
+        ("rope", "RoPE scaling type 'yarn' is not supported"),
+        ("tied_differs", "tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"),
+    ],
+)
 def test_import_refusals(case, message, hf, tmp_path):
     from megarec.convert.importer import hf_to_mcore
 
@@ -307,8 +387,9 @@ def test_import_refusals(case, message, hf, tmp_path):
     elif case == "layers":
         src = _edit_config(src, tmp_path / "src", num_hidden_layers=4, layer_types=["full_attention"] * 4)
     elif case == "rope":
-        src = _edit_config(src, tmp_path / "src", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6,
-                                                                   "factor": 4.0})
+        src = _edit_config(
+            src, tmp_path / "src", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}
+        )
     elif case == "tied_differs":  # an untied checkpoint described as tied: lm_head would be dropped silently
         src = _edit_config(src, tmp_path / "src", tie_word_embeddings=True)
     tp = {"tp3": 3, "kv_tp4": 4}.get(case, 1)
@@ -346,6 +427,7 @@ def test_cli_error_is_one_line(hf, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("megarec convert: error: ") and "expected 'qwen3'" in lines[0]
     _nothing_written(tmp_path / "out")
-    proc = run_cli(["convert", "verify", "--hf-dir", hf["untied"], "--mcore-dir", str(tmp_path), "--tp", "2"],
-                   timeout=120)
+    proc = run_cli(
+        ["convert", "verify", "--hf-dir", hf["untied"], "--mcore-dir", str(tmp_path), "--tp", "2"], timeout=120
+    )
     assert proc.returncode == 2 and "needs 2 processes" in proc.stderr

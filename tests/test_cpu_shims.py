@@ -1,4 +1,5 @@
 """The CPU compatibility shims for Megatron-Core (run in a subprocess: they patch torch globally)."""
+
 from __future__ import annotations
 
 import subprocess

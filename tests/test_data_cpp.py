@@ -1,4 +1,5 @@
 """The C++ helpers (megarec._cpp) on hand-made cases."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,12 +19,12 @@ def test_best_fit_pack_properties():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 100, size=500)
     order, offsets = _cpp.best_fit_pack(lengths, 128)
-    assert sorted(order.tolist()) == list(range(500))          # every sample exactly once
+    assert sorted(order.tolist()) == list(range(500))  # every sample exactly once
     sums = np.add.reduceat(lengths[order], offsets[:-1])
     assert sums.max() <= 128
-    assert len(sums) <= int(np.ceil(lengths.sum() / 128)) + 30   # close to the lower bound
+    assert len(sums) <= int(np.ceil(lengths.sum() / 128)) + 30  # close to the lower bound
     for a, b in zip(offsets[:-1], offsets[1:]):
-        assert list(order[a:b]) == sorted(order[a:b])            # ascending inside a pack
+        assert list(order[a:b]) == sorted(order[a:b])  # ascending inside a pack
     again = _cpp.best_fit_pack(lengths, 128)
     assert np.array_equal(again[0], order) and np.array_equal(again[1], offsets)
 
@@ -74,23 +75,22 @@ def _hand_encoder(**extra):
     """Byte-level BPE where byte b has id b; merges "hi"→300, " hi"→301, "aa"→302, "aaa"→303; added tokens
     <a>→500, <ab>→501."""
     merges = [(ord("h"), ord("i"), 300), (ord(" "), 300, 301), (ord("a"), ord("a"), 302), (302, ord("a"), 303)]
-    return _cpp.TextEncoder([(b"<a>", 500), (b"<ab>", 501)],
-                            {"byte_ids": list(range(256)), "merges": merges, **extra})
+    return _cpp.TextEncoder([(b"<a>", 500), (b"<ab>", 501)], {"byte_ids": list(range(256)), "merges": merges, **extra})
 
 
 def test_text_encoder_bpe_and_pretokenizer_hand_cases():
     enc = _hand_encoder()
     assert enc.has_bpe
     cases = {
-        "hi hi": [300, 301],                                   # pre-tokens "hi", " hi"
-        "aaaa": [302, 302],                                    # lowest rank, leftmost first: aa|a|a → aa|aa
+        "hi hi": [300, 301],  # pre-tokens "hi", " hi"
+        "aaaa": [302, 302],  # lowest rank, leftmost first: aa|a|a → aa|aa
         "aaa": [303],
-        "it's": [105, 116, 39, 115],                           # "it", "'s"
-        "x<ab>y<a>": [120, 501, 121, 500],                     # added tokens: leftmost-longest
-        "<a": [60, 97],                                        # not a token: "<a" is one pre-token, no merge
-        "a  \n\n b": [97, 32, 32, 10, 10, 32, 98],             # "a", "  \n\n", " b"
-        "a   ": [97, 32, 32, 32],                              # trailing whitespace stays whole
-        "a   hi": [97, 32, 32, 301],                           # "a", "  ", " hi": one space goes to the word
+        "it's": [105, 116, 39, 115],  # "it", "'s"
+        "x<ab>y<a>": [120, 501, 121, 500],  # added tokens: leftmost-longest
+        "<a": [60, 97],  # not a token: "<a" is one pre-token, no merge
+        "a  \n\n b": [97, 32, 32, 10, 10, 32, 98],  # "a", "  \n\n", " b"
+        "a   ": [97, 32, 32, 32],  # trailing whitespace stays whole
+        "a   hi": [97, 32, 32, 301],  # "a", "  ", " hi": one space goes to the word
     }
     for text, ids in cases.items():
         assert enc.encode_text(text) == (ids, []), text
@@ -104,9 +104,9 @@ def test_text_encoder_bpe_and_pretokenizer_hand_cases():
 
 def test_text_encoder_normalized_tokens_and_ignore_merges():
     enc = _hand_encoder(normalized_added=[(b"<n>", 503)], whole_words={b"aaaa": 600})
-    assert enc.encode_text("a<n>aaaa") == ([97, 503, 600], [])   # whole vocabulary words skip the merges
+    assert enc.encode_text("a<n>aaaa") == ([97, 503, 600], [])  # whole vocabulary words skip the merges
     assert enc.encode_text("aaa") == ([303], [])
-    assert enc.encode_text("é<n>") == ([-1], ["é<n>"])             # matched by the Rust tokenizer, after NFC
+    assert enc.encode_text("é<n>") == ([-1], ["é<n>"])  # matched by the Rust tokenizer, after NFC
 
 
 def test_text_encoder_plan_and_fill():

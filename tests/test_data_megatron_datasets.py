@@ -1,13 +1,15 @@
 """Training-side datasets: LossMaskedGPTDataset (a GPTDataset with the chat loss mask) directly and through
 BlendedMegatronDatasetBuilder with a weighted blend; PackedSequenceDataset over --pack output."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from data_helpers import itemic_tokenizer, random_chats, write_jsonl
 from megarec.data.preprocess import PreprocessOptions, run_preprocess
+
+from data_helpers import itemic_tokenizer, random_chats, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,9 @@ def test_loss_masked_gpt_dataset_blend_matches_mask_dataset(corpora, tmp_path, p
     sizes = [60, 0, 0]
     kw = dict(seq_length=64, tokenizer=tok, seed=5, cache_dir=str(tmp_path / "cache"))
     train, _, _ = build_datasets(LossMaskedGPTDataset, [corpora["a"], corpora["b"]], [0.7, 0.3], sizes, **kw)
-    mask_train, _, _ = build_datasets(GPTDataset, [_mask_prefix(corpora["a"]), _mask_prefix(corpora["b"])],
-                                      [0.7, 0.3], sizes, **kw)
+    mask_train, _, _ = build_datasets(
+        GPTDataset, [_mask_prefix(corpora["a"]), _mask_prefix(corpora["b"])], [0.7, 0.3], sizes, **kw
+    )
     assert type(train).__name__ == "BlendedDataset" and len(train) >= 60
     counts = np.bincount(np.asarray(train.dataset_index[:60]), minlength=2)
     assert 0.55 < counts[0] / 60 < 0.85
@@ -80,8 +83,16 @@ def test_loss_masked_gpt_dataset_direct(corpora, tmp_path):
     from megarec.data.megatron_datasets import LossMaskedGPTDataset, build_datasets
 
     tok = Tokenizer.from_file(f"{corpora['tok']}/tokenizer.json")
-    ds, _, _ = build_datasets(LossMaskedGPTDataset, [corpora["a"]], None, [20, None, None], seq_length=96,
-                              tokenizer=_tokenizer(corpora), cache_dir=str(tmp_path / "c"), create_attention_mask=False)
+    ds, _, _ = build_datasets(
+        LossMaskedGPTDataset,
+        [corpora["a"]],
+        None,
+        [20, None, None],
+        seq_length=96,
+        tokenizer=_tokenizer(corpora),
+        cache_dir=str(tmp_path / "c"),
+        create_attention_mask=False,
+    )
     assert "attention_mask" not in ds[0]
     for i in range(20):
         s = ds[i]
@@ -97,14 +108,22 @@ def test_loss_masked_gpt_dataset_direct(corpora, tmp_path):
 def test_loss_masked_padding_is_zero(corpora, tmp_path):
     from megarec.data.megatron_datasets import LossMaskedGPTDataset, build_datasets
 
-    _, valid, _ = build_datasets(LossMaskedGPTDataset, [corpora["a"]], None, [None, None, None], seq_length=512,
-                                 tokenizer=_tokenizer(corpora), cache_dir=str(tmp_path / "c"), split="0,1,0",
-                                 drop_last_partial_validation_sequence=False)
+    _, valid, _ = build_datasets(
+        LossMaskedGPTDataset,
+        [corpora["a"]],
+        None,
+        [None, None, None],
+        seq_length=512,
+        tokenizer=_tokenizer(corpora),
+        cache_dir=str(tmp_path / "c"),
+        split="0,1,0",
+        drop_last_partial_validation_sequence=False,
+    )
     padded = int(np.flatnonzero(np.asarray(valid.shuffle_index) == len(valid) - 1)[0])  # the partial sample
     last = valid[padded]
     n_real = int(valid.dataset.sequence_lengths.sum()) - (len(valid) - 1) * 512
     assert 0 < n_real < 512
-    assert last["loss_mask"][n_real - 1:].sum() == 0 and last["loss_mask"][: n_real - 1].sum() > 0
+    assert last["loss_mask"][n_real - 1 :].sum() == 0 and last["loss_mask"][: n_real - 1].sum() > 0
 
 
 def test_packed_dataset(corpora):
@@ -130,13 +149,13 @@ def test_packed_dataset(corpora):
         assert s["position_ids"][:n].tolist() == pos.tolist()
         att = s["attention_mask"][0, :n, :n].numpy()
         allowed = (seg[:, None] == seg[None, :]) & np.tri(n, dtype=bool)
-        assert np.array_equal(att, ~allowed)                         # block-diagonal causal, True = masked
+        assert np.array_equal(att, ~allowed)  # block-diagonal causal, True = masked
         m = np.concatenate([mask_raw[k] for k in range(first, last)])
         exp = np.zeros(256, np.float32)
         exp[: n - 1] = m[1:] * (seg[:-1] == seg[1:])
         assert np.array_equal(s["loss_mask"].numpy(), exp)
         assert s["labels"][: n - 1].tolist() == tokens[1:].tolist()
-        assert s["loss_mask"][n - 1:].sum() == 0
+        assert s["loss_mask"][n - 1 :].sum() == 0
         seen += 1
     assert seen == len(ds) > 1
 
@@ -144,9 +163,15 @@ def test_packed_dataset(corpora):
 def test_packed_dataset_through_builder_blend(corpora, tmp_path, process_group):
     from megarec.data.megatron_datasets import PackedSequenceDataset, build_datasets
 
-    train, _, _ = build_datasets(PackedSequenceDataset, [corpora["a_packed"], corpora["b_packed"]], [0.5, 0.5],
-                                 [30, 0, 0], seq_length=256, tokenizer=_tokenizer(corpora),
-                                 cache_dir=str(tmp_path / "c"))
+    train, _, _ = build_datasets(
+        PackedSequenceDataset,
+        [corpora["a_packed"], corpora["b_packed"]],
+        [0.5, 0.5],
+        [30, 0, 0],
+        seq_length=256,
+        tokenizer=_tokenizer(corpora),
+        cache_dir=str(tmp_path / "c"),
+    )
     assert len(train) >= 30
     batch = torch.utils.data.default_collate([train[i] for i in range(4)])
     assert batch["attention_mask"].shape == (4, 1, 256, 256) and batch["loss_mask"].sum() > 0

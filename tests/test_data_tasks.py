@@ -1,5 +1,6 @@
 """Task builders: every task yields well-formed samples, splits never leak, builds are reproducible,
 templates are data."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,16 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from megarec.common.errors import ConfigError, DataError
 from megarec.common.itemic import item_string
-from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
 from megarec.data.tasks.build import build_tasks
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.context import SFT_TASKS
 from megarec.data.tasks.split import verify_no_leakage
 from megarec.data.tasks.templates import TEMPLATE_FIELDS, Templates
-from megarec.common.errors import ConfigError, DataError
+from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic
+
+from conftest import run_cli
 
 ITEM_RE = re.compile(r"<\|sid_begin\|>((?:<s_[a-z]_\d+>)+)<\|sid_end\|>")
 REC_TASKS = ("short_video_rec", "ad_rec", "product_rec", "label_conditional_rec", "interactive_rec")
@@ -47,7 +49,7 @@ def test_every_task_well_formed(lang):
             assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
             assert all(isinstance(m["content"], str) and m["content"].strip() for m in msgs)
             for m in msgs:
-                _items_in(m["content"], codes_to_item)          # every itemic string is a real item
+                _items_in(m["content"], codes_to_item)  # every itemic string is a real item
             assert md["target_item_ids"] and md["split"] == ("train" if split == "sft_train" else "test")
             answer = msgs[-1]["content"]
             if md["task"] in REC_TASKS:
@@ -59,10 +61,16 @@ def test_every_task_well_formed(lang):
     for s in built["pretrain"]:
         assert len(s["segments"]) == 1 and s["segments"][0]["type"] == "text" and s["segments"][0]["text"]
         _items_in(s["segments"][0]["text"], codes_to_item)
-    assert {s["metadata"]["task"] for s in built["pretrain"]} == {"item_caption", "caption_item", "user_sequence",
-                                                                   "user_persona"}
-    assert built["rl_train"] and all(s["messages"][-1]["role"] == "user" and s["metadata"]["targets"]
-                                     and s["metadata"]["task"] in REC_TASKS for s in built["rl_train"])
+    assert {s["metadata"]["task"] for s in built["pretrain"]} == {
+        "item_caption",
+        "caption_item",
+        "user_sequence",
+        "user_persona",
+    }
+    assert built["rl_train"] and all(
+        s["messages"][-1]["role"] == "user" and s["metadata"]["targets"] and s["metadata"]["task"] in REC_TASKS
+        for s in built["rl_train"]
+    )
     labels = [s["metadata"]["answer"] for s in built["sft_train"] if s["metadata"]["task"] == "label_prediction"]
     assert 0.25 < labels.count(answers["positive"]) / len(labels) < 0.75
 
@@ -100,7 +108,7 @@ def test_leave_one_out_split():
         md = s["metadata"]
         if "target_pos" in md:
             key = (md["user_id"], md.get("pos_key", md["domain"]))
-            first_eval[key] = min(first_eval.get(key, 10 ** 9), md["target_pos"])
+            first_eval[key] = min(first_eval.get(key, 10**9), md["target_pos"])
     checked = 0
     for s in built["pretrain"] + built["sft_train"] + built["rl_train"]:
         for domain, pos in (s["metadata"].get("max_pos") or {}).items():
@@ -109,8 +117,13 @@ def test_leave_one_out_split():
                 assert pos < first_eval[key]
                 checked += 1
     assert checked > 100
-    leaky = {"metadata": {"task": "x", "user_id": built["sft_test"][0]["metadata"]["user_id"],
-                          "max_pos": {built["sft_test"][0]["metadata"]["domain"]: 10 ** 6}}}
+    leaky = {
+        "metadata": {
+            "task": "x",
+            "user_id": built["sft_test"][0]["metadata"]["user_id"],
+            "max_pos": {built["sft_test"][0]["metadata"]["domain"]: 10**6},
+        }
+    }
     with pytest.raises(DataError, match="leak"):
         verify_no_leakage([leaky], built["sft_test"])
 
@@ -139,11 +152,35 @@ def test_templates_are_data(tmp_path):
 
 def test_cli_data_build(tmp_path):
     out = tmp_path / "build"
-    proc = run_cli(["data", "build", "--source", "synthetic", "--out", str(out), "--seed", "1",
-                    "--num-users", "60", "--num-items", "120", "--lang", "zh"], timeout=300)
+    proc = run_cli(
+        [
+            "data",
+            "build",
+            "--source",
+            "synthetic",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+            "--num-users",
+            "60",
+            "--num-items",
+            "120",
+            "--lang",
+            "zh",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    for rel in ("pretrain/train.jsonl", "sft/train.jsonl", "sft/test.jsonl", "rl/train.jsonl", "items.jsonl",
-                "codes.csv", "build_report.json"):
+    for rel in (
+        "pretrain/train.jsonl",
+        "sft/train.jsonl",
+        "sft/test.jsonl",
+        "rl/train.jsonl",
+        "items.jsonl",
+        "codes.csv",
+        "build_report.json",
+    ):
         assert (out / rel).is_file(), rel
     report = json.loads((out / "build_report.json").read_text())
     assert report["split"]["test_users"] > 0 and report["samples"]["sft/train.jsonl"]["item_understanding"] > 0

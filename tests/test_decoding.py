@@ -1,5 +1,6 @@
 """Constrained item decoding on a tiny random Qwen3: trie, logits processor, beam search (trie loop and
 HF backend) against exhaustive teacher-forced scoring, and constrained sampling."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,25 @@ import numpy as np
 import pytest
 import torch
 
+from megarec.common.errors import ConfigError, DataError
 from megarec.common.itemic import ItemicLayout
-from megarec.decoding.trie import ItemTrie
 from megarec.decoding.beam_search import constrained_beam_search
 from megarec.decoding.processor import ItemConstraintLogitsProcessor
 from megarec.decoding.sampling import constrained_sample
 from megarec.decoding.scoring import score_items
-from megarec.common.errors import ConfigError, DataError
+from megarec.decoding.trie import ItemTrie
 
 VOCAB, FIRST, L, K = 64, 40, 3, 6  # 18 code tokens at 40..57, <|sid_begin|>=58, <|sid_end|>=59
-META = dict(first_id=FIRST, last_id=FIRST + L * K + 1, num_layers=L, codebook_size=K,
-            sid_begin_id=FIRST + L * K, sid_end_id=FIRST + L * K + 1, layer_letters=["a", "b", "c"],
-            base_vocab_size=FIRST)
+META = dict(
+    first_id=FIRST,
+    last_id=FIRST + L * K + 1,
+    num_layers=L,
+    codebook_size=K,
+    sid_begin_id=FIRST + L * K,
+    sid_end_id=FIRST + L * K + 1,
+    layer_letters=["a", "b", "c"],
+    base_vocab_size=FIRST,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,18 @@ def model():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, initializer_range=0.3,
-                      max_position_embeddings=128, tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        initializer_range=0.3,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     return Qwen3ForCausalLM(cfg).eval()
 
 
@@ -68,6 +85,7 @@ def exhaustive_top_k(model, prompt, codes, layout, k):
 
 
 # ------------------------------------------------------------------------------------------ layout / trie
+
 
 def test_layout_from_meta_json_and_tokenizer(tmp_path, layout):
     assert layout.codebook_sizes == (K, K, K)
@@ -118,12 +136,14 @@ def test_processor_masks(layout):
     trie = ItemTrie(codes, layout)
     t, B, E = layout.token_id, layout.sid_begin_id, layout.sid_end_id
     proc = ItemConstraintLogitsProcessor(trie)
-    ids = torch.tensor([
-        [5, 6, 7, 8, B],                       # start of an item
-        [5, 6, B, t(0, 0), t(1, 1)],           # last code
-        [6, B, t(0, 4), t(1, 4), t(2, 4)],     # complete: only <|sid_end|>
-        [B, t(0, 0), t(1, 1), t(2, 2), E],     # outside: no code tokens, no <|sid_end|>
-    ])
+    ids = torch.tensor(
+        [
+            [5, 6, 7, 8, B],  # start of an item
+            [5, 6, B, t(0, 0), t(1, 1)],  # last code
+            [6, B, t(0, 4), t(1, 4), t(2, 4)],  # complete: only <|sid_end|>
+            [B, t(0, 0), t(1, 1), t(2, 2), E],  # outside: no code tokens, no <|sid_end|>
+        ]
+    )
     out = proc(ids, torch.zeros(4, VOCAB))
     fin = [set(torch.isfinite(r).nonzero().flatten().tolist()) for r in out]
     assert fin[0] == {t(0, 0), t(0, 4)}
@@ -144,6 +164,7 @@ def test_processor_masks(layout):
 
 
 # -------------------------------------------------------------------------------------------- decoding
+
 
 @pytest.mark.parametrize("backend", ["trie", "hf"])
 def test_beam_search_equals_exhaustive_when_beam_covers_prefixes(model, layout, backend):
@@ -205,10 +226,20 @@ def test_constraint_is_active(model, layout):
     codes = random_codes(15)
     trie = ItemTrie(codes, layout)
     ps = prompts(4)
-    ids = torch.tensor([p + [layout.sid_begin_id] for p in ps if len(p) == len(ps[0])] or [ps[0] + [layout.sid_begin_id]])
-    free = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=5, num_return_sequences=5,
-                          max_new_tokens=L, do_sample=False, pad_token_id=0, eos_token_id=None)
-    free_items = [tuple(r) for r in free[:, ids.shape[1]:].tolist()]
+    ids = torch.tensor(
+        [p + [layout.sid_begin_id] for p in ps if len(p) == len(ps[0])] or [ps[0] + [layout.sid_begin_id]]
+    )
+    free = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=5,
+        num_return_sequences=5,
+        max_new_tokens=L,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    free_items = [tuple(r) for r in free[:, ids.shape[1] :].tolist()]
     assert not all(trie.is_item(r) for r in free_items)
     cons = constrained_beam_search(model, None, [ids[0].tolist()], trie, num_beams=5)[0]
     assert all(trie.is_item(layout.code_ids(c.codes)) for c in cons)

@@ -1,5 +1,6 @@
 """`megarec demo`: the reduced (CI) demo runs every stage end to end on MovieLens-100k and its report holds
 what a user is promised; reruns skip finished stages and redo only what changed."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ import math
 
 import pytest
 
-from conftest import run_cli
 from megarec.demo.report import curve_summary
 from megarec.demo.stages import STAGES
+
+from conftest import run_cli
 
 STAGE_NAMES = [s.name for s in STAGES]
 THREADS = {"OMP_NUM_THREADS": "2"}  # the demo's single-process stages use both cores, as `make demo` does
@@ -66,8 +68,7 @@ def test_ci_demo_end_to_end_and_resume(tmp_path):
         assert (out / f).is_file(), f
 
     # a rerun skips every stage; changing one stage's settings redoes that stage (and those after it) only
-    res = run_cli(["demo", "--profile", "ci", "--out", str(out), "bench.sasrec_epochs=3"], timeout=1200,
-                  env=THREADS)
+    res = run_cli(["demo", "--profile", "ci", "--out", str(out), "bench.sasrec_epochs=3"], timeout=1200, env=THREADS)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     status = {r["name"]: r["status"] for r in json.load(open(out / "report.json"))["stages"]}
     assert status == {**{n: "cached" for n in STAGE_NAMES}, "bench": "ran"}

@@ -4,6 +4,7 @@ command lines against the real parsers and config loader, and the subprocess run
 
 Nothing here pretends a GPU run passed: the checks' GPU work is not run on this machine (see the README's
 "GPU acceptance check")."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
-
+from megarec.common.errors import ConfigError
 from megarec.doctor import checks, curves, device, plan, runner, summary
 from megarec.doctor.device import DeviceInfo
-from megarec.common.errors import ConfigError
+
+from conftest import REPO, run_cli
 
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0), 79.1, 1, visible=["0"])
 
@@ -29,6 +30,7 @@ def dev(name="NVIDIA H100 80GB HBM3", cap=(9, 0), mem=79.1, count=1, **kw) -> De
 
 # --- flags ---------------------------------------------------------------------------------------------------------
 
+
 def test_select_checks_keeps_the_fixed_order():
     names = lambda sel: [c.name for c in sel]  # noqa: E731
     assert names(checks.select_checks(None, None)) == list(checks.CHECK_NAMES)
@@ -38,12 +40,15 @@ def test_select_checks_keeps_the_fixed_order():
     assert names(checks.select_checks("fp8,thd", "fp8")) == ["thd"]
 
 
-@pytest.mark.parametrize("only,skip,message", [
-    ("fp9", None, "--only: unknown check 'fp9' (checks: te_parity, fp8, thd, throughput, memory, multi_gpu)"),
-    (None, "te_parity,mem", "--skip: unknown check 'mem'"),
-    (",", None, "--only: no check named"),
-    ("fp8", "fp8", "--only/--skip leave no check to run"),
-])
+@pytest.mark.parametrize(
+    "only,skip,message",
+    [
+        ("fp9", None, "--only: unknown check 'fp9' (checks: te_parity, fp8, thd, throughput, memory, multi_gpu)"),
+        (None, "te_parity,mem", "--skip: unknown check 'mem'"),
+        (",", None, "--only: no check named"),
+        ("fp8", "fp8", "--only/--skip leave no check to run"),
+    ],
+)
 def test_select_checks_errors(only, skip, message):
     with pytest.raises(ConfigError) as e:
         checks.select_checks(only, skip)
@@ -57,13 +62,16 @@ def _one_error_line(proc) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--only", "fp9"], "--only: unknown check 'fp9'"),
-    (["--skip", "thd,warp"], "--skip: unknown check 'warp'"),
-    (["--steps", "2"], "--steps must be at least 5"),
-    (["--timeout-scale", "0"], "--timeout-scale must be > 0"),
-    (["--tiktoken", "/nonexistent/qwen.tiktoken"], "--tiktoken /nonexistent/qwen.tiktoken is not a file"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--only", "fp9"], "--only: unknown check 'fp9'"),
+        (["--skip", "thd,warp"], "--skip: unknown check 'warp'"),
+        (["--steps", "2"], "--steps must be at least 5"),
+        (["--timeout-scale", "0"], "--timeout-scale must be > 0"),
+        (["--tiktoken", "/nonexistent/qwen.tiktoken"], "--tiktoken /nonexistent/qwen.tiktoken is not a file"),
+    ],
+)
 def test_bad_flags_are_one_line(flags, message, tmp_path):
     line = _one_error_line(run_cli(["doctor", "gpu", "--out", str(tmp_path / "d"), *flags], timeout=120))
     assert line.startswith("megarec doctor gpu: error: ") and message in line, line
@@ -80,8 +88,18 @@ def test_without_cuda_one_error_line_exit_2(tmp_path):
 def test_help_explains_every_flag_and_check():
     proc = run_cli(["doctor", "gpu", "--help"], timeout=60)
     assert proc.returncode == 0
-    for text in ("--out", "--only", "--skip", "--steps", "--keep", "--tiktoken", "--peak-tflops", "--timeout-scale",
-                 "doctor_gpu.json", *checks.CHECK_NAMES):
+    for text in (
+        "--out",
+        "--only",
+        "--skip",
+        "--steps",
+        "--keep",
+        "--tiktoken",
+        "--peak-tflops",
+        "--timeout-scale",
+        "doctor_gpu.json",
+        *checks.CHECK_NAMES,
+    ):
         assert text in proc.stdout, text
 
 
@@ -94,7 +112,7 @@ def test_out_dir_is_empty_or_an_earlier_doctors(tmp_path):
     for stale in (paths.log("te_bf16"), os.path.join(paths.run_dir("te_bf16"), "metrics.jsonl"), paths.summary):
         os.makedirs(os.path.dirname(stale), exist_ok=True)
         open(stale, "w").close()
-    _prepare_out(str(out))           # an earlier doctor's output: reused, its results cleared
+    _prepare_out(str(out))  # an earlier doctor's output: reused, its results cleared
     assert sorted(os.listdir(out)) == [MARKER, "logs"] and os.listdir(paths.logs) == []
     other = tmp_path / "other"
     other.mkdir()
@@ -106,15 +124,23 @@ def test_out_dir_is_empty_or_an_earlier_doctors(tmp_path):
 
 # --- skip rules and device facts ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,cap,te_fp8,skips", [
-    ("NVIDIA A100-SXM4-80GB", (8, 0), None, "compute capability 8.0 < 8.9"),
-    ("NVIDIA GeForce RTX 3090", (8, 6), None, "8.6 < 8.9"),
-    ("NVIDIA L4", (8, 9), (True, ""), None),
-    ("NVIDIA H100 80GB HBM3", (9, 0), None, None),
-    ("NVIDIA B200", (10, 0), (True, ""), None),
-    ("NVIDIA L40S", (8, 9), (False, "CUDA 12.1 or higher required for FP8 execution on Ada."),
-     "Transformer Engine reports no FP8 support: CUDA 12.1"),
-])
+
+@pytest.mark.parametrize(
+    "name,cap,te_fp8,skips",
+    [
+        ("NVIDIA A100-SXM4-80GB", (8, 0), None, "compute capability 8.0 < 8.9"),
+        ("NVIDIA GeForce RTX 3090", (8, 6), None, "8.6 < 8.9"),
+        ("NVIDIA L4", (8, 9), (True, ""), None),
+        ("NVIDIA H100 80GB HBM3", (9, 0), None, None),
+        ("NVIDIA B200", (10, 0), (True, ""), None),
+        (
+            "NVIDIA L40S",
+            (8, 9),
+            (False, "CUDA 12.1 or higher required for FP8 execution on Ada."),
+            "Transformer Engine reports no FP8 support: CUDA 12.1",
+        ),
+    ],
+)
 def test_fp8_rule(name, cap, te_fp8, skips):
     reason = device.fp8_skip_reason(dev(name, cap, te_fp8=te_fp8))
     if skips is None:
@@ -129,14 +155,17 @@ def test_multi_gpu_rule():
     assert device.multi_gpu_skip_reason(dev(count=8)) is None
 
 
-@pytest.mark.parametrize("name,peak,fp8_peak", [
-    ("NVIDIA H100 80GB HBM3", 989.0, 1979.0),
-    ("NVIDIA H100 PCIe", 756.0, 1513.0),
-    ("NVIDIA H100 NVL", 835.0, 1671.0),
-    ("NVIDIA H200", 989.0, 1979.0),
-    ("NVIDIA GH200 480GB", 989.0, 1979.0),
-    ("NVIDIA A100-SXM4-40GB", 312.0, None),
-])
+@pytest.mark.parametrize(
+    "name,peak,fp8_peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0, 1979.0),
+        ("NVIDIA H100 PCIe", 756.0, 1513.0),
+        ("NVIDIA H100 NVL", 835.0, 1671.0),
+        ("NVIDIA H200", 989.0, 1979.0),
+        ("NVIDIA GH200 480GB", 989.0, 1979.0),
+        ("NVIDIA A100-SXM4-40GB", 312.0, None),
+    ],
+)
 def test_known_gpus_have_a_peak_and_the_floor(name, peak, fp8_peak):
     spec = device.gpu_spec(name)
     assert (spec.bf16_tflops, spec.fp8_tflops) == (peak, fp8_peak)
@@ -157,16 +186,25 @@ def test_te_missing_and_visible_devices():
     assert "Transformer Engine does not import" in reason and "No module named" in reason
     assert device.visible_devices(2, {"CUDA_VISIBLE_DEVICES": "3, 5,6"}) == ["3", "5"]
     assert device.visible_devices(2, {}) == ["0", "1"]
-    info = device.parse_probe({"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0], "total_memory_gib": 79.1,
-                               "count": 2, "te_version": "2.4.0", "te_error": None, "te_fp8": [True, ""]},
-                              {"CUDA_VISIBLE_DEVICES": "4,7"})
+    info = device.parse_probe(
+        {
+            "name": "NVIDIA H100 80GB HBM3",
+            "capability": [9, 0],
+            "total_memory_gib": 79.1,
+            "count": 2,
+            "te_version": "2.4.0",
+            "te_error": None,
+            "te_fp8": [True, ""],
+        },
+        {"CUDA_VISIBLE_DEVICES": "4,7"},
+    )
     assert info.capability == (9, 0) and info.visible == ["4", "7"] and info.te_fp8 == (True, "")
     assert info.as_dict()["capability"] == "9.0" and info.as_dict()["peak_table_entry"] == "H100/H200 SXM"
 
 
 def test_memory_probe_sequence_length_fits_the_gpu():
     recipe = plan.recipe_seq_length()
-    assert recipe == 32768   # configs/models/qwen3_8b_h100.yaml
+    assert recipe == 32768  # configs/models/qwen3_8b_h100.yaml
     assert plan.memory_seq_length(dev(mem=79.1), recipe) == recipe
     assert plan.memory_seq_length(dev("NVIDIA A100-SXM4-40GB", (8, 0), 39.4), recipe) == 16384
     assert plan.memory_seq_length(dev(mem=8.0), recipe) is None
@@ -175,6 +213,7 @@ def test_memory_probe_sequence_length_fits_the_gpu():
 
 
 # --- curves from real metrics.jsonl files ----------------------------------------------------------------------------
+
 
 def write_metrics(run_dir, losses, **extra_per_step):
     """A metrics.jsonl as the pretrain loop writes it (through its own MetricsLogger), with a checkpoint and a
@@ -228,7 +267,7 @@ def test_compare_curves_missing_steps_and_nan(tmp_path):
     c = curves.compare_curves(ref, short, checks.BF16_PARITY, 10, "local", "TE")
     assert not c.ok and c.reason == "TE logged 9 of 10 steps"
     nan = list(REF)
-    nan[3] = float("nan")          # the logger writes it as null
+    nan[3] = float("nan")  # the logger writes it as null
     nan_curve = _curve(tmp_path, "nan", nan)
     assert nan_curve[3] is None
     c = curves.compare_curves(ref, nan_curve, checks.BF16_PARITY, 10, "local", "TE")
@@ -248,7 +287,7 @@ def test_throughput_statistics_and_rules(tmp_path):
     mfu = [0.05, 0.2, 0.3] + [0.40, 0.42, 0.41, 0.39, 0.40, 0.41, 0.40][: n - 3]
     recs = curves.read_records(write_metrics(tmp_path / "t", REF[:n], mfu=mfu))
     med = curves.steady_median(recs, "mfu", plan.THROUGHPUT_WARMUP)
-    assert med == pytest.approx(0.40)            # warm-up steps left out
+    assert med == pytest.approx(0.40)  # warm-up steps left out
     assert curves.steady_median(recs, "tokens_per_s", plan.THROUGHPUT_WARMUP) == pytest.approx(7000.0)
     assert checks.throughput_problems("qwen3-0.6b", recs, med, 0.15) == []
     assert checks.throughput_problems("qwen3-0.6b", recs, med, None) == []
@@ -265,9 +304,10 @@ def test_memory_per_layer_rule(tmp_path):
     assert (p2, p4) == (18.5, 31.0)
     per_layer = curves.per_layer_delta(p2, p4, 2, 4)
     assert per_layer == 6.25
-    estimated = curves.per_layer_delta(plan.memory_estimate(2, 32768).total, plan.memory_estimate(4, 32768).total,
-                                       2, 4) / (1 << 30)
-    assert 7.0 < estimated < 8.5                  # weights/grads/Adam of one 8B layer + its 32K activations
+    estimated = curves.per_layer_delta(
+        plan.memory_estimate(2, 32768).total, plan.memory_estimate(4, 32768).total, 2, 4
+    ) / (1 << 30)
+    assert 7.0 < estimated < 8.5  # weights/grads/Adam of one 8B layer + its 32K activations
     assert checks.memory_problems(per_layer / estimated) == []
     assert checks.memory_problems(0.4) == ["measured/estimated memory per layer is 0.40, outside [0.5, 1.3]"]
     assert checks.memory_problems(1.31) and checks.memory_problems(None) and checks.memory_problems(float("nan"))
@@ -275,8 +315,13 @@ def test_memory_per_layer_rule(tmp_path):
 
 
 def test_thd_rules():
-    good = {"max_abs_diff": 0.03, "mean_abs_diff": 0.005, "control_mean_abs_diff": 0.63, "tokens_compared": 921,
-            "loss_mask_tokens": 921}
+    good = {
+        "max_abs_diff": 0.03,
+        "mean_abs_diff": 0.005,
+        "control_mean_abs_diff": 0.63,
+        "tokens_compared": 921,
+        "loss_mask_tokens": 921,
+    }
     assert checks.thd_problems(good) == []
     assert "up to 0.1500" in checks.thd_problems({**good, "max_abs_diff": 0.15})[0]
     assert "mean 0.0300" in checks.thd_problems({**good, "mean_abs_diff": 0.03})[0]
@@ -287,17 +332,22 @@ def test_thd_rules():
 
 # --- verdict, exit code, JSON --------------------------------------------------------------------------------------
 
+
 def test_verdict_and_exit_code():
     R = summary.CheckResult
     passed = [R("te_parity", "pass", "ok"), R("fp8", "skip", "A100")]
     assert summary.verdict(passed) == "pass" and summary.exit_code(passed) == 0
     failed = passed + [R("thd", "fail", "timeout: thd_probe ...")]
     assert summary.verdict(failed) == "fail" and summary.exit_code(failed) == 1
-    assert summary.exit_code([R("fp8", "skip", "A100")]) == 0     # nothing failed
+    assert summary.exit_code([R("fp8", "skip", "A100")]) == 0  # nothing failed
     with pytest.raises(ValueError):
         R("x", "passed", "typo")
-    s = summary.build_summary(failed + [R("memory", "pass", "ok", {"ratio": float("nan")})], device={"name": "X"},
-                              settings={"steps": 20}, elapsed_s=12.34)
+    s = summary.build_summary(
+        failed + [R("memory", "pass", "ok", {"ratio": float("nan")})],
+        device={"name": "X"},
+        settings={"steps": 20},
+        elapsed_s=12.34,
+    )
     assert s["counts"] == {"pass": 2, "fail": 1, "skip": 1} and s["verdict"] == "fail" and s["exit_code"] == 1
     line = summary.summary_line(s)
     assert "\n" not in line and json.loads(line) == s and s["checks"][3]["measured"]["ratio"] is None
@@ -306,16 +356,22 @@ def test_verdict_and_exit_code():
 
 # --- planned command lines --------------------------------------------------------------------------------------------
 
+
 def _small_arch():
     """The architecture `init-model` writes for the doctor's flags, through the real init-model parser."""
     from megarec.cli import build_parser
     from megarec.models.qwen3.presets import get_preset
 
     a = build_parser().parse_args(["init-model", "--tokenizer", "t", "--out", "o", *plan.SMALL_MODEL_FLAGS])
-    return get_preset(a.preset).replace(num_layers=a.num_layers, hidden_size=a.hidden_size,
-                                        ffn_hidden_size=a.ffn_hidden_size, num_attention_heads=a.num_attention_heads,
-                                        num_query_groups=a.num_query_groups, head_dim=a.head_dim,
-                                        vocab_size=plan.BPE_RANKS + 26)
+    return get_preset(a.preset).replace(
+        num_layers=a.num_layers,
+        hidden_size=a.hidden_size,
+        ffn_hidden_size=a.ffn_hidden_size,
+        num_attention_heads=a.num_attention_heads,
+        num_query_groups=a.num_query_groups,
+        head_dim=a.head_dim,
+        vocab_size=plan.BPE_RANKS + 26,
+    )
 
 
 def test_planned_pretrain_overrides_are_valid_config(tmp_path):
@@ -383,9 +439,9 @@ def test_log_lines_the_doctor_looks_for_are_printed_by_the_product(monkeypatch, 
     import torch
     import torch.distributed as dist
 
-    from megarec.runtime import megatron_checkpoint as checkpointing
     from megarec.pretrain import trainer as pretrain
     from megarec.pretrain.config import PretrainConfig
+    from megarec.runtime import megatron_checkpoint as checkpointing
 
     assert checks.EXTRA_STATE_NOTE in inspect.getsource(checkpointing._load_tolerating_extra_state)
     assert checks.INIT_NOTE.replace("megarec: ", "") in inspect.getsource(pretrain._train)
@@ -400,6 +456,7 @@ def test_log_lines_the_doctor_looks_for_are_printed_by_the_product(monkeypatch, 
 
 # --- the runner: real subprocesses --------------------------------------------------------------------------------
 
+
 def _runner(tmp_path, messages):
     return runner.Runner(str(tmp_path / "logs"), runner.child_env(REPO), messages.append, heartbeat_s=0.5)
 
@@ -408,12 +465,27 @@ def test_runner_success_failure_and_environment(tmp_path):
     said = []
     r = _runner(tmp_path, said)
     r.start_check(60)
-    out = r.run("ok", [sys.executable, "-c", "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'], "
-                                             "os.environ['CUDA_DEVICE_MAX_CONNECTIONS'])"], ["3", "5"])
+    out = r.run(
+        "ok",
+        [
+            sys.executable,
+            "-c",
+            "import os; print('visible', os.environ['CUDA_VISIBLE_DEVICES'], "
+            "os.environ['CUDA_DEVICE_MAX_CONNECTIONS'])",
+        ],
+        ["3", "5"],
+    )
     assert "visible 3,5 1" in out.text() and out.text().startswith("$ CUDA_VISIBLE_DEVICES=3,5 ")
     with pytest.raises(runner.CommandFailed) as e:
-        r.run("bad", [sys.executable, "-c", "import sys; print('warming up'); "
-                                            "sys.exit('megarec pretrain: error: no such thing')"], ["0"])
+        r.run(
+            "bad",
+            [
+                sys.executable,
+                "-c",
+                "import sys; print('warming up'); sys.exit('megarec pretrain: error: no such thing')",
+            ],
+            ["0"],
+        )
     assert "bad exited with status 1: megarec pretrain: error: no such thing (log: " in str(e.value)
     assert r.logs == {"ok": str(tmp_path / "logs" / "ok.log"), "bad": str(tmp_path / "logs" / "bad.log")}
     assert any("ok: done in" in m for m in said)
@@ -426,11 +498,13 @@ def test_runner_deadline_ends_the_whole_process_group(tmp_path, monkeypatch):
     said = []
     r = _runner(tmp_path, said)
     pid_file = tmp_path / "child.pid"
-    script = ("import signal, subprocess, sys, time\n"
-              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-              "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
-              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
-              "print('started', flush=True)\ntime.sleep(300)\n")
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "print('started', flush=True)\ntime.sleep(300)\n"
+    )
     r.start_check(2.0)
     start = time.monotonic()
     with pytest.raises(runner.CheckTimeout) as e:
@@ -438,13 +512,13 @@ def test_runner_deadline_ends_the_whole_process_group(tmp_path, monkeypatch):
     assert time.monotonic() - start < 30
     assert str(e.value).startswith("timeout: hang was still running after ")
     child = int(pid_file.read_text())
-    for _ in range(50):   # the SIGKILLed child may take a moment to be reaped by init
+    for _ in range(50):  # the SIGKILLed child may take a moment to be reaped by init
         if not os.path.exists(f"/proc/{child}") or "zombie" in open(f"/proc/{child}/status").read():
             break
         time.sleep(0.1)
     else:
         pytest.fail(f"child {child} survived the deadline")
-    assert any("hang:" in m and "started" in m for m in said)   # heartbeat shows the log's last line
+    assert any("hang:" in m and "started" in m for m in said)  # heartbeat shows the log's last line
 
 
 def test_run_check_turns_every_outcome_into_a_record(tmp_path):
@@ -454,10 +528,15 @@ def test_run_check_turns_every_outcome_into_a_record(tmp_path):
     def raising(exc):
         def func(_ctx):
             raise exc
+
         return func
 
-    cases = [(checks.Skip("needs 2 GPUs, 1 visible"), "skip"), (checks.Fail("out of tolerance", {"x": 1}), "fail"),
-             (runner.CheckTimeout("timeout: te_bf16 was still running"), "fail"), (KeyError("loss"), "fail")]
+    cases = [
+        (checks.Skip("needs 2 GPUs, 1 visible"), "skip"),
+        (checks.Fail("out of tolerance", {"x": 1}), "fail"),
+        (runner.CheckTimeout("timeout: te_bf16 was still running"), "fail"),
+        (KeyError("loss"), "fail"),
+    ]
     for exc, status in cases:
         check = checks.Check("fp8", "t", 10, raising(exc), {"max_rel_diff_per_step": 0.05})
         result = checks.run_check(check, ctx, lambda m: None)
@@ -472,7 +551,7 @@ def test_checks_refuse_without_transformer_engine(tmp_path):
     for check in checks.CHECKS:
         result = checks.run_check(check, ctx, lambda m: None)
         assert result.status == "fail" and "Transformer Engine does not import" in result.reason, check.name
-        assert result.logs == {}   # nothing was launched
+        assert result.logs == {}  # nothing was launched
 
 
 def test_fp8_and_multi_gpu_skip_before_launching_anything(tmp_path):
@@ -514,9 +593,21 @@ def test_cpu_pretrain_metrics_unchanged_and_readable(tmp_path):
     """On CPU the pretrain record gains no GPU-only keys (no mfu, no max_memory_allocated_gib), and the doctor reads
     a real run's metrics.jsonl."""
     run_dir = tmp_path / "run"
-    proc = run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=3",
-                    "train.eval_interval=0", "checkpoint.save_interval=0", f"logging.run_dir={run_dir}",
-                    "logging.progress=false", "logging.wandb_mode=disabled"], timeout=240)
+    proc = run_cli(
+        [
+            "pretrain",
+            "--config",
+            "configs/pretrain/tiny_cpu.yaml",
+            "data.mock=true",
+            "train.steps=3",
+            "train.eval_interval=0",
+            "checkpoint.save_interval=0",
+            f"logging.run_dir={run_dir}",
+            "logging.progress=false",
+            "logging.wandb_mode=disabled",
+        ],
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     recs = curves.read_records(str(run_dir))
     assert [r["step"] for r in recs] == [1, 2, 3]

@@ -1,4 +1,5 @@
 """Ranking metrics on hand-computed cases; AUC against scikit-learn (with ties)."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """`megarec evaluate` on a synthetic build and a tiny random expanded checkpoint: every task runs, the
 outputs are consistent and in range, finished tasks are resumed, judges behave."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,15 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
 from megarec.common.errors import ConfigError, MegarecError
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from megarec.common.itemic import read_codes_table
+
     import posttrain_tiny as tiny
 
     d = tmp_path_factory.mktemp("evaluate")
@@ -30,9 +33,28 @@ def assets(tmp_path_factory):
 
 
 def _run(d, out, *extra):
-    return run_cli(["evaluate", "--hf-dir", str(d / "model"), "--data", str(d / "data"), "--out", str(out),
-                    "--max-samples", "5", "--num-beams", "8", "--ks", "1,5,8", "--max-new-tokens", "8",
-                    "--threads", "1", *extra])
+    return run_cli(
+        [
+            "evaluate",
+            "--hf-dir",
+            str(d / "model"),
+            "--data",
+            str(d / "data"),
+            "--out",
+            str(out),
+            "--max-samples",
+            "5",
+            "--num-beams",
+            "8",
+            "--ks",
+            "1,5,8",
+            "--max-new-tokens",
+            "8",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_evaluate_all_tasks_report_and_resume(assets):
@@ -41,8 +63,16 @@ def test_evaluate_all_tasks_report_and_resume(assets):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     tasks = res["tasks"]
-    assert {"short_video_rec", "ad_rec", "product_rec", "label_conditional_rec", "interactive_rec",
-            "label_prediction", "item_understanding", "explanation"} <= set(tasks)
+    assert {
+        "short_video_rec",
+        "ad_rec",
+        "product_rec",
+        "label_conditional_rec",
+        "interactive_rec",
+        "label_prediction",
+        "item_understanding",
+        "explanation",
+    } <= set(tasks)
     items = {json.loads(line)["item_id"]: json.loads(line)["domain"] for line in open(d / "data" / "items.jsonl")}
     for name, t in tasks.items():
         assert t["n"] == 5

@@ -1,4 +1,5 @@
 """`megarec itemic embed`: real offline MiniLM sentence embeddings of item text, ready for `itemic train`."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from megarec.common.errors import DataError
 from megarec.itemic.embed import SentenceEncoder, embed_texts, ensure_minilm, item_texts_from_jsonl
+
+from conftest import run_cli
 
 ITEMS = [
     ("m1", "Toy Story (1995). Genres: Animation, Children's, Comedy."),
@@ -33,8 +35,8 @@ def test_embeddings_are_normalised_semantic_and_batch_independent(encoder):
     # padding is excluded from the mean, so batching changes nothing beyond fp32 summation order
     np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
     sim = batched @ batched.T
-    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3]   # the two Toy Story films are nearest
-    assert sim[2, 3] > sim[2, 0] and sim[2, 3] > sim[2, 1]   # the two war dramas are nearest
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3]  # the two Toy Story films are nearest
+    assert sim[2, 3] > sim[2, 0] and sim[2, 3] > sim[2, 1]  # the two war dramas are nearest
 
 
 def test_cli_writes_embeddings_that_itemic_train_reads(tmp_path):
@@ -48,8 +50,22 @@ def test_cli_writes_embeddings_that_itemic_train_reads(tmp_path):
 
     src = open_embeddings(str(out), None)
     assert [str(x) for x in src.ids] == [i for i, _ in ITEMS]
-    res = run_cli(["itemic", "train", "--embeddings", str(out), "--out", str(tmp_path / "tok"), "--layers", "2",
-                   "--codebook-size", "4", "--seed", "0"])
+    res = run_cli(
+        [
+            "itemic",
+            "train",
+            "--embeddings",
+            str(out),
+            "--out",
+            str(tmp_path / "tok"),
+            "--layers",
+            "2",
+            "--codebook-size",
+            "4",
+            "--seed",
+            "0",
+        ]
+    )
     assert res.returncode == 0, res.stderr
 
 

@@ -1,4 +1,5 @@
 """RQ-KMeans itemic tokenizer: cluster recovery, seeds/iters, streaming, collisions, encode, stats, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
 from megarec.common.errors import ConfigError, DataError
-from megarec.itemic import kmeans as km
 from megarec.common.itemic import read_codes_table
+from megarec.itemic import kmeans as km
 from megarec.itemic.io import open_embeddings
 from megarec.itemic.pipeline import compute_stats, encode_items, train_itemic_tokenizer
 from megarec.itemic.rqkmeans import RQKMeans
+
+from conftest import run_cli
 
 QUIET = dict(show_progress=False)
 
@@ -50,8 +52,9 @@ def codes_of(tok_dir, layers):
 def test_layer1_recovers_clusters(tmp_path):
     x, labels = clustered()
     src = open_embeddings(save_npy(tmp_path, x))
-    stats = train_itemic_tokenizer(src, tmp_path / "tok", layers=2, codebook_size=8, iters=10, seed=0,
-                                   dedup="none", **QUIET)
+    stats = train_itemic_tokenizer(
+        src, tmp_path / "tok", layers=2, codebook_size=8, iters=10, seed=0, dedup="none", **QUIET
+    )
     _, codes = codes_of(tmp_path / "tok", 2)
     c1 = codes[:, 0]
     # exact up to a permutation: each true cluster maps to one code, and the 8 codes are distinct
@@ -103,8 +106,18 @@ def test_seed_and_iters_take_effect(tmp_path):
 def test_streaming_batches_and_sampled_training(tmp_path):
     x, _ = clustered(per=25, dim=12, seed=2)
     src = open_embeddings(save_npy(tmp_path, x))
-    train_itemic_tokenizer(src, tmp_path / "t", layers=3, codebook_size=8, iters=4, seed=0, dedup="none",
-                           max_train_samples=64, batch_rows=7, **QUIET)
+    train_itemic_tokenizer(
+        src,
+        tmp_path / "t",
+        layers=3,
+        codebook_size=8,
+        iters=4,
+        seed=0,
+        dedup="none",
+        max_train_samples=64,
+        batch_rows=7,
+        **QUIET,
+    )
     meta = json.load(open(tmp_path / "t" / "meta.json"))
     assert meta["train_samples"] == 64 and meta["num_items"] == 200
     ids, codes = codes_of(tmp_path / "t", 3)
@@ -145,8 +158,9 @@ def duplicated_points(tmp_path, copies=3, dim=6, seed=5):
 
 def test_last_layer_dedup_makes_tuples_unique(tmp_path):
     src, x = duplicated_points(tmp_path)
-    raw = train_itemic_tokenizer(src, tmp_path / "none", layers=2, codebook_size=8, iters=5, seed=0, dedup="none",
-                                 **QUIET)
+    raw = train_itemic_tokenizer(
+        src, tmp_path / "none", layers=2, codebook_size=8, iters=5, seed=0, dedup="none", **QUIET
+    )
     assert raw["raw"]["collisions"]["collision_rate"] == 1.0  # every item has 2 identical twins
     stats = train_itemic_tokenizer(src, tmp_path / "ll", layers=2, codebook_size=8, iters=5, seed=0, **QUIET)
     assert stats["final"]["collisions"]["collision_rate"] == 0.0
@@ -162,7 +176,7 @@ def test_last_layer_dedup_makes_tuples_unique(tmp_path):
     order, _ = km.sorted_candidates(r, model.centroids[-1])
     for row, cands in zip(moved, order):
         taken = {int(c[1]) for i, c in enumerate(codes) if i != row and c[0] == codes[row, 0]}
-        nearer = cands[:list(cands).index(codes[row, 1])]
+        nearer = cands[: list(cands).index(codes[row, 1])]
         assert set(nearer.tolist()) <= taken
     # reconstruction error accounts for the moves
     assert stats["final"]["relative_mse"] > stats["raw"]["relative_mse"][-1]
@@ -173,8 +187,9 @@ def test_last_layer_dedup_makes_tuples_unique(tmp_path):
 
 def test_extra_layer_dedup(tmp_path):
     src, _ = duplicated_points(tmp_path)
-    stats = train_itemic_tokenizer(src, tmp_path / "ex", layers=2, codebook_size=8, iters=5, seed=0,
-                                   dedup="extra-layer", **QUIET)
+    stats = train_itemic_tokenizer(
+        src, tmp_path / "ex", layers=2, codebook_size=8, iters=5, seed=0, dedup="extra-layer", **QUIET
+    )
     meta = json.load(open(tmp_path / "ex" / "meta.json"))
     assert meta["extra_layer"] is True and meta["code_layers"] == 3
     _, codes = codes_of(tmp_path / "ex", 3)
@@ -212,8 +227,9 @@ def test_prefix_overflow_is_a_clear_error(tmp_path):
 def test_l2_normalisation(tmp_path):
     x, labels = clustered(per=10, dim=8)
     src = open_embeddings(save_npy(tmp_path, x * 100))
-    train_itemic_tokenizer(src, tmp_path / "n", layers=1, codebook_size=8, iters=5, seed=0, dedup="none",
-                           normalization="l2", **QUIET)
+    train_itemic_tokenizer(
+        src, tmp_path / "n", layers=1, codebook_size=8, iters=5, seed=0, dedup="none", normalization="l2", **QUIET
+    )
     cent = np.load(tmp_path / "n" / "centroids.npy")[0]
     assert np.all(np.linalg.norm(cent, axis=1) <= 1.0 + 1e-5)
     x[3] = 0
@@ -252,8 +268,11 @@ def test_bad_inputs(tmp_path):
     good = open_embeddings(save_npy(tmp_path, x, "good.npy"))
     train_itemic_tokenizer(good, tmp_path / "tok", layers=1, codebook_size=4, iters=2, dedup="none", **QUIET)
     wide = open_embeddings(save_npy(tmp_path, np.ones((3, 9), np.float32), "wide.npy"))
-    with pytest.raises(DataError, match=r"wide.npy: field 'embedding' has width 9, but the itemic tokenizer was "
-                                        r"trained on width 8"):
+    with pytest.raises(
+        DataError,
+        match=r"wide.npy: field 'embedding' has width 9, but the itemic tokenizer was "
+        r"trained on width 8",
+    ):
         encode_items(tmp_path / "tok", wide, **QUIET)
     # ids: wrong length, duplicates
     np.save(tmp_path / "short_ids.npy", np.arange(3))
@@ -274,14 +293,33 @@ def test_cli_train_encode_stats(tmp_path):
     ids = [f"v{i}" for i in range(len(x))]
     emb = save_parquet(tmp_path / "items.parquet", ids, x)
     tok = tmp_path / "tok"
-    res = run_cli(["itemic", "train", "--embeddings", emb, "--out", str(tok), "--layers", "2", "--codebook-size", "8",
-                   "--iters", "5", "--seed", "3", "--codes-out", str(tmp_path / "codes.csv")])
+    res = run_cli(
+        [
+            "itemic",
+            "train",
+            "--embeddings",
+            emb,
+            "--out",
+            str(tok),
+            "--layers",
+            "2",
+            "--codebook-size",
+            "8",
+            "--iters",
+            "5",
+            "--seed",
+            "3",
+            "--codes-out",
+            str(tmp_path / "codes.csv"),
+        ]
+    )
     assert res.returncode == 0, res.stderr
     assert "collision rate" in res.stdout
     assert sorted(os.listdir(tok)) == ["centroids.npy", "meta.json", "stats.json"]
     assert open(tmp_path / "codes.csv").readline().strip() == "item_id,c1,c2"
-    res = run_cli(["itemic", "encode", "--tokenizer", str(tok), "--embeddings", emb,
-                   "--out", str(tmp_path / "e.parquet")])
+    res = run_cli(
+        ["itemic", "encode", "--tokenizer", str(tok), "--embeddings", emb, "--out", str(tmp_path / "e.parquet")]
+    )
     assert res.returncode == 0, res.stderr
     e = pq.read_table(tmp_path / "e.parquet").to_pydict()
     table = read_codes_table(tmp_path / "codes.csv", 2, 8)
@@ -292,8 +330,18 @@ def test_cli_train_encode_stats(tmp_path):
     stats = json.load(open(tmp_path / "s.json"))
     assert stats["collisions"]["collision_rate"] == 0.0 and len(stats["relative_mse"]) == 2
     assert stats["layers"][0]["used_codes"] == 8
-    res = run_cli(["itemic", "encode", "--tokenizer", str(tok), "--embeddings", str(tmp_path / "missing.npy"),
-                   "--out", str(tmp_path / "o.parquet")])
+    res = run_cli(
+        [
+            "itemic",
+            "encode",
+            "--tokenizer",
+            str(tok),
+            "--embeddings",
+            str(tmp_path / "missing.npy"),
+            "--out",
+            str(tmp_path / "o.parquet"),
+        ]
+    )
     assert res.returncode == 2
     want = f"megarec itemic: error: {tmp_path / 'missing.npy'}: embeddings file not found"
     assert res.stderr.strip().splitlines() == [want]
@@ -309,8 +357,9 @@ BACKENDS = ["numpy", pytest.param("faiss", marks=needs_faiss)]
 def test_backends_recover_clusters(tmp_path, backend):
     x, labels = clustered(n_clusters=8, per=40, dim=16, seed=6)
     src = open_embeddings(save_npy(tmp_path, x))
-    stats = train_itemic_tokenizer(src, tmp_path / "tok", layers=2, codebook_size=8, iters=10, seed=0,
-                                   dedup="none", backend=backend, **QUIET)
+    stats = train_itemic_tokenizer(
+        src, tmp_path / "tok", layers=2, codebook_size=8, iters=10, seed=0, dedup="none", backend=backend, **QUIET
+    )
     _, codes = codes_of(tmp_path / "tok", 2)
     mapping = {lab: set(codes[labels == lab, 0].tolist()) for lab in range(8)}
     assert all(len(v) == 1 for v in mapping.values())  # exact recovery up to a permutation
@@ -330,11 +379,13 @@ def test_faiss_backend_seed_iters_and_agreement(tmp_path):
     y, _ = clustered(n_clusters=8, per=40, dim=16, seed=3)
     ysrc = open_embeddings(save_npy(tmp_path, y, "y.npy"))
     for b in ("numpy", "faiss"):
-        train_itemic_tokenizer(ysrc, tmp_path / b, layers=3, codebook_size=8, iters=8, seed=2, dedup="none",
-                               backend=b, **QUIET)
+        train_itemic_tokenizer(
+            ysrc, tmp_path / b, layers=3, codebook_size=8, iters=8, seed=2, dedup="none", backend=b, **QUIET
+        )
     assert np.array_equal(codes_of(tmp_path / "numpy", 3)[1], codes_of(tmp_path / "faiss", 3)[1])
-    np.testing.assert_allclose(np.load(tmp_path / "numpy" / "centroids.npy"),
-                               np.load(tmp_path / "faiss" / "centroids.npy"), atol=1e-4)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "numpy" / "centroids.npy"), np.load(tmp_path / "faiss" / "centroids.npy"), atol=1e-4
+    )
 
 
 @needs_faiss
@@ -368,8 +419,9 @@ def test_backend_resolution_and_missing_faiss(tmp_path, monkeypatch):
         km.resolve_backend("gpu")
     x, _ = clustered(per=5, dim=8)
     src = open_embeddings(save_npy(tmp_path, x))
-    train_itemic_tokenizer(src, tmp_path / "tok", layers=1, codebook_size=8, iters=2, dedup="none",
-                           backend="numpy", **QUIET)
+    train_itemic_tokenizer(
+        src, tmp_path / "tok", layers=1, codebook_size=8, iters=2, dedup="none", backend="numpy", **QUIET
+    )
     meta_path = tmp_path / "tok" / "meta.json"
     meta = json.load(open(meta_path))
     meta["backend"] = "faiss"  # as if trained with faiss on another machine
@@ -389,20 +441,50 @@ def test_backend_resolution_and_missing_faiss(tmp_path, monkeypatch):
 def test_cli_backend_flag_and_missing_faiss_error(tmp_path):
     x, _ = clustered(per=6, dim=8)
     emb = save_npy(tmp_path, x)
-    res = run_cli(["itemic", "train", "--embeddings", emb, "--out", str(tmp_path / "tok"), "--layers", "2",
-                   "--codebook-size", "8", "--iters", "3", "--backend", "numpy"])
+    res = run_cli(
+        [
+            "itemic",
+            "train",
+            "--embeddings",
+            emb,
+            "--out",
+            str(tmp_path / "tok"),
+            "--layers",
+            "2",
+            "--codebook-size",
+            "8",
+            "--iters",
+            "3",
+            "--backend",
+            "numpy",
+        ]
+    )
     assert res.returncode == 0, res.stderr
     assert "(numpy backend)" in res.stdout
     assert json.load(open(tmp_path / "tok" / "meta.json"))["backend"] == "numpy"
     fake = tmp_path / "nofaiss"
     fake.mkdir()
     (fake / "faiss.py").write_text("raise ImportError('No module named faiss (test stub)')\n")
-    res = run_cli(["itemic", "train", "--embeddings", emb, "--out", str(tmp_path / "t2"), "--codebook-size", "8",
-                   "--backend", "faiss"], env={"PYTHONPATH": str(fake)})
+    res = run_cli(
+        [
+            "itemic",
+            "train",
+            "--embeddings",
+            emb,
+            "--out",
+            str(tmp_path / "t2"),
+            "--codebook-size",
+            "8",
+            "--backend",
+            "faiss",
+        ],
+        env={"PYTHONPATH": str(fake)},
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "megarec itemic: error: --backend faiss needs the faiss package, which cannot be imported (No module named "
-        "faiss (test stub)); install faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto"]
+        "faiss (test stub)); install faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto"
+    ]
 
 
 def test_kmeans_incremental_update_matches_plain_lloyd():
@@ -431,9 +513,12 @@ def test_tuple_groups_and_contiguous_take(tmp_path):
     from megarec.itemic.stats import tuple_groups
 
     rng = np.random.default_rng(0)
-    wide = rng.integers(0, 2 ** 22, size=(40, 3))  # spans multiply past 2^62: the np.unique(axis=0) path
-    for codes in (rng.integers(0, 4, size=(500, 3)), np.concatenate([wide, wide[::2]]),
-                  np.concatenate([rng.integers(0, 3, size=(30, 2)), np.full((30, 1), 2 ** 62)], 1)):
+    wide = rng.integers(0, 2**22, size=(40, 3))  # spans multiply past 2^62: the np.unique(axis=0) path
+    for codes in (
+        rng.integers(0, 4, size=(500, 3)),
+        np.concatenate([wide, wide[::2]]),
+        np.concatenate([rng.integers(0, 3, size=(30, 2)), np.full((30, 1), 2**62)], 1),
+    ):
         _, inv, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
         g, c = tuple_groups(codes)
         assert np.array_equal(g, inv.reshape(-1)) and np.array_equal(c, counts)

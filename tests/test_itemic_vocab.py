@@ -1,4 +1,5 @@
 """Itemic vocabulary: token layout on the real Qwen3 tokenizer, ItemicLayout, and embedding expansion."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from megarec.common.errors import ConfigError, DataError
-from megarec.common.itemic import itemic_token_strings
+from megarec.common.itemic import ItemicLayout, itemic_token_strings
 from megarec.itemic.expand import expand_checkpoint
-from megarec.common.itemic import ItemicLayout
 from megarec.itemic.vocab import add_itemic_tokens
+
+from conftest import run_cli
 
 HIDDEN = 16
 
@@ -64,9 +65,13 @@ def test_layout_methods(tmp_path):
         lay.token_id(0, 4)
     with pytest.raises(DataError, match="expected 2"):
         lay.item_ids((1, 2, 3))
-    for bad in ("<|sid_begin|><s_b_1><s_a_1><|sid_end|>", "<|sid_begin|><s_a_1><|sid_end|>",
-                "<|sid_begin|><s_a_1><s_b_4><|sid_end|>", "<|sid_begin|><s_a_1> <s_b_2><|sid_end|>",
-                "<|sid_begin|><s_a_01><s_b_2><|sid_end|>"):
+    for bad in (
+        "<|sid_begin|><s_b_1><s_a_1><|sid_end|>",
+        "<|sid_begin|><s_a_1><|sid_end|>",
+        "<|sid_begin|><s_a_1><s_b_4><|sid_end|>",
+        "<|sid_begin|><s_a_1> <s_b_2><|sid_end|>",
+        "<|sid_begin|><s_a_01><s_b_2><|sid_end|>",
+    ):
         with pytest.raises(DataError, match="malformed item"):
             lay.string_to_items(bad)
     with pytest.raises(DataError, match="unbalanced"):
@@ -95,6 +100,7 @@ def test_token_string_validation():
 
 # ---- model expansion -------------------------------------------------------------------------------------
 
+
 def _structured_rows(n, rng, shift):
     """Rows with a non-zero mean and a correlated covariance, so matching them is a real test."""
     a = torch.from_numpy(rng.normal(size=(HIDDEN, HIDDEN)) * 0.05)
@@ -105,8 +111,16 @@ def _structured_rows(n, rng, shift):
 def make_base(path, tokenizer_dir, *, tied: bool):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=tied)
+    cfg = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        tie_word_embeddings=tied,
+    )
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(cfg)
     rng = np.random.default_rng(0)
@@ -132,8 +146,8 @@ def check_mvn_rows(old: torch.Tensor, new: torch.Tensor):
     n = new.shape[0]
     mean, cov = old.mean(0), torch.cov(old.T)
     se = (torch.diagonal(cov) / n).sqrt()
-    assert torch.all((new.mean(0) - mean).abs() < 5 * se), ((new.mean(0) - mean) / se)
-    expected_rms = math.sqrt((torch.trace(cov) ** 2 + (cov ** 2).sum()) / n)
+    assert torch.all((new.mean(0) - mean).abs() < 5 * se), (new.mean(0) - mean) / se
+    expected_rms = math.sqrt((torch.trace(cov) ** 2 + (cov**2).sum()) / n)
     err = torch.linalg.norm(torch.cov(new.T) - cov)
     assert err < 4 * expected_rms, (err, expected_rms)
     assert torch.unique(new, dim=0).shape[0] == n  # no copied rows
@@ -148,8 +162,9 @@ def expanded(tmp_path_factory, qwen3_tokenizer_dir):
     for tied in (True, False):
         base = root / f"base_tied{tied}"
         base_model = make_base(base, qwen3_tokenizer_dir, tied=tied)
-        layout = expand_checkpoint(base, root / f"exp_tied{tied}", num_layers=3, codebook_size=8192,
-                                   pad_to_multiple=128, seed=11)
+        layout = expand_checkpoint(
+            base, root / f"exp_tied{tied}", num_layers=3, codebook_size=8192, pad_to_multiple=128, seed=11
+        )
         out[tied] = (base, base_model, root / f"exp_tied{tied}", layout)
     return out
 
@@ -185,9 +200,17 @@ def test_expanded_checkpoint_files(expanded, qwen3_tokenizer_dir, base_tokenizer
 
     base, _, out, layout = expanded[False]
     assert json.load(open(out / "itemic.json")) == {
-        "first_id": 151669, "last_id": 176246, "num_layers": 3, "codebook_size": 8192, "sid_begin_id": 176245,
-        "sid_end_id": 176246, "layer_letters": ["a", "b", "c"], "base_vocab_size": 151669,
-        "padded_vocab_size": 176256, "seed": 11}
+        "first_id": 151669,
+        "last_id": 176246,
+        "num_layers": 3,
+        "codebook_size": 8192,
+        "sid_begin_id": 176245,
+        "sid_end_id": 176246,
+        "layer_letters": ["a", "b", "c"],
+        "base_vocab_size": 151669,
+        "padded_vocab_size": 176256,
+        "seed": 11,
+    }
     assert ItemicLayout.load(out) == layout
     tok = AutoTokenizer.from_pretrained(out)
     assert len(tok) == 176247
@@ -197,9 +220,9 @@ def test_expanded_checkpoint_files(expanded, qwen3_tokenizer_dir, base_tokenizer
     assert tok.decode(ids) == item and layout.ids_to_item(ids) == (5, 6, 7)
     msgs = [{"role": "user", "content": "Recommend one."}]
     assert tok.chat_template == base_tokenizer.chat_template
-    assert (tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-            == base_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                                  enable_thinking=False))
+    assert tok.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    ) == base_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
     assert tok("Hello, world!").input_ids == [9707, 11, 1879, 0]
     assert not [n for n in os.listdir(out.parent) if n.startswith(".") and n.endswith(".tmp")]  # no staging left
 
@@ -222,8 +245,11 @@ def test_expand_bad_inputs(tmp_path, expanded):
         d = tmp_path / model_type
         d.mkdir()
         (d / "config.json").write_text(json.dumps({"model_type": model_type, "vocab_size": 100}))
-        with pytest.raises(DataError, match=rf"config.json: field 'model_type' is '{model_type}'; expand-vocab "
-                                            r"supports Qwen3"):
+        with pytest.raises(
+            DataError,
+            match=rf"config.json: field 'model_type' is '{model_type}'; expand-vocab "
+            r"supports Qwen3",
+        ):
             expand_checkpoint(d, tmp_path / "o", num_layers=3, codebook_size=8)
     with pytest.raises(DataError, match="config.json: not found"):
         expand_checkpoint(tmp_path / "empty", tmp_path / "o", num_layers=3, codebook_size=8)
@@ -239,13 +265,27 @@ def test_expand_bad_inputs(tmp_path, expanded):
 
 def test_cli_expand_vocab(expanded, tmp_path):
     base = expanded[False][0]
-    res = run_cli(["expand-vocab", "--hf-dir", str(base), "--out", str(tmp_path / "e"), "--layers", "2",
-                   "--codebook-size", "100", "--pad-to-multiple", "64"])
+    res = run_cli(
+        [
+            "expand-vocab",
+            "--hf-dir",
+            str(base),
+            "--out",
+            str(tmp_path / "e"),
+            "--layers",
+            "2",
+            "--codebook-size",
+            "100",
+            "--pad-to-multiple",
+            "64",
+        ]
+    )
     assert res.returncode == 0, res.stderr
     lay = ItemicLayout.load(tmp_path / "e")
     assert (lay.first_id, lay.last_id, lay.padded_vocab_size) == (151669, 151870, 151872)
-    res = run_cli(["expand-vocab", "--hf-dir", str(base), "--out", str(tmp_path / "f"), "--layers", "27",
-                   "--codebook-size", "4"])
+    res = run_cli(
+        ["expand-vocab", "--hf-dir", str(base), "--out", str(tmp_path / "f"), "--layers", "27", "--codebook-size", "4"]
+    )
     assert res.returncode == 2
     want = "megarec expand-vocab: error: 27 itemic layers, but layer letters a..z allow at most 26"
     assert res.stderr.strip() == want

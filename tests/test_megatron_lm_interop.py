@@ -7,6 +7,7 @@ The Megatron-LM side is tests/megatron_lm_side.py (Megatron-Core only). With MEG
 Megatron-LM checkout of core_v0.16.1, the test_real_megatron_lm_* tests also run Megatron-LM's own parser and
 load_checkpoint (tests/megatron_lm_real.py); megatron.training is not in the megatron-core wheel, so they are
 skipped otherwise."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,47 +22,92 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_cli
-
 from megarec.common.errors import ConfigError
 from megarec.runtime import megatron_lm_compat as compat
+
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "megatron_lm_side.py")
 GBS = 8
 # The documented flags (docs/convert.md) at the sizes of the two tiny test models. head_dim 24 != 64 / 4 heads.
-PRETRAIN_FLAGS = ("--transformer-impl local --num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
-                  "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --kv-channels 24 "
-                  "--qk-layernorm --normalization RMSNorm --norm-epsilon 1e-6 --swiglu --disable-bias-linear "
-                  "--position-embedding-type rope --rotary-base 1000000 --untie-embeddings-and-output-weights "
-                  "--max-position-embeddings 4096 --attention-dropout 0.0 --hidden-dropout 0.0 "
-                  "--padded-vocab-size 1024 --ckpt-format torch_dist").split()
-RESUME_FLAGS = (f"--seq-length 128 --micro-batch-size 2 --global-batch-size {GBS} --train-iters 4 "
-                "--lr-warmup-iters 0 --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --weight-decay 0.1").split()
-TIED_FLAGS = ("--transformer-impl local --num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
-              "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --kv-channels 16 "
-              "--qk-layernorm --normalization RMSNorm --norm-epsilon 1e-6 --swiglu --disable-bias-linear "
-              "--position-embedding-type rope --rotary-base 1000000 --max-position-embeddings 256 "
-              "--attention-dropout 0.0 --hidden-dropout 0.0 --padded-vocab-size 1280 "
-              "--ckpt-format torch_dist").split()
+PRETRAIN_FLAGS = (
+    "--transformer-impl local --num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
+    "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --kv-channels 24 "
+    "--qk-layernorm --normalization RMSNorm --norm-epsilon 1e-6 --swiglu --disable-bias-linear "
+    "--position-embedding-type rope --rotary-base 1000000 --untie-embeddings-and-output-weights "
+    "--max-position-embeddings 4096 --attention-dropout 0.0 --hidden-dropout 0.0 "
+    "--padded-vocab-size 1024 --ckpt-format torch_dist"
+).split()
+RESUME_FLAGS = (
+    f"--seq-length 128 --micro-batch-size 2 --global-batch-size {GBS} --train-iters 4 "
+    "--lr-warmup-iters 0 --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --weight-decay 0.1"
+).split()
+TIED_FLAGS = (
+    "--transformer-impl local --num-layers 2 --hidden-size 64 --ffn-hidden-size 128 "
+    "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --kv-channels 16 "
+    "--qk-layernorm --normalization RMSNorm --norm-epsilon 1e-6 --swiglu --disable-bias-linear "
+    "--position-embedding-type rope --rotary-base 1000000 --max-position-embeddings 256 "
+    "--attention-dropout 0.0 --hidden-dropout 0.0 --padded-vocab-size 1280 "
+    "--ckpt-format torch_dist"
+).split()
 
 # What Megatron-LM core_v0.16.1's load_checkpoint / check_checkpoint_args / load_args_from_checkpoint read
 # (megatron/training/checkpointing.py), written out here so that dropping one from megarec fails a test.
 COMMON_KEYS = ["iteration", "checkpoint_version", "args", "opt_param_scheduler"]
-ARGS_READ = ["tensor_model_parallel_size", "pipeline_model_parallel_size", "world_size", "data_parallel_size",
-             "no_save_rng", "no_save_optim", "num_layers", "hidden_size", "num_attention_heads",
-             "add_position_embedding", "max_position_embeddings", "make_vocab_size_divisible_by", "tokenizer_type",
-             "consumed_train_samples", "skipped_train_samples", "consumed_valid_samples",
-             # --use-checkpoint-args
-             "ffn_hidden_size", "seq_length", "num_query_groups", "group_query_attention", "kv_channels",
-             "position_embedding_type", "use_rotary_position_embeddings", "rotary_base", "rotary_percent",
-             "rotary_interleaved", "add_bias_linear", "add_qkv_bias", "squared_relu", "swiglu",
-             "untie_embeddings_and_output_weights", "apply_layernorm_1p", "normalization",
-             "apply_query_key_layer_scaling", "attention_dropout", "hidden_dropout", "padded_vocab_size",
-             "ckpt_format", "virtual_pipeline_model_parallel_size", "expert_model_parallel_size"]
-MEGAREC_KEYS = ["iteration", "consumed_samples", "scheduler", "layout", "padded_vocab_size", "format_version",
-                "megarec"]
+ARGS_READ = [
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "world_size",
+    "data_parallel_size",
+    "no_save_rng",
+    "no_save_optim",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "add_position_embedding",
+    "max_position_embeddings",
+    "make_vocab_size_divisible_by",
+    "tokenizer_type",
+    "consumed_train_samples",
+    "skipped_train_samples",
+    "consumed_valid_samples",
+    # --use-checkpoint-args
+    "ffn_hidden_size",
+    "seq_length",
+    "num_query_groups",
+    "group_query_attention",
+    "kv_channels",
+    "position_embedding_type",
+    "use_rotary_position_embeddings",
+    "rotary_base",
+    "rotary_percent",
+    "rotary_interleaved",
+    "add_bias_linear",
+    "add_qkv_bias",
+    "squared_relu",
+    "swiglu",
+    "untie_embeddings_and_output_weights",
+    "apply_layernorm_1p",
+    "normalization",
+    "apply_query_key_layer_scaling",
+    "attention_dropout",
+    "hidden_dropout",
+    "padded_vocab_size",
+    "ckpt_format",
+    "virtual_pipeline_model_parallel_size",
+    "expert_model_parallel_size",
+]
+MEGAREC_KEYS = [
+    "iteration",
+    "consumed_samples",
+    "scheduler",
+    "layout",
+    "padded_vocab_size",
+    "format_version",
+    "megarec",
+]
 
 
 def ok(proc):
@@ -70,8 +116,14 @@ def ok(proc):
 
 
 def megatron_lm(action: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, SIDE, action, *args], capture_output=True, text=True, timeout=600,
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
+    proc = subprocess.run(
+        [sys.executable, SIDE, action, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO},
+    )
     ok(proc)
 
 
@@ -90,7 +142,11 @@ def full_tensors(path: str, optimizer: bool = False) -> dict:
 def common_state(path: str) -> dict:
     import torch.distributed as dist
 
-    from megarec.runtime.megatron_checkpoint import ensure_single_process_group, read_common_state, resolve_checkpoint_dir
+    from megarec.runtime.megatron_checkpoint import (
+        ensure_single_process_group,
+        read_common_state,
+        resolve_checkpoint_dir,
+    )
 
     ensure_single_process_group()
     try:
@@ -108,7 +164,8 @@ def as_module_state(plain: dict, model_state: dict) -> dict:
         m = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
         key = name if m is None else mapping.LAYER_PREFIX + m.group(2)
         key = key.replace("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight").replace(
-            "pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight")
+            "pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"
+        )
         if key in plain:
             out[name] = plain[key] if m is None else plain[key][int(m.group(1))]
     return out
@@ -122,10 +179,25 @@ def pretrained(tmp_path_factory):
     """megarec pre-training (tiny, untied, fp32, head_dim 24): checkpoints at iterations 2 and 4 of 4."""
     root = tmp_path_factory.mktemp("pretrain")
     save = str(root / "ckpt")
-    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=4",
-                "model.head_dim=24", "checkpoint.save_interval=2", f"checkpoint.dir={save}",
-                f"logging.run_dir={root / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled",
-                "train.eval_interval=0"], timeout=600))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                "--config",
+                "configs/pretrain/tiny_cpu.yaml",
+                "data.mock=true",
+                "train.steps=4",
+                "model.head_dim=24",
+                "checkpoint.save_interval=2",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={root / 'run'}",
+                "logging.progress=false",
+                "logging.wandb_mode=disabled",
+                "train.eval_interval=0",
+            ],
+            timeout=600,
+        )
+    )
     lrs = [json.loads(line)["lr"] for line in open(root / "run" / "metrics.jsonl") if '"lr"' in line]
     return {"root": save, "lrs": lrs}
 
@@ -136,9 +208,19 @@ def hf_tied(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("hf_tied")
     torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=1100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-6,
-                      max_position_embeddings=256, tie_word_embeddings=True)
+    cfg = Qwen3Config(
+        vocab_size=1100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -161,8 +243,24 @@ def mlm_checkpoint(converted, tmp_path_factory):
     (the weights stay those of the HF model, the moments are not zero), saved at iteration 3 with a 1280-row
     vocabulary (--make-vocab-size-divisible-by 256)."""
     save = str(tmp_path_factory.mktemp("mlm") / "ckpt")
-    megatron_lm("save", converted, "3", *TIED_FLAGS, "--make-vocab-size-divisible-by", "256", "--save", save,
-                "--global-batch-size", str(GBS), "--train-iters", "10", "--lr", "0.0", "--min-lr", "0.0")
+    megatron_lm(
+        "save",
+        converted,
+        "3",
+        *TIED_FLAGS,
+        "--make-vocab-size-divisible-by",
+        "256",
+        "--save",
+        save,
+        "--global-batch-size",
+        str(GBS),
+        "--train-iters",
+        "10",
+        "--lr",
+        "0.0",
+        "--min-lr",
+        "0.0",
+    )
     return save
 
 
@@ -170,11 +268,25 @@ def mlm_checkpoint(converted, tmp_path_factory):
 
 
 def test_scheduler_state_is_counted_in_samples():
-    state = {"max_lr": 1e-3, "lr_warmup_steps": 2, "num_steps": 5, "lr_decay_style": "cosine",
-             "lr_decay_steps": 20, "min_lr": 1e-4, "start_wd": 0.1, "end_wd": 0.1, "wd_incr_style": "constant",
-             "wd_incr_steps": 20}
+    state = {
+        "max_lr": 1e-3,
+        "lr_warmup_steps": 2,
+        "num_steps": 5,
+        "lr_decay_style": "cosine",
+        "lr_decay_steps": 20,
+        "min_lr": 1e-4,
+        "start_wd": 0.1,
+        "end_wd": 0.1,
+        "wd_incr_style": "constant",
+        "wd_incr_steps": 20,
+    }
     assert compat.scheduler_state_in_samples(state, 16) == {
-        **state, "lr_warmup_steps": 32, "num_steps": 80, "lr_decay_steps": 320, "wd_incr_steps": 320}
+        **state,
+        "lr_warmup_steps": 32,
+        "num_steps": 80,
+        "lr_decay_steps": 320,
+        "wd_incr_steps": 320,
+    }
     with pytest.raises(ConfigError, match="global_batch_size must be >= 1"):
         compat.scheduler_state_in_samples(state, 0)
 
@@ -190,8 +302,11 @@ def test_rng_layout_and_megatron_lm_detection():
     assert not compat.is_megatron_lm_checkpoint(ours) and compat.padded_vocab_size(ours) == 1152
     assert compat.padded_vocab_size({"iteration": 0}) is None
     compat.refuse_resume(ours, "x")
-    with pytest.raises(ConfigError, match="^y is a Megatron-LM checkpoint: start from its weights with "
-                                          r"checkpoint.init_from=<it>"):
+    with pytest.raises(
+        ConfigError,
+        match="^y is a Megatron-LM checkpoint: start from its weights with "
+        r"checkpoint.init_from=<it>",
+    ):
         compat.refuse_resume(mlm, "y")
 
 
@@ -199,25 +314,42 @@ def _preset_args(preset: str, vocab: int, tp: int):
     """The args megarec writes for a preset with the expanded vocabulary (no model is built)."""
     from types import SimpleNamespace
 
-    from megarec.models.qwen3 import builder as qwen3
-    from megarec.models.config import ModelConfig
-    from megarec.runtime.config import ParallelConfig
-    from megarec.models.qwen3.presets import get_preset
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from megarec.models.config import ModelConfig
+    from megarec.models.qwen3 import builder as qwen3
+    from megarec.models.qwen3.presets import get_preset
+    from megarec.runtime.config import ParallelConfig
 
     arch = get_preset(preset).replace(vocab_size=vocab)
     parallel = ParallelConfig(tensor_model_parallel_size=tp)
     kwargs = qwen3.transformer_config_kwargs(arch, ModelConfig(dtype="bf16"), parallel, "local", on_gpu=False)
     kwargs["tensor_model_parallel_size"] = 1  # no process groups here; only the config's fields are read
     padded = qwen3.padded_vocab_size(vocab, 128, tp)
-    model = SimpleNamespace(config=TransformerConfig(**kwargs), vocab_size=padded, position_embedding_type="rope",
-                            rotary_base=int(arch.rope_theta), rotary_percent=1.0, rotary_scaling=False,
-                            max_sequence_length=arch.max_position_embeddings,
-                            share_embeddings_and_output_weights=arch.tie_word_embeddings)
+    model = SimpleNamespace(
+        config=TransformerConfig(**kwargs),
+        vocab_size=padded,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta),
+        rotary_percent=1.0,
+        rotary_scaling=False,
+        max_sequence_length=arch.max_position_embeddings,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+    )
     settings = {**compat.run_settings(None), "make_vocab_size_divisible_by": 128}
-    return compat.checkpoint_args(model, padded_vocab_size=padded, tp=tp, pp=1, vp=None, world_size=tp,
-                                  data_parallel_size=1, consumed_samples=0, saved_optimizer=False, saved_rng=False,
-                                  settings=settings)
+    return compat.checkpoint_args(
+        model,
+        padded_vocab_size=padded,
+        tp=tp,
+        pp=1,
+        vp=None,
+        world_size=tp,
+        data_parallel_size=1,
+        consumed_samples=0,
+        saved_optimizer=False,
+        saved_rng=False,
+        settings=settings,
+    )
 
 
 def _doc_block(name: str) -> list[str]:
@@ -240,14 +372,37 @@ def test_documented_flags_are_what_megarec_writes(preset, tp, padded, untied):
     doc = _doc_block(preset)
     doc_ns = flag_parser().parse_args(doc)
     printed_ns = flag_parser().parse_args(printed)
-    for dest in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
-                 "num_query_groups", "kv_channels", "qk_layernorm", "normalization", "layernorm_epsilon", "swiglu",
-                 "add_bias_linear", "position_embedding_type", "rotary_base", "untie_embeddings_and_output_weights",
-                 "max_position_embeddings", "attention_dropout", "hidden_dropout", "make_vocab_size_divisible_by",
-                 "padded_vocab_size", "bf16", "ckpt_format", "finetune"):
+    for dest in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "group_query_attention",
+        "num_query_groups",
+        "kv_channels",
+        "qk_layernorm",
+        "normalization",
+        "layernorm_epsilon",
+        "swiglu",
+        "add_bias_linear",
+        "position_embedding_type",
+        "rotary_base",
+        "untie_embeddings_and_output_weights",
+        "max_position_embeddings",
+        "attention_dropout",
+        "hidden_dropout",
+        "make_vocab_size_divisible_by",
+        "padded_vocab_size",
+        "bf16",
+        "ckpt_format",
+        "finetune",
+    ):
         assert getattr(doc_ns, dest) == getattr(printed_ns, dest), dest
     assert (doc_ns.num_layers, doc_ns.kv_channels, doc_ns.num_query_groups) == (
-        {"qwen3-1.7b": 28, "qwen3-8b": 36}[preset], 128, 8)
+        {"qwen3-1.7b": 28, "qwen3-8b": 36}[preset],
+        128,
+        8,
+    )
 
 
 # ---------------------------------------------------------------- megarec → Megatron-LM
@@ -267,26 +422,68 @@ def test_common_state_has_every_field_megatron_lm_reads(which, pretrained, conve
     assert set(compat.ARGS_READ_ON_LOAD) | set(compat.ARGS_FOR_USE_CHECKPOINT_ARGS) == set(ARGS_READ)
     assert set(compat.COMMON_KEYS_READ) == set(COMMON_KEYS)
     assert common["checkpoint_version"] == 3.0
-    expected = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-                    group_query_attention=True, qk_layernorm=True, normalization="RMSNorm", layernorm_epsilon=1e-6,
-                    swiglu=True, add_bias_linear=False, add_qkv_bias=False, position_embedding_type="rope",
-                    add_position_embedding=True, rotary_base=1000000, rotary_percent=1.0, ckpt_format="torch_dist",
-                    tensor_model_parallel_size=1, pipeline_model_parallel_size=1, world_size=1, data_parallel_size=1,
-                    make_vocab_size_divisible_by=128, no_save_rng=True, skipped_train_samples=0,
-                    consumed_valid_samples=0, attention_dropout=0.0, hidden_dropout=0.0)
+    expected = dict(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=4,
+        num_query_groups=2,
+        group_query_attention=True,
+        qk_layernorm=True,
+        normalization="RMSNorm",
+        layernorm_epsilon=1e-6,
+        swiglu=True,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        position_embedding_type="rope",
+        add_position_embedding=True,
+        rotary_base=1000000,
+        rotary_percent=1.0,
+        ckpt_format="torch_dist",
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        world_size=1,
+        data_parallel_size=1,
+        make_vocab_size_divisible_by=128,
+        no_save_rng=True,
+        skipped_train_samples=0,
+        consumed_valid_samples=0,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     if which == "pretrained":
-        expected.update(kv_channels=24, untie_embeddings_and_output_weights=True, padded_vocab_size=1024,
-                        max_position_embeddings=4096, seq_length=128, global_batch_size=GBS, bf16=False,
-                        consumed_train_samples=4 * GBS, no_save_optim=False, train_iters=4)
+        expected.update(
+            kv_channels=24,
+            untie_embeddings_and_output_weights=True,
+            padded_vocab_size=1024,
+            max_position_embeddings=4096,
+            seq_length=128,
+            global_batch_size=GBS,
+            bf16=False,
+            consumed_train_samples=4 * GBS,
+            no_save_optim=False,
+            train_iters=4,
+        )
         assert common["iteration"] == 4
         sched = common["opt_param_scheduler"]
         assert {k: sched[k] for k in compat.SCHEDULER_STEP_FIELDS} == {
-            "num_steps": 4 * GBS, "lr_warmup_steps": 0, "lr_decay_steps": 4 * GBS, "wd_incr_steps": 4 * GBS}
+            "num_steps": 4 * GBS,
+            "lr_warmup_steps": 0,
+            "lr_decay_steps": 4 * GBS,
+            "wd_incr_steps": 4 * GBS,
+        }
         assert common["scheduler"]["num_steps"] == 4  # megarec's own record is untouched
     else:
-        expected.update(kv_channels=16, untie_embeddings_and_output_weights=False, padded_vocab_size=1280,
-                        max_position_embeddings=256, seq_length=None, bf16=True, consumed_train_samples=0,
-                        no_save_optim=True)
+        expected.update(
+            kv_channels=16,
+            untie_embeddings_and_output_weights=False,
+            padded_vocab_size=1280,
+            max_position_embeddings=256,
+            seq_length=None,
+            bf16=True,
+            consumed_train_samples=0,
+            no_save_optim=True,
+        )
         assert common["iteration"] == 0 and "opt_param_scheduler" not in common
     got = {k: getattr(args, k) for k in expected}
     assert got == expected
@@ -319,14 +516,34 @@ def test_interleaved_pipeline_checkpoint_loads_into_one_megatron_lm_chunk(tmp_pa
     """PP=2 × VP=2 saves model0/model1 on two ranks; the dist-checkpoint keys are global, so a Megatron-LM run
     without pipelining (one "model") loads all 4 layers bit-identically; the args record the layout."""
     save = str(tmp_path / "ckpt")
-    ok(run_cli(["pretrain", "--config", "configs/pretrain/tiny_cpu.yaml", "data.mock=true", "train.steps=1",
-                "model.num_layers=4", "parallel.pipeline_model_parallel_size=2",
-                "parallel.virtual_pipeline_model_parallel_size=2", f"checkpoint.dir={save}",
-                f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false", "logging.wandb_mode=disabled"],
-               nproc=2, timeout=600))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                "--config",
+                "configs/pretrain/tiny_cpu.yaml",
+                "data.mock=true",
+                "train.steps=1",
+                "model.num_layers=4",
+                "parallel.pipeline_model_parallel_size=2",
+                "parallel.virtual_pipeline_model_parallel_size=2",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+                "logging.progress=false",
+                "logging.wandb_mode=disabled",
+            ],
+            nproc=2,
+            timeout=600,
+        )
+    )
     args = common_state(save)["args"]
-    assert (args.pipeline_model_parallel_size, args.virtual_pipeline_model_parallel_size, args.world_size,
-            args.data_parallel_size, args.num_layers) == (2, 2, 2, 1, 4)
+    assert (
+        args.pipeline_model_parallel_size,
+        args.virtual_pipeline_model_parallel_size,
+        args.world_size,
+        args.data_parallel_size,
+        args.num_layers,
+    ) == (2, 2, 2, 1, 4)
     dump = str(tmp_path / "loaded.pt")
     flags = [*PRETRAIN_FLAGS, "--num-layers", "4", "--kv-channels", "16", "--load", save, "--finetune"]
     megatron_lm("load", dump, *flags)
@@ -352,8 +569,9 @@ def test_megatron_lm_resume_gets_optimizer_moments_and_schedule(pretrained, tmp_
     assert len(moments) == 19  # 3 + 8 per layer (qkv, proj, fc1, fc2, four norms)
     for name, state in moments.items():
         for kind in ("exp_avg", "exp_avg_sq"):
-            ref = as_module_state({k.removeprefix(f"optimizer.state.{kind}."): v for k, v in saved.items()},
-                                  {name: None})[name]
+            ref = as_module_state(
+                {k.removeprefix(f"optimizer.state.{kind}."): v for k, v in saved.items()}, {name: None}
+            )[name]
             assert torch.count_nonzero(ref) > 0 and torch.equal(state[kind], ref), (name, kind)
         assert float(state["step"]) == 2.0
     sched = loaded["scheduler"]
@@ -378,8 +596,7 @@ def test_flag_printer(pretrained):
     assert printed.pop("transformer_impl") == "transformer_engine"  # left to the user (Megatron-LM's default)
     want.pop("transformer_impl")
     assert printed == want
-    proc = ok(run_cli(["convert", "megatron-lm-flags", "--mcore-dir", os.path.join(root, "iter_0000002")],
-                      timeout=300))
+    proc = ok(run_cli(["convert", "megatron-lm-flags", "--mcore-dir", os.path.join(root, "iter_0000002")], timeout=300))
     printed = flag_parser().parse_args(shlex.split(proc.stdout.strip().splitlines()[-1]))
     assert (printed.load, printed.ckpt_step, printed.finetune, printed.train_iters) == (root, 2, True, None)
 
@@ -394,11 +611,27 @@ def test_megarec_starts_from_megatron_lm_weights(mlm_checkpoint, hf_tied, tmp_pa
     assert compat.is_megatron_lm_checkpoint(theirs_common) and theirs_common["checkpoint_version"] == 3.0
     assert theirs_common["args"].padded_vocab_size == 1280 and "padded_vocab_size" not in theirs_common
     save = str(tmp_path / "ckpt")
-    ok(run_cli(["pretrain", f"model.hf_config={hf_tied}", "model.dtype=fp32", "model.transformer_impl=local",
-                f"checkpoint.init_from={mlm_checkpoint}", "data.mock=true", "train.steps=0",
-                "train.seq_length=32", "train.micro_batch_size=1", "train.global_batch_size=1",
-                f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
-                "logging.wandb_mode=disabled"], timeout=300))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                f"model.hf_config={hf_tied}",
+                "model.dtype=fp32",
+                "model.transformer_impl=local",
+                f"checkpoint.init_from={mlm_checkpoint}",
+                "data.mock=true",
+                "train.steps=0",
+                "train.seq_length=32",
+                "train.micro_batch_size=1",
+                "train.global_batch_size=1",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+                "logging.progress=false",
+                "logging.wandb_mode=disabled",
+            ],
+            timeout=300,
+        )
+    )
     ours = full_tensors(save)
     theirs = full_tensors(mlm_checkpoint)
     assert sorted(ours) == sorted(theirs)
@@ -421,33 +654,59 @@ def test_megatron_lm_checkpoint_exports_to_hf(mlm_checkpoint, hf_tied, tmp_path)
 
 
 def test_megarec_refuses_to_resume_a_megatron_lm_checkpoint(mlm_checkpoint, hf_tied, tmp_path):
-    proc = run_cli(["pretrain", f"model.hf_config={hf_tied}", f"checkpoint.resume_from={mlm_checkpoint}",
-                    "data.mock=true", "train.steps=1", "train.seq_length=32", "train.micro_batch_size=1",
-                    "train.global_batch_size=1", f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false",
-                    "logging.wandb_mode=disabled"], timeout=300)
+    proc = run_cli(
+        [
+            "pretrain",
+            f"model.hf_config={hf_tied}",
+            f"checkpoint.resume_from={mlm_checkpoint}",
+            "data.mock=true",
+            "train.steps=1",
+            "train.seq_length=32",
+            "train.micro_batch_size=1",
+            "train.global_batch_size=1",
+            f"logging.run_dir={tmp_path / 'run'}",
+            "logging.progress=false",
+            "logging.wandb_mode=disabled",
+        ],
+        timeout=300,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert f"{mlm_checkpoint} is a Megatron-LM checkpoint: start from its weights with " \
-           "checkpoint.init_from=<it>" in last, proc.stderr[-2000:]
+    assert (
+        f"{mlm_checkpoint} is a Megatron-LM checkpoint: start from its weights with checkpoint.init_from=<it>" in last
+    ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------- Megatron-LM itself (opt-in)
 
 MEGATRON_LM_DIR = os.environ.get("MEGATRON_LM_DIR")
-real = pytest.mark.skipif(not MEGATRON_LM_DIR, reason="set MEGATRON_LM_DIR to a Megatron-LM checkout at "
-                                                      "core_v0.16.1 to run Megatron-LM's own code")
+real = pytest.mark.skipif(
+    not MEGATRON_LM_DIR,
+    reason="set MEGATRON_LM_DIR to a Megatron-LM checkout at core_v0.16.1 to run Megatron-LM's own code",
+)
 # What a CPU run of Megatron-LM needs on top (no fused kernels, no TE); not part of the documented flags.
-CPU_FLAGS = ("--transformer-impl local --no-rope-fusion --no-masked-softmax-fusion --no-bias-swiglu-fusion "
-             "--no-bias-dropout-fusion --no-persist-layer-norm --no-gradient-accumulation-fusion "
-             "--use-cpu-initialization --tokenizer-type NullTokenizer --vocab-size 1000").split()
+CPU_FLAGS = (
+    "--transformer-impl local --no-rope-fusion --no-masked-softmax-fusion --no-bias-swiglu-fusion "
+    "--no-bias-dropout-fusion --no-persist-layer-norm --no-gradient-accumulation-fusion "
+    "--use-cpu-initialization --tokenizer-type NullTokenizer --vocab-size 1000"
+).split()
 
 
 def megatron_lm_real(action: str, out: str, flags: list[str]) -> None:
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "megatron_lm_real.py"), action, out, *flags],
-                          capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "1",
-                               "PYTHONPATH": os.pathsep.join([MEGATRON_LM_DIR, REPO])})
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "megatron_lm_real.py"), action, out, *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "WORLD_SIZE": "1",
+            "PYTHONPATH": os.pathsep.join([MEGATRON_LM_DIR, REPO]),
+        },
+    )
     ok(proc)
 
 
@@ -456,16 +715,49 @@ def megatron_lm_real(action: str, out: str, flags: list[str]) -> None:
 def test_real_megatron_lm_accepts_documented_flags(preset, tp, tmp_path):
     out = str(tmp_path / "args.json")
     # at TP=1: validate_args asks CUDA for the device architecture when TP > 1; the padding is explicit anyway
-    megatron_lm_real("parse", out, [*_doc_block(preset), "--seq-length", "4096", "--micro-batch-size", "1",
-                                    "--train-iters", "10", "--tokenizer-type", "NullTokenizer", "--vocab-size",
-                                    "176247"])
+    megatron_lm_real(
+        "parse",
+        out,
+        [
+            *_doc_block(preset),
+            "--seq-length",
+            "4096",
+            "--micro-batch-size",
+            "1",
+            "--train-iters",
+            "10",
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            "176247",
+        ],
+    )
     parsed = json.load(open(out))
     args = _preset_args(preset, 176256, tp)
-    for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
-                 "num_query_groups", "kv_channels", "qk_layernorm", "normalization", "swiglu", "add_bias_linear",
-                 "position_embedding_type", "rotary_base", "max_position_embeddings",
-                 "untie_embeddings_and_output_weights", "padded_vocab_size", "make_vocab_size_divisible_by",
-                 "attention_dropout", "hidden_dropout", "bf16", "ckpt_format", "add_position_embedding"):
+    for name in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "group_query_attention",
+        "num_query_groups",
+        "kv_channels",
+        "qk_layernorm",
+        "normalization",
+        "swiglu",
+        "add_bias_linear",
+        "position_embedding_type",
+        "rotary_base",
+        "max_position_embeddings",
+        "untie_embeddings_and_output_weights",
+        "padded_vocab_size",
+        "make_vocab_size_divisible_by",
+        "attention_dropout",
+        "hidden_dropout",
+        "bf16",
+        "ckpt_format",
+        "add_position_embedding",
+    ):
         assert parsed[name] == getattr(args, name), name
     assert parsed["layernorm_epsilon"] == args.layernorm_epsilon and parsed["finetune"] is True
 
@@ -476,8 +768,12 @@ def test_real_megatron_lm_loads_megarec_checkpoint(pretrained, tmp_path):
     root = os.path.abspath(pretrained["root"])
     expected = None
     for mode in ("weights", "resume"):
-        proc = ok(run_cli(["convert", "megatron-lm-flags", "--mcore-dir", os.path.join(root, "iter_0000002"),
-                           "--mode", mode], timeout=300))
+        proc = ok(
+            run_cli(
+                ["convert", "megatron-lm-flags", "--mcore-dir", os.path.join(root, "iter_0000002"), "--mode", mode],
+                timeout=300,
+            )
+        )
         flags = shlex.split(proc.stdout.strip().splitlines()[-1])
         out = str(tmp_path / f"{mode}.pt")
         run = RESUME_FLAGS[:8] if mode == "weights" else []  # a run's own batch and length flags
@@ -495,8 +791,9 @@ def test_real_megatron_lm_loads_megarec_checkpoint(pretrained, tmp_path):
         assert len(loaded["moments"]) == 19
         for name, state in loaded["moments"].items():
             for kind in ("exp_avg", "exp_avg_sq"):
-                ref = as_module_state({k.removeprefix(f"optimizer.state.{kind}."): v for k, v in saved.items()},
-                                      {name: None})[name]
+                ref = as_module_state(
+                    {k.removeprefix(f"optimizer.state.{kind}."): v for k, v in saved.items()}, {name: None}
+                )[name]
                 assert torch.equal(state[kind], ref), (name, kind)
         assert loaded["scheduler"]["num_steps"] == 2 * GBS
         assert loaded["lr"] == [pytest.approx(pretrained["lrs"][1], rel=1e-12)]

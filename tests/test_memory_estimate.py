@@ -1,5 +1,6 @@
 """Per-GPU memory estimate: hand-computed values, how each parallel dimension divides it, and that the shipped
 recipes' recompute choice, YAML comments and README table agree with it."""
+
 from __future__ import annotations
 
 import os
@@ -7,19 +8,34 @@ import re
 
 import pytest
 
-from conftest import REPO
 from megarec.common.config import load_config
 from megarec.common.errors import ConfigError
 from megarec.common.itemic import ItemicLayout
-from megarec.models.qwen3.memory import (GIB, MemoryEstimate, choose_recompute, estimate_for_config, estimate_memory,
-                                   local_params)
-from megarec.models.qwen3.presets import Qwen3Arch, get_preset
 from megarec.models.qwen3.builder import padded_vocab_size
+from megarec.models.qwen3.memory import (
+    GIB,
+    MemoryEstimate,
+    choose_recompute,
+    estimate_for_config,
+    estimate_memory,
+    local_params,
+)
+from megarec.models.qwen3.presets import Qwen3Arch, get_preset
 from megarec.pretrain.config import PretrainConfig
 
+from conftest import REPO
+
 # L=2 layers, h=64, a=4 query heads, g=2 KV groups, d=16, f=128, V=1024, untied.
-SMALL = Qwen3Arch(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,
-                  ffn_hidden_size=128, vocab_size=1024, tie_word_embeddings=False)
+SMALL = Qwen3Arch(
+    num_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    head_dim=16,
+    ffn_hidden_size=128,
+    vocab_size=1024,
+    tie_word_embeddings=False,
+)
 
 # The report's itemic layout on the Qwen3 tokenizer (DESIGN §3): 151,669 entries + 3 layers × 8192 codes + 2.
 QWEN3_TOKENIZER_ENTRIES, CODE_LAYERS, CODEBOOK_SIZE = 151_669, 3, 8192
@@ -28,8 +44,20 @@ ITEMIC_VOCAB = ItemicLayout.create(QWEN3_TOKENIZER_ENTRIES, CODE_LAYERS, CODEBOO
 
 def test_small_config_by_hand():
     # TP=2 with SP, CP=1, DP=2 with the distributed optimizer, s=32, b=1, bf16.
-    est = estimate_memory(SMALL, tp=2, pp=1, cp=1, sp=True, dp=2, distributed_optimizer=True, seq_length=32,
-                          micro_batch_size=1, params_dtype_bytes=2, recompute=False, padded_vocab=1024)
+    est = estimate_memory(
+        SMALL,
+        tp=2,
+        pp=1,
+        cp=1,
+        sp=True,
+        dp=2,
+        distributed_optimizer=True,
+        seq_length=32,
+        micro_batch_size=1,
+        params_dtype_bytes=2,
+        recompute=False,
+        padded_vocab=1024,
+    )
     # Per TP rank: a=2, g=1 heads, f=64.
     # attention = h(a+2g)d + a·d·h + 2d = 64·4·16 + 2·16·64 + 2·16 = 4096 + 2048 + 32 = 6176
     # mlp = 3·h·f = 3·64·64 = 12288; layer = 6176 + 12288 + 2h (norms) = 18592
@@ -144,8 +172,12 @@ def _launcher_dp(script: str, cfg: PretrainConfig) -> int:
     return nodes * gpus // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size)
 
 
-RECIPES = [("stage1_8b", "pretrain_8b.sh"), ("stage2_8b", "pretrain_8b.sh"),
-           ("stage1_1p7b", "pretrain_1p7b.sh"), ("stage2_1p7b", "pretrain_1p7b.sh")]
+RECIPES = [
+    ("stage1_8b", "pretrain_8b.sh"),
+    ("stage2_8b", "pretrain_8b.sh"),
+    ("stage1_1p7b", "pretrain_1p7b.sh"),
+    ("stage2_1p7b", "pretrain_1p7b.sh"),
+]
 
 
 @pytest.mark.parametrize("recipe,script", RECIPES)
@@ -160,8 +192,13 @@ def test_recipe_recompute_choice_follows_the_estimate(recipe, script):
         assert cfg.model.recompute_activations == choose_recompute(off, on)
 
 
-@pytest.mark.parametrize("model_yaml,recipe,script", [("qwen3_8b_h100.yaml", "stage2_8b", "pretrain_8b.sh"),
-                                                      ("qwen3_1p7b_h100.yaml", "stage2_1p7b", "pretrain_1p7b.sh")])
+@pytest.mark.parametrize(
+    "model_yaml,recipe,script",
+    [
+        ("qwen3_8b_h100.yaml", "stage2_8b", "pretrain_8b.sh"),
+        ("qwen3_1p7b_h100.yaml", "stage2_1p7b", "pretrain_1p7b.sh"),
+    ],
+)
 def test_recipe_comment_quotes_the_estimate(model_yaml, recipe, script):
     with open(os.path.join(REPO, "configs", "models", model_yaml)) as f:
         comment = " ".join(line.strip().lstrip("# ") for line in f if line.strip().startswith("#"))
@@ -169,19 +206,25 @@ def test_recipe_comment_quotes_the_estimate(model_yaml, recipe, script):
     off = estimate_for_config(cfg, dp=_launcher_dp(script, cfg), vocab_size=ITEMIC_VOCAB, recompute=False)
     on = estimate_for_config(cfg, dp=_launcher_dp(script, cfg), vocab_size=ITEMIC_VOCAB, recompute=True)
     g = off.gib()
-    quoted = (f"weights {g['weights']:.2f} + fp32 grads {g['grads']:.2f} + optimizer shard {g['optimizer']:.2f} "
-              f"+ activations {g['activations']:.2f} + fp32 logits {g['logits']:.2f} = {g['total']:.2f} GiB "
-              f"without it, {on.total / GIB:.2f} GiB with it")
+    quoted = (
+        f"weights {g['weights']:.2f} + fp32 grads {g['grads']:.2f} + optimizer shard {g['optimizer']:.2f} "
+        f"+ activations {g['activations']:.2f} + fp32 logits {g['logits']:.2f} = {g['total']:.2f} GiB "
+        f"without it, {on.total / GIB:.2f} GiB with it"
+    )
     assert quoted in comment
 
 
 def test_readme_table_matches_the_estimate():
     with open(os.path.join(REPO, "README.md")) as f:
-        rows = {m.group(1): [float(x) for x in m.group(2).split("|") if x.strip()]
-                for m in re.finditer(r"^\| (Qwen3-[\d.]+B) \| [^|]+ \|((?: [\d.]+ \|){7})$", f.read(), re.M)}
+        rows = {
+            m.group(1): [float(x) for x in m.group(2).split("|") if x.strip()]
+            for m in re.finditer(r"^\| (Qwen3-[\d.]+B) \| [^|]+ \|((?: [\d.]+ \|){7})$", f.read(), re.M)
+        }
     assert set(rows) == {"Qwen3-1.7B", "Qwen3-8B"}
-    for name, recipe, script in (("Qwen3-1.7B", "stage2_1p7b", "pretrain_1p7b.sh"),
-                                 ("Qwen3-8B", "stage2_8b", "pretrain_8b.sh")):
+    for name, recipe, script in (
+        ("Qwen3-1.7B", "stage2_1p7b", "pretrain_1p7b.sh"),
+        ("Qwen3-8B", "stage2_8b", "pretrain_8b.sh"),
+    ):
         cfg = load_config(PretrainConfig, os.path.join(REPO, "configs", "pretrain", f"{recipe}.yaml"), [])
         dp = _launcher_dp(script, cfg)
         off = estimate_for_config(cfg, dp=dp, vocab_size=ITEMIC_VOCAB, recompute=False).gib()

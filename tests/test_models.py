@@ -1,4 +1,5 @@
 """Qwen3 presets, HF config reading, vocabulary padding, layout validation and the GPU/FP8 plumbing."""
+
 from __future__ import annotations
 
 import json
@@ -8,21 +9,33 @@ import torch
 
 from megarec.common.errors import ConfigError
 from megarec.models.config import ModelConfig
-from megarec.runtime.config import ParallelConfig
-from megarec.models.qwen3.specs import resolve_transformer_impl
+from megarec.models.qwen3.builder import padded_vocab_size, resolve_arch, transformer_config_kwargs, validate_layout
 from megarec.models.qwen3.hf_config import arch_from_hf_config
 from megarec.models.qwen3.presets import PRESETS, get_preset
-from megarec.models.qwen3.builder import padded_vocab_size, resolve_arch, transformer_config_kwargs, validate_layout
+from megarec.models.qwen3.specs import resolve_transformer_impl
+from megarec.runtime.config import ParallelConfig
 
 
-@pytest.mark.parametrize("name,layers,hidden,heads,kv,ffn,tied", [
-    ("qwen3-0.6b", 28, 1024, 16, 8, 3072, True), ("qwen3-1.7b", 28, 2048, 16, 8, 6144, True),
-    ("qwen3-4b", 36, 2560, 32, 8, 9728, True), ("qwen3-8b", 36, 4096, 32, 8, 12288, False),
-    ("qwen3-14b", 40, 5120, 40, 8, 17408, False)])
+@pytest.mark.parametrize(
+    "name,layers,hidden,heads,kv,ffn,tied",
+    [
+        ("qwen3-0.6b", 28, 1024, 16, 8, 3072, True),
+        ("qwen3-1.7b", 28, 2048, 16, 8, 6144, True),
+        ("qwen3-4b", 36, 2560, 32, 8, 9728, True),
+        ("qwen3-8b", 36, 4096, 32, 8, 12288, False),
+        ("qwen3-14b", 40, 5120, 40, 8, 17408, False),
+    ],
+)
 def test_public_presets(name, layers, hidden, heads, kv, ffn, tied):
     a = get_preset(name)
-    assert (a.num_layers, a.hidden_size, a.num_attention_heads, a.num_query_groups, a.ffn_hidden_size,
-            a.tie_word_embeddings) == (layers, hidden, heads, kv, ffn, tied)
+    assert (
+        a.num_layers,
+        a.hidden_size,
+        a.num_attention_heads,
+        a.num_query_groups,
+        a.ffn_hidden_size,
+        a.tie_word_embeddings,
+    ) == (layers, hidden, heads, kv, ffn, tied)
     assert a.head_dim == 128 and a.vocab_size == 151936 and a.rope_theta == 1e6 and a.rms_norm_eps == 1e-6
 
 
@@ -43,9 +56,21 @@ def _write(tmp_path, **cfg):
 
 
 def test_hf_config_values_win_over_preset(tmp_path):
-    d = _write(tmp_path, model_type="qwen3", num_hidden_layers=36, hidden_size=2560, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, intermediate_size=9728, vocab_size=176256,
-               tie_word_embeddings=True, rope_theta=5e6, max_position_embeddings=262144, rms_norm_eps=1e-6)
+    d = _write(
+        tmp_path,
+        model_type="qwen3",
+        num_hidden_layers=36,
+        hidden_size=2560,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=9728,
+        vocab_size=176256,
+        tie_word_embeddings=True,
+        rope_theta=5e6,
+        max_position_embeddings=262144,
+        rms_norm_eps=1e-6,
+    )
     a = arch_from_hf_config(d)
     # 4B: head_dim (128) != hidden / heads (80) — must be carried explicitly
     assert a.head_dim == 128 and a.hidden_size // a.num_attention_heads == 80
@@ -60,19 +85,35 @@ def test_non_qwen3_config_rejected(tmp_path):
         arch_from_hf_config(d)
 
 
-@pytest.mark.parametrize("vocab,div,tp,expected", [(151669, 128, 1, 151680), (151936, 128, 1, 151936),
-                                                   (151936, 128, 2, 152064), (176247, 128, 4, 176640),
-                                                   (1000, 128, 2, 1024)])
+@pytest.mark.parametrize(
+    "vocab,div,tp,expected",
+    [
+        (151669, 128, 1, 151680),
+        (151936, 128, 1, 151936),
+        (151936, 128, 2, 152064),
+        (176247, 128, 4, 176640),
+        (1000, 128, 2, 1024),
+    ],
+)
 def test_vocab_padding_rule(vocab, div, tp, expected):
     assert padded_vocab_size(vocab, div, tp) == expected and expected % (div * tp) == 0
 
 
-@pytest.mark.parametrize("parallel,message", [
-    (ParallelConfig(tensor_model_parallel_size=3), "num_attention_heads=4 is not divisible by tensor_model_parallel_size=3"),
-    (ParallelConfig(pipeline_model_parallel_size=4), "num_layers=2 is not divisible"),
-    (ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True), "sequence_parallel needs the Transformer Engine"),
-    (ParallelConfig(virtual_pipeline_model_parallel_size=2), "needs pipeline_model_parallel_size > 1"),
-])
+@pytest.mark.parametrize(
+    "parallel,message",
+    [
+        (
+            ParallelConfig(tensor_model_parallel_size=3),
+            "num_attention_heads=4 is not divisible by tensor_model_parallel_size=3",
+        ),
+        (ParallelConfig(pipeline_model_parallel_size=4), "num_layers=2 is not divisible"),
+        (
+            ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True),
+            "sequence_parallel needs the Transformer Engine",
+        ),
+        (ParallelConfig(virtual_pipeline_model_parallel_size=2), "needs pipeline_model_parallel_size > 1"),
+    ],
+)
 def test_layout_rejections(parallel, message):
     with pytest.raises(ConfigError, match=message):
         validate_layout(get_preset("qwen3-tiny"), parallel, "local", world_size=4)
@@ -81,11 +122,17 @@ def test_layout_rejections(parallel, message):
 def test_context_parallel_needs_te_or_sdpa_attention():
     """CP runs TE's ring attention on GPUs; without TE the local spec's SDPA attention gathers K/V over the CP
     group. Megatron's unfused attention has no CP path."""
-    validate_layout(get_preset("qwen3-tiny"), ParallelConfig(context_parallel_size=2), "local", world_size=4,
-                    local_attention="sdpa")
+    validate_layout(
+        get_preset("qwen3-tiny"), ParallelConfig(context_parallel_size=2), "local", world_size=4, local_attention="sdpa"
+    )
     with pytest.raises(ConfigError, match="context_parallel_size > 1 needs the Transformer Engine"):
-        validate_layout(get_preset("qwen3-tiny"), ParallelConfig(context_parallel_size=2), "local", world_size=4,
-                        local_attention="unfused")
+        validate_layout(
+            get_preset("qwen3-tiny"),
+            ParallelConfig(context_parallel_size=2),
+            "local",
+            world_size=4,
+            local_attention="unfused",
+        )
 
 
 def test_world_size_must_fit_layout():
@@ -107,8 +154,9 @@ def test_gpu_fp8_plumbing():
     """What an 8B/32K H100 layout with FP8 and selective recompute hands to TransformerConfig (checked without
     a GPU)."""
     arch = get_preset("qwen3-8b")
-    model = ModelConfig(preset="qwen3-8b", dtype="auto", transformer_impl="transformer_engine", fp8="hybrid",
-                        recompute_activations=True)
+    model = ModelConfig(
+        preset="qwen3-8b", dtype="auto", transformer_impl="transformer_engine", fp8="hybrid", recompute_activations=True
+    )
     par = ParallelConfig(tensor_model_parallel_size=4, context_parallel_size=2, sequence_parallel=True)
     validate_layout(arch, par, "transformer_engine", world_size=16, fp8="hybrid")
     kw = transformer_config_kwargs(arch, model, par, "transformer_engine", on_gpu=True)
@@ -157,8 +205,13 @@ def test_gradient_accumulation_fusion_only_with_apex_kernel(monkeypatch, kernel_
     layer = ColumnParallelLinear(arch.hidden_size, 64, config=cfg, init_method=cfg.init_method, bias=False)
     assert layer.weight.shape == (64, arch.hidden_size)
     with pytest.raises(RuntimeError, match="fused_weight_gradient_mlp_cuda"):  # what always-on fusion did
-        ColumnParallelLinear(arch.hidden_size, 64, config=TransformerConfig(**{**cpu, "gradient_accumulation_fusion": True}),
-                             init_method=cfg.init_method, bias=False)
+        ColumnParallelLinear(
+            arch.hidden_size,
+            64,
+            config=TransformerConfig(**{**cpu, "gradient_accumulation_fusion": True}),
+            init_method=cfg.init_method,
+            bias=False,
+        )
 
 
 def test_flops_per_token_counts_causal_attention_as_megatron_lm():

@@ -1,4 +1,5 @@
 """Optimizer parameter groups (no weight decay on norms, biases, embeddings) and the LR schedule."""
+
 from __future__ import annotations
 
 import subprocess
@@ -37,8 +38,12 @@ def test_weight_decay_groups_and_row_frozen_params():
     (full_decay, full_plain), (frozen_decay, frozen_plain) = [line.split("|") for line in proc.stdout.splitlines()]
     full_decay, full_plain = eval(full_decay), eval(full_plain)
     assert "output_layer.weight" in full_decay
-    assert all(n.endswith(("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight", "linear_fc2.weight",
-                           "output_layer.weight")) for n in full_decay)
+    assert all(
+        n.endswith(
+            ("linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight", "linear_fc2.weight", "output_layer.weight")
+        )
+        for n in full_decay
+    )
     assert "embedding.word_embeddings.weight" in full_plain and "decoder.final_layernorm.weight" in full_plain
     assert any("q_layernorm" in n for n in full_plain) and any("input_layernorm" in n for n in full_plain)
     assert any("pre_mlp_layernorm" in n for n in full_plain)

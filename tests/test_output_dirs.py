@@ -1,15 +1,17 @@
 """Every verb that writes a directory refuses a foreign non-empty output (exit 2, one line naming it and
 --force) and leaves it byte-identical; `--out .`, an ancestor of the cwd and an input are refused even with
 --force; resumable verbs accept their own earlier output; --force replaces only after a successful run."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from conftest import run_cli
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import check_out_dir, refuse_unsafe, staged_dir
+
+from conftest import run_cli
 
 POSTTRAIN = ("sft", "distill", "grpo")
 
@@ -18,20 +20,30 @@ VERBS = {
     "tokenizer build-qwen3": lambda out, inp: ["tokenizer", "build-qwen3", "--out", out, "--tiktoken", inp],
     "init-model": lambda out, inp: ["init-model", "--tokenizer", inp, "--out", out],
     "itemic train": lambda out, inp: ["itemic", "train", "--embeddings", inp, "--out", out],
-    "expand-vocab": lambda out, inp: ["expand-vocab", "--hf-dir", inp, "--out", out, "--layers", "2",
-                                      "--codebook-size", "4"],
+    "expand-vocab": lambda out, inp: [
+        "expand-vocab",
+        "--hf-dir",
+        inp,
+        "--out",
+        out,
+        "--layers",
+        "2",
+        "--codebook-size",
+        "4",
+    ],
     "convert hf-to-mcore": lambda out, inp: ["convert", "hf-to-mcore", "--hf-dir", inp, "--out", out],
     "convert mcore-to-hf": lambda out, inp: ["convert", "mcore-to-hf", "--mcore-dir", inp, "--out", out],
     "data build": lambda out, inp: ["data", "build", "--source", "synthetic", "--out", out],
     "data dedup": lambda out, inp: ["data", "dedup", "--train", inp, "--eval", inp, "--out", out],
     "preprocess": lambda out, inp: ["preprocess", "--input", inp, "--tokenizer", inp, "--output-prefix", out],
     "evaluate": lambda out, inp: ["evaluate", "--hf-dir", inp, "--data", inp, "--out", out],
-    "bench seqrec": lambda out, inp: ["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop",
-                                      "--out", out],
+    "bench seqrec": lambda out, inp: ["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop", "--out", out],
     "scaling fit": lambda out, inp: ["scaling", "fit", "--runs", inp, "--out", out],
     "demo": lambda out, inp: ["demo", "--profile", "ci", "--out", out],
-    **{verb: (lambda v: lambda out, inp: [v, f"model.path={inp}", f"checkpoint.output={out}"])(verb)
-       for verb in POSTTRAIN},
+    **{
+        verb: (lambda v: lambda out, inp: [v, f"model.path={inp}", f"checkpoint.output={out}"])(verb)
+        for verb in POSTTRAIN
+    },
 }
 
 
@@ -61,7 +73,7 @@ def _one_error_line(proc, verb: str) -> str:
     assert len(lines) == 1, proc.stderr
     prefix = f"megarec {verb.split()[0]}: error: "
     assert lines[0].startswith(prefix), lines[0]
-    return lines[0][len(prefix):]
+    return lines[0][len(prefix) :]
 
 
 def _target(verb: str, tmp_path):
@@ -77,8 +89,9 @@ def test_foreign_non_empty_output_is_refused_and_kept(verb, tmp_path):
     before = _foreign(out)
     msg = _one_error_line(run_cli(VERBS[verb](arg, str(tmp_path / "in")), timeout=120), verb)
     if verb in POSTTRAIN:
-        assert msg == (f"checkpoint.output {out} is not empty (2 entries); "
-                       "point checkpoint.output at a new or empty directory")
+        assert msg == (
+            f"checkpoint.output {out} is not empty (2 entries); point checkpoint.output at a new or empty directory"
+        )
     else:
         flag = "--output-prefix work directory" if verb == "preprocess" else "--out"
         assert msg.startswith(f"{flag} {out} is not empty (2 entries); pass --force to "), msg
@@ -92,8 +105,7 @@ def test_output_in_current_directory_is_refused(verb, tmp_path):
     before = _foreign(cwd)
     proc = run_cli(VERBS[verb](".", "in") + ["--force"] * (verb not in POSTTRAIN), cwd=str(cwd), timeout=120)
     flag = {"preprocess": "--output-prefix"}.get(verb, "checkpoint.output" if verb in POSTTRAIN else "--out")
-    assert _one_error_line(proc, verb) == (f"{flag} . is the current directory; "
-                                           "give a new directory for the output")
+    assert _one_error_line(proc, verb) == (f"{flag} . is the current directory; give a new directory for the output")
     assert _snapshot(cwd) == before
 
 
@@ -101,25 +113,31 @@ def test_ancestor_of_cwd_and_inputs_are_refused_even_with_force(tmp_path):
     cwd = tmp_path / "a" / "b"
     cwd.mkdir(parents=True)
     proc = run_cli(VERBS["expand-vocab"]("..", "base") + ["--force"], cwd=str(cwd), timeout=60)
-    assert _one_error_line(proc, "expand-vocab") == ("--out .. is an ancestor of the current directory; "
-                                                     "give a new directory for the output")
+    assert _one_error_line(proc, "expand-vocab") == (
+        "--out .. is an ancestor of the current directory; give a new directory for the output"
+    )
     base = tmp_path / "base"
     before = _foreign(base)
     proc = run_cli(VERBS["expand-vocab"](str(base), str(base)) + ["--force"], timeout=60)
-    assert _one_error_line(proc, "expand-vocab") == (f"--out {base} is the same path as --hf-dir {base}; "
-                                                     "give a separate output directory")
+    assert _one_error_line(proc, "expand-vocab") == (
+        f"--out {base} is the same path as --hf-dir {base}; give a separate output directory"
+    )
     proc = run_cli(VERBS["convert hf-to-mcore"](str(tmp_path), str(base)) + ["--force"], timeout=60)
-    assert _one_error_line(proc, "convert") == (f"--out {tmp_path} is a directory containing --hf-dir {base}; "
-                                                "give a separate output directory")
+    assert _one_error_line(proc, "convert") == (
+        f"--out {tmp_path} is a directory containing --hf-dir {base}; give a separate output directory"
+    )
     assert _snapshot(base) == before
 
 
-@pytest.mark.parametrize("verb,marker,later_error", [
-    ("demo", ".stages", "unknown stage 'nope'"),
-    ("evaluate", "tasks", "not found"),
-    ("preprocess", "manifest.json", "not found"),
-    ("sft", "config.json", "data.sources is empty"),
-])
+@pytest.mark.parametrize(
+    "verb,marker,later_error",
+    [
+        ("demo", ".stages", "unknown stage 'nope'"),
+        ("evaluate", "tasks", "not found"),
+        ("preprocess", "manifest.json", "not found"),
+        ("sft", "config.json", "data.sources is empty"),
+    ],
+)
 def test_resumable_verbs_accept_their_own_output(verb, marker, later_error, tmp_path):
     arg, out = _target(verb, tmp_path)
     before = _foreign(out)
@@ -150,13 +168,28 @@ def test_expand_vocab_force_replaces_only_after_success(tiny_base, tmp_path):
 
     # --force, but the run fails (before and after loading the model): the old directory is untouched and
     # nothing is left beside it
-    res = run_cli(["expand-vocab", "--hf-dir", str(tmp_path / "other"), "--out", str(out), "--layers", "2",
-                   "--codebook-size", "4", "--force"], timeout=300)
+    res = run_cli(
+        [
+            "expand-vocab",
+            "--hf-dir",
+            str(tmp_path / "other"),
+            "--out",
+            str(out),
+            "--layers",
+            "2",
+            "--codebook-size",
+            "4",
+            "--force",
+        ],
+        timeout=300,
+    )
     assert "config.json: not found" in _one_error_line(res, "expand-vocab")
     first = tmp_path / "first"
     assert run_cli(argv[:4] + [str(first)] + argv[5:], timeout=300).returncode == 0
-    res = run_cli(["expand-vocab", "--hf-dir", str(first), "--out", str(out), "--layers", "2",
-                   "--codebook-size", "4", "--force"], timeout=300)
+    res = run_cli(
+        ["expand-vocab", "--hf-dir", str(first), "--out", str(out), "--layers", "2", "--codebook-size", "4", "--force"],
+        timeout=300,
+    )
     assert res.returncode == 2 and "already contains <s_a_0>" in res.stderr.splitlines()[-1]  # after a model load
     assert _snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == ["expanded", "first"]

@@ -1,5 +1,6 @@
 """On-policy distillation: reverse KL to the teacher falls, itemic tokens disappear from general answers,
 trajectories end at the first itemic token, think suffixes are randomised, mismatched teachers fail."""
+
 from __future__ import annotations
 
 import collections
@@ -8,9 +9,10 @@ import random
 import pytest
 import torch
 
-from conftest import run_cli
 from megarec.common.errors import ConfigError
+
 import posttrain_tiny as tiny
+from conftest import run_cli
 
 WORDS = ["film", "song", "video", "hello", "world", "topic3", "user2", "calm", "fun"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -33,21 +35,38 @@ def assets(tmp_path_factory):
 
 
 def _overrides(d, run, *extra, teacher="base"):
-    return [f"model.path={d}/student", f"teacher.path={d}/{teacher}", f"data.sources=[{{path: {d}/train.jsonl}}]",
-            f"data.valid=[{{path: {d}/valid.jsonl}}]", f"logging.run_dir={d}/{run}", *extra]
+    return [
+        f"model.path={d}/student",
+        f"teacher.path={d}/{teacher}",
+        f"data.sources=[{{path: {d}/train.jsonl}}]",
+        f"data.valid=[{{path: {d}/valid.jsonl}}]",
+        f"logging.run_dir={d}/{run}",
+        *extra,
+    ]
 
 
 RECIPE = "configs/posttrain/distill_tiny_cpu.yaml"
 
 
 def test_reverse_kl_falls_and_itemic_tokens_disappear(assets):
-    _, s = tiny.run_trainer("distill", _overrides(
-        assets, "learn", "train.steps=30", "train.eval_interval=15", "train.eval_at_start=true",
-        "optimizer.lr=3e-3", "optimizer.min_lr=1e-5", "optimizer.lr_decay_style=cosine"), recipe=RECIPE)
+    _, s = tiny.run_trainer(
+        "distill",
+        _overrides(
+            assets,
+            "learn",
+            "train.steps=30",
+            "train.eval_interval=15",
+            "train.eval_at_start=true",
+            "optimizer.lr=3e-3",
+            "optimizer.min_lr=1e-5",
+            "optimizer.lr_decay_style=cosine",
+        ),
+        recipe=RECIPE,
+    )
     v = s.validations
     assert [x["step"] for x in v] == [0, 15, 30]
-    assert v[0]["val_itemic_rate"] >= 0.9, v            # the student starts by emitting itemic tokens
-    assert v[-1]["val_itemic_rate"] <= 0.1, v           # … and stops
+    assert v[0]["val_itemic_rate"] >= 0.9, v  # the student starts by emitting itemic tokens
+    assert v[-1]["val_itemic_rate"] <= 0.1, v  # … and stops
     assert v[-1]["val_reverse_kl"] < 0.1 * v[0]["val_reverse_kl"], v
     rates = [h["itemic_rate"] for h in s.history]
     assert rates[0] >= 0.9 and sum(rates[-5:]) / 5 <= 0.1, rates
@@ -66,7 +85,7 @@ def test_itemic_token_ends_trajectory_with_minimal_teacher_logprob(assets):
     for resp, done in zip(r.responses, r.finished):
         flags = [bool(unknown[t]) for t in resp]
         if any(flags):
-            assert flags.index(True) == len(resp) - 1 and done      # stops right at the first itemic token
+            assert flags.index(True) == len(resp) - 1 and done  # stops right at the first itemic token
             ended += 1
     assert ended >= 4
     batch = rollout_batch(r, trainer.policy.tokenizer.pad_token_id)
@@ -77,9 +96,11 @@ def test_itemic_token_ends_trajectory_with_minimal_teacher_logprob(assets):
 
 
 def test_prompt_suffixes_are_random_think_no_think_or_none(assets):
-    trainer, _ = tiny.run_trainer("distill", _overrides(assets, "suffix", "train.steps=0",
-                                                        "algorithm.think_suffix_probs=[0.5, 0.25, 0.25]"),
-                                  recipe=RECIPE)
+    trainer, _ = tiny.run_trainer(
+        "distill",
+        _overrides(assets, "suffix", "train.steps=0", "algorithm.think_suffix_probs=[0.5, 0.25, 0.25]"),
+        recipe=RECIPE,
+    )
     tok = trainer.policy.tokenizer
     counts = collections.Counter()
     for k in range(400):
@@ -94,8 +115,11 @@ def test_teacher_architecture_mismatch_is_a_clear_error(assets):
     with pytest.raises(ConfigError, match=r"does not match the student .*hidden_size 32 vs 48"):
         tiny.run_trainer("distill", _overrides(assets, "bad", "train.steps=1", teacher="wide"), recipe=RECIPE)
     with pytest.raises(ConfigError, match="overlaps the student's itemic ids"):
-        tiny.run_trainer("distill", _overrides(assets, "bad2", "train.steps=1", "teacher.same_size=false",
-                                               teacher="student"), recipe=RECIPE)
+        tiny.run_trainer(
+            "distill",
+            _overrides(assets, "bad2", "train.steps=1", "teacher.same_size=false", teacher="student"),
+            recipe=RECIPE,
+        )
 
 
 def test_cli_teacher_mismatch_is_one_line(assets):

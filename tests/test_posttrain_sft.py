@@ -1,5 +1,6 @@
 """SFT: the chat loss mask (real Qwen3 tokenizer), assistant-only gradients, learning, resume, preprocessed
 datasets as sources, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 from megarec.common.errors import DataError
-import posttrain_tiny as tiny
-
 from megarec.posttrain import chat
 from megarec.posttrain.sft_data import ChatEncoder, encode_conversation
+
+import posttrain_tiny as tiny
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -51,7 +52,7 @@ def test_loss_mask_matches_assistant_spans_token_by_token(qwen3_tok, qwen3_enc):
     ids, mask = encode_conversation(qwen3_enc, chat.validate_messages(CONVERSATION, "t"))
     ref_ids, ref_mask, text, spans = _expected_mask(qwen3_tok, CONVERSATION)
     eod = qwen3_tok.convert_tokens_to_ids("<|endoftext|>")
-    assert ids == ref_ids + [eod]            # documents end with EOD, as in the preprocessed datasets
+    assert ids == ref_ids + [eod]  # documents end with EOD, as in the preprocessed datasets
     assert mask == ref_mask + [0]
     # the trained text is exactly the assistant turns, each with its closing <|im_end|>
     trained = qwen3_tok.decode([t for t, m in zip(ids, mask) if m])
@@ -60,11 +61,11 @@ def test_loss_mask_matches_assistant_spans_token_by_token(qwen3_tok, qwen3_enc):
     im_end = qwen3_tok.convert_tokens_to_ids("<|im_end|>")
     header = qwen3_tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     for k in range(len(ids) - len(header)):
-        if ids[k:k + len(header)] == header:
-            assert mask[k:k + len(header)] == [0] * len(header)   # header never trained
-            assert mask[k + len(header)] == 1                      # first assistant token trained
+        if ids[k : k + len(header)] == header:
+            assert mask[k : k + len(header)] == [0] * len(header)  # header never trained
+            assert mask[k + len(header)] == 1  # first assistant token trained
     ends = [k for k, t in enumerate(ids) if t == im_end]
-    assert [mask[k] for k in ends] == [0, 0, 1, 0, 1]               # system, user, assistant, user, assistant
+    assert [mask[k] for k in ends] == [0, 0, 1, 0, 1]  # system, user, assistant, user, assistant
 
 
 def test_no_think_answer_gets_empty_think_block_and_flags(qwen3_tok, qwen3_enc):
@@ -74,8 +75,9 @@ def test_no_think_answer_gets_empty_think_block_and_flags(qwen3_tok, qwen3_enc):
     rng = random.Random(0)
     flagged = chat.apply_think_flags(msgs, "auto", 1.0, rng)
     assert flagged[0]["content"] == "Hi /no_think" and msgs[0]["content"] == "Hi"
-    reasoning = chat.validate_messages([{"role": "user", "content": "Hi"},
-                                        {"role": "assistant", "content": "<think>\nx\n</think>\n\nHello."}], "t")
+    reasoning = chat.validate_messages(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nx\n</think>\n\nHello."}], "t"
+    )
     assert chat.apply_think_flags(reasoning, "auto", 1.0, rng)[0]["content"] == "Hi /think"
     assert chat.apply_think_flags(reasoning, "keep", 1.0, rng)[0]["content"] == "Hi"
 
@@ -90,16 +92,26 @@ def assets(tmp_path_factory):
     for i in range(72):
         u = rng.randrange(16)
         extra = " ".join(f"because user{u} likes topic{u}" for _ in range(rng.randrange(3)))
-        rows.append(tiny.chat_row(f"recommend a film for user{u}", f"here is topic{u} {extra}".strip(),
-                                  system="You are helpful assistant." if i % 2 else None))
+        rows.append(
+            tiny.chat_row(
+                f"recommend a film for user{u}",
+                f"here is topic{u} {extra}".strip(),
+                system="You are helpful assistant." if i % 2 else None,
+            )
+        )
     tiny.write_jsonl(str(d / "train.jsonl"), rows[:56])
     tiny.write_jsonl(str(d / "valid.jsonl"), rows[56:])
     return d
 
 
 def _overrides(d, run, *extra):
-    return [f"model.path={d}/base", f"data.sources=[{{path: {d}/train.jsonl}}]",
-            f"data.valid=[{{path: {d}/valid.jsonl}}]", f"logging.run_dir={d}/{run}", *extra]
+    return [
+        f"model.path={d}/base",
+        f"data.sources=[{{path: {d}/train.jsonl}}]",
+        f"data.valid=[{{path: {d}/valid.jsonl}}]",
+        f"logging.run_dir={d}/{run}",
+        *extra,
+    ]
 
 
 def test_export_keeps_itemic_json_after_resumed_checkpoint_is_pruned(assets, tmp_path):
@@ -125,10 +137,12 @@ def test_user_and_system_tokens_never_contribute(assets):
 
     policy = PolicyModel(str(assets / "base"), tiny_env(), micro_batch_size=4)
     tok = policy.tokenizer
-    conv = [{"role": "system", "content": "You are helpful assistant."},
-            {"role": "user", "content": "recommend a film for user3"},
-            {"role": "assistant", "content": "here is topic3"},
-            {"role": "user", "content": "and a song for user4"}]
+    conv = [
+        {"role": "system", "content": "You are helpful assistant."},
+        {"role": "user", "content": "recommend a film for user3"},
+        {"role": "assistant", "content": "here is topic3"},
+        {"role": "user", "content": "and a song for user4"},
+    ]
     enc = ChatEncoder(policy.tokenizer_path)
     ids, mask = encode_conversation(enc, chat.validate_messages(conv, "t"))
     batch = tiny_batch(tok, [(ids, mask)])
@@ -138,7 +152,7 @@ def test_user_and_system_tokens_never_contribute(assets):
 
     loss = -(token_logprobs(logits, batch["input_ids"]) * batch["loss_mask"]).sum()
     loss.backward()
-    row_has_grad = logits.grad[0].abs().sum(-1) > 0                 # position t predicts token t+1
+    row_has_grad = logits.grad[0].abs().sum(-1) > 0  # position t predicts token t+1
     assert row_has_grad[:-1].tolist() == [bool(m) for m in mask[1:]]
     # 2) changing the (trailing) user turn leaves every parameter gradient bit-identical
     grads = []
@@ -172,9 +186,11 @@ def tiny_batch(tok, examples):
 
 
 def test_training_lowers_heldout_assistant_loss(assets):
-    _, summary = tiny.run_trainer("sft", _overrides(assets, "learn", "train.steps=24", "train.eval_interval=12",
-                                                    "train.eval_at_start=true"),
-                                  recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    _, summary = tiny.run_trainer(
+        "sft",
+        _overrides(assets, "learn", "train.steps=24", "train.eval_interval=12", "train.eval_at_start=true"),
+        recipe="configs/posttrain/sft_tiny_cpu.yaml",
+    )
     vals = [v["val_loss"] for v in summary.validations]
     assert len(vals) == 3 and vals[2] < vals[1] < vals[0] - 0.5, vals
     # the loss counts assistant tokens only, normalised over the whole global batch
@@ -187,8 +203,9 @@ def test_training_lowers_heldout_assistant_loss(assets):
 def test_resume_continues_the_same_run(assets):
     full = _overrides(assets, "full", "train.steps=6", "checkpoint.save_interval=0", "train.eval_interval=3")
     _, a = tiny.run_trainer("sft", full, recipe="configs/posttrain/sft_tiny_cpu.yaml")
-    part = _overrides(assets, "part", "train.steps=6", "checkpoint.save_interval=0", "train.eval_interval=3",
-                      "train.exit_interval=4")
+    part = _overrides(
+        assets, "part", "train.steps=6", "checkpoint.save_interval=0", "train.eval_interval=3", "train.exit_interval=4"
+    )
     _, b1 = tiny.run_trainer("sft", part, recipe="configs/posttrain/sft_tiny_cpu.yaml")
     assert b1.exit_reason == "exit_interval" and b1.final_step == 4 and b1.output is None
     _, b2 = tiny.run_trainer("sft", part[:-1], recipe="configs/posttrain/sft_tiny_cpu.yaml")
@@ -199,12 +216,19 @@ def test_resume_continues_the_same_run(assets):
 
 
 def test_overlong_conversation_is_a_clear_error(assets):
-    with pytest.raises(DataError, match=r"train.jsonl: row \d+: conversation has \d+ tokens, more than "
-                                        r"data.max_seq_length=10"):
-        tiny.run_trainer("sft", _overrides(assets, "long", "data.max_seq_length=10"),
-                         recipe="configs/posttrain/sft_tiny_cpu.yaml")
-    _, s = tiny.run_trainer("sft", _overrides(assets, "skip", "data.max_seq_length=40", "data.overlong=skip",
-                                              "train.steps=1"), recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    with pytest.raises(
+        DataError,
+        match=r"train.jsonl: row \d+: conversation has \d+ tokens, more than "
+        r"data.max_seq_length=10",
+    ):
+        tiny.run_trainer(
+            "sft", _overrides(assets, "long", "data.max_seq_length=10"), recipe="configs/posttrain/sft_tiny_cpu.yaml"
+        )
+    _, s = tiny.run_trainer(
+        "sft",
+        _overrides(assets, "skip", "data.max_seq_length=40", "data.overlong=skip", "train.steps=1"),
+        recipe="configs/posttrain/sft_tiny_cpu.yaml",
+    )
     assert s.exit_reason == "finished"
 
 
@@ -213,13 +237,19 @@ def test_preprocessed_dataset_is_a_source(assets):
     from megarec.data.preprocess import PreprocessOptions, run_preprocess
 
     prefix = str(assets / "pre")
-    run_preprocess(PreprocessOptions(inputs=[str(assets / "train.jsonl")], tokenizer=str(assets / "base"),
-                                     output_prefix=prefix, progress=False))
-    jsonl, _ = tiny.run_trainer("sft", _overrides(assets, "from_jsonl", "train.steps=2"),
-                                recipe="configs/posttrain/sft_tiny_cpu.yaml")
-    indexed, s = tiny.run_trainer("sft", _overrides(assets, "from_indexed", "train.steps=2",
-                                                    f"data.sources=[{{path: {prefix}_text_document}}]"),
-                                  recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    run_preprocess(
+        PreprocessOptions(
+            inputs=[str(assets / "train.jsonl")], tokenizer=str(assets / "base"), output_prefix=prefix, progress=False
+        )
+    )
+    jsonl, _ = tiny.run_trainer(
+        "sft", _overrides(assets, "from_jsonl", "train.steps=2"), recipe="configs/posttrain/sft_tiny_cpu.yaml"
+    )
+    indexed, s = tiny.run_trainer(
+        "sft",
+        _overrides(assets, "from_indexed", "train.steps=2", f"data.sources=[{{path: {prefix}_text_document}}]"),
+        recipe="configs/posttrain/sft_tiny_cpu.yaml",
+    )
     a, b = jsonl.sources[0].rows, indexed.sources[0].rows
     assert len(a) == len(b) == 56 and all(a[i] == b[i] for i in range(len(a)))
     assert s.exit_reason == "finished"
@@ -231,7 +261,11 @@ def test_parquet_chat_source(assets):
 
     rows = [json.loads(x) for x in open(assets / "train.jsonl")]
     pq.write_table(pa.Table.from_pylist(rows), str(assets / "train.parquet"))
-    trainer, s = tiny.run_trainer("sft", _overrides(assets, "parquet", "train.steps=1", "data.valid=[]",
-                                                    f"data.sources=[{{path: {assets}/train.parquet}}]"),
-                                  recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    trainer, s = tiny.run_trainer(
+        "sft",
+        _overrides(
+            assets, "parquet", "train.steps=1", "data.valid=[]", f"data.sources=[{{path: {assets}/train.parquet}}]"
+        ),
+        recipe="configs/posttrain/sft_tiny_cpu.yaml",
+    )
     assert len(trainer.sources[0].rows) == 56 and s.exit_reason == "finished"

@@ -1,5 +1,6 @@
 """Post-training building blocks: log-probs under constraints, losses, KL estimator, advantages, rewards,
 mixture sampler, LR schedule, rollout batches."""
+
 from __future__ import annotations
 
 import math
@@ -72,7 +73,7 @@ def test_kl_penalty_is_added_with_its_coefficient():
 
 
 def test_group_advantages_and_zero_reward_groups():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0,   0.0, 0.0, 0.0, 0.0,   1.0, 1.0, 1.0, 1.0])
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     adv, stats = group_advantages(rewards, 4, scale_by_std=True)
     assert stats == {"groups": 3.0, "zero_reward_groups": 1.0, "uniform_groups": 2.0}
     torch.testing.assert_close(adv[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5, rtol=0)
@@ -123,17 +124,25 @@ def test_lr_schedule_warmup_cosine_and_no_zero_first_step():
 
 def test_rollout_batch_masks_forced_tokens_and_compacts_constraints():
     V = 10
-    table = [np.packbits(np.eye(V, dtype=bool)[3]),               # exactly one allowed: forced
-             np.packbits(np.isin(np.arange(V), [1, 2, 5]))]
-    r = Rollout(prompts=[[7, 8], [7]], responses=[[3, 5, 9], [3, 2]], finished=[True, True],
-                mask_ids=[[0, 1, -1], [0, 1]], mask_table=table, vocab_size=V)
+    table = [
+        np.packbits(np.eye(V, dtype=bool)[3]),  # exactly one allowed: forced
+        np.packbits(np.isin(np.arange(V), [1, 2, 5])),
+    ]
+    r = Rollout(
+        prompts=[[7, 8], [7]],
+        responses=[[3, 5, 9], [3, 2]],
+        finished=[True, True],
+        mask_ids=[[0, 1, -1], [0, 1]],
+        mask_table=table,
+        vocab_size=V,
+    )
     b = rollout_batch(r, pad_id=0)
     assert b["loss_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
     assert b["mask_ids"].tolist() == [[-1, -1, 0, 1, -1], [-1, 0, 1, -1, -1]]
     assert b["masks"].shape == (2, V) and b["masks"][1].nonzero().view(-1).tolist() == [1, 2, 5]
     part = select_rows(b, slice(1, 2))
     assert part["input_ids"].shape == (1, 3) and part["masks"].shape == (2, V)
-    only = select_rows(b, slice(0, 1))          # a micro-batch keeps only the masks it uses, renumbered
+    only = select_rows(b, slice(0, 1))  # a micro-batch keeps only the masks it uses, renumbered
     assert only["masks"].shape == (2, V) and only["mask_ids"].tolist() == b["mask_ids"][:1].tolist()
     r2 = Rollout(prompts=[[7]], responses=[[5]], finished=[True], mask_ids=[[1]], mask_table=table, vocab_size=V)
     one = select_rows(rollout_batch(r2, 0), slice(0, 1))

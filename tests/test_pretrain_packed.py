@@ -1,6 +1,7 @@
 """Packed chat data in `megarec pretrain` (data.packed=true): per-document masks and positions, the model-level
 equivalence of a packed sequence with its documents run alone, and engine runs at TP=1 / TP=2; plus the
 unpacked loss-masked engine path (data.loss_mask=true)."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import torch
 from conftest import REPO, run_cli
 from data_helpers import random_chats, write_jsonl
 
-SEQ = 128           # --seq-length of the packs and train.seq_length of the engine runs
+SEQ = 128  # --seq-length of the packs and train.seq_length of the engine runs
 ITERS = 3
-GBS = 4             # train.global_batch_size of the engine runs (2 micro-batches of 2)
+GBS = 4  # train.global_batch_size of the engine runs (2 micro-batches of 2)
 ENGINE_TIMEOUT = 240  # a hung checkpoint write or gloo barrier must fail the test, not stall the suite
 
 
@@ -33,8 +34,11 @@ def chat_data(qwen3_tokenizer_dir, tmp_path_factory):
     out = {"tokenizer": qwen3_tokenizer_dir, "vocab": len(AutoTokenizer.from_pretrained(qwen3_tokenizer_dir))}
     for name, n, seed in (("a", 30, 0), ("b", 20, 1)):
         src = write_jsonl(str(root / f"{name}.jsonl"), random_chats(n, seed, max_words=6))
-        run_preprocess(PreprocessOptions([src], qwen3_tokenizer_dir, str(root / f"{name}_packed"), kind="messages",
-                                         pack=True, seq_length=SEQ))
+        run_preprocess(
+            PreprocessOptions(
+                [src], qwen3_tokenizer_dir, str(root / f"{name}_packed"), kind="messages", pack=True, seq_length=SEQ
+            )
+        )
         run_preprocess(PreprocessOptions([src], qwen3_tokenizer_dir, str(root / name), kind="messages"))
         out[name + "_packed"] = str(root / f"{name}_packed_text_document")
         out[name] = str(root / f"{name}_text_document")
@@ -56,6 +60,7 @@ def process_group():
 
 # --- (1) masks and positions of one packed sample ---------------------------------------------------------------
 
+
 def test_packed_sample_block_diagonal_mask_and_restarted_positions():
     from megarec.data.megatron_datasets import packed_sample
 
@@ -63,16 +68,20 @@ def test_packed_sample_block_diagonal_mask_and_restarted_positions():
     docs = [np.array([10, 11, 12]), np.array([20, 21])]
     masks = [np.array([0, 1, 0], np.uint8), np.array([0, 1], np.uint8)]
     s = packed_sample(docs, masks, 7)
-    allowed = torch.tensor([[1, 0, 0, 0, 0, 0, 0],
-                            [1, 1, 0, 0, 0, 0, 0],
-                            [1, 1, 1, 0, 0, 0, 0],
-                            [0, 0, 0, 1, 0, 0, 0],
-                            [0, 0, 0, 1, 1, 0, 0],
-                            [0, 0, 0, 0, 0, 1, 0],     # padding attends only to padding (never a fully
-                            [0, 0, 0, 0, 0, 1, 1]],    # masked row, which would give NaN in softmax)
-                           dtype=torch.bool)
+    allowed = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [0, 0, 0, 1, 0, 0, 0],
+            [0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0, 1, 0],  # padding attends only to padding (never a fully
+            [0, 0, 0, 0, 0, 1, 1],
+        ],  # masked row, which would give NaN in softmax)
+        dtype=torch.bool,
+    )
     assert s["attention_mask"].dtype == torch.bool and s["attention_mask"].shape == (1, 7, 7)
-    assert torch.equal(s["attention_mask"][0], ~allowed)                     # True = masked (Megatron)
+    assert torch.equal(s["attention_mask"][0], ~allowed)  # True = masked (Megatron)
     assert s["position_ids"].tolist() == [0, 1, 2, 0, 1, 0, 1]
     assert s["tokens"].tolist() == [10, 11, 12, 20, 21, 0, 0]
     assert s["labels"].tolist() == [11, 12, 20, 21, 0, 0, 0]
@@ -101,8 +110,14 @@ def test_engine_packed_dataset_blend(chat_data, tmp_path, process_group):
     from megarec.pretrain.config import DataConfig, TrainConfig
     from megarec.pretrain.data import build_datasets
 
-    data = DataConfig(data_path=[f"0.7 {chat_data['a_packed']} 0.3 {chat_data['b_packed']}"], split="1,0,0",
-                      tokenizer=chat_data["tokenizer"], packed=True, loss_mask=True, num_workers=0)
+    data = DataConfig(
+        data_path=[f"0.7 {chat_data['a_packed']} 0.3 {chat_data['b_packed']}"],
+        split="1,0,0",
+        tokenizer=chat_data["tokenizer"],
+        packed=True,
+        loss_mask=True,
+        num_workers=0,
+    )
     train = TrainConfig(steps=10, micro_batch_size=2, global_batch_size=4, seq_length=SEQ, eval_interval=0)
     ds = build_datasets(data, train, chat_data["vocab"], str(tmp_path)).train
     tok = Tokenizer.from_file(os.path.join(chat_data["tokenizer"], "tokenizer.json"))
@@ -122,7 +137,7 @@ def test_engine_packed_dataset_blend(chat_data, tmp_path, process_group):
         assert s["position_ids"][:m].tolist() == np.concatenate([np.arange(x) for x in lens]).tolist()
         expected = (seg[:, None] == seg[None, :]) & np.tri(m, dtype=bool)
         assert np.array_equal(s["attention_mask"][0, :m, :m].numpy(), ~expected)
-        assert s["attention_mask"][0, m:, :m].all()                           # padding never sees documents
+        assert s["attention_mask"][0, m:, :m].all()  # padding never sees documents
         want = np.zeros(SEQ, np.float32)
         want[: m - 1] = chat[1:] * (seg[:-1] == seg[1:])
         assert np.array_equal(s["loss_mask"].numpy(), want)
@@ -147,10 +162,10 @@ def test_packed_loss_mask_choices(chat_data):
         pack = chat._pack_id(i)
         docs = int(chat.document_starts[pack + 1] - chat.document_starts[pack])
         assert torch.equal(c["tokens"], e["tokens"]) and torch.equal(c["attention_mask"], e["attention_mask"])
-        assert torch.equal(e["loss_mask"] * c["loss_mask"], c["loss_mask"])        # chat mask ⊂ in-document targets
+        assert torch.equal(e["loss_mask"] * c["loss_mask"], c["loss_mask"])  # chat mask ⊂ in-document targets
         assert e["loss_mask"].sum() > c["loss_mask"].sum()
-        assert (c["loss_mask"] * (c["labels"] == eod)).sum() == 0                   # EOD is no assistant token
-        assert (e["loss_mask"] * (e["labels"] == eod)).sum() == docs                # each document ends in EOD
+        assert (c["loss_mask"] * (c["labels"] == eod)).sum() == 0  # EOD is no assistant token
+        assert (e["loss_mask"] * (e["labels"] == eod)).sum() == docs  # each document ends in EOD
         assert torch.equal(n["loss_mask"], e["loss_mask"] * (e["labels"] != eod))
 
 
@@ -212,8 +227,14 @@ def test_packed_losses_equal_documents_alone():
     offset p is rotated by (p + i)θ instead of iθ — identical attention scores in exact arithmetic (RoPE depends
     only on i - j inside the document) and ~p·θ·2^-24 rounding in fp32, i.e. ~1e-6 here. The control (same pack
     with one plain causal mask) differs by far more, so the mask is what makes the losses match."""
-    proc = subprocess.run([sys.executable, "-c", EQUIVALENCE], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", EQUIVALENCE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for attn, r in result.items():
@@ -224,16 +245,29 @@ def test_packed_losses_equal_documents_alone():
 
 # --- (3) the engine ---------------------------------------------------------------------------------------------
 
-PACKED_RECIPE = "configs/pretrain/packed_chat_tiny_cpu.yaml"   # data.packed=true, data.loss_mask=true
+PACKED_RECIPE = "configs/pretrain/packed_chat_tiny_cpu.yaml"  # data.packed=true, data.loss_mask=true
 TINY_RECIPE = "configs/pretrain/tiny_cpu.yaml"
 
 
 def _engine_args(chat_data, run_dir, *extra, recipe=PACKED_RECIPE):
-    return ["pretrain", "--config", recipe, "model.preset=qwen3-tiny-tied",
-            f"model.vocab_size={chat_data['vocab']}", f"train.steps={ITERS}", f"train.seq_length={SEQ}",
-            "train.micro_batch_size=2", f"train.global_batch_size={GBS}", "train.eval_interval=0",
-            "checkpoint.save_interval=0", "logging.progress=false", "logging.wandb_mode=disabled",
-            f"data.tokenizer={chat_data['tokenizer']}", f"logging.run_dir={run_dir}", *extra]
+    return [
+        "pretrain",
+        "--config",
+        recipe,
+        "model.preset=qwen3-tiny-tied",
+        f"model.vocab_size={chat_data['vocab']}",
+        f"train.steps={ITERS}",
+        f"train.seq_length={SEQ}",
+        "train.micro_batch_size=2",
+        f"train.global_batch_size={GBS}",
+        "train.eval_interval=0",
+        "checkpoint.save_interval=0",
+        "logging.progress=false",
+        "logging.wandb_mode=disabled",
+        f"data.tokenizer={chat_data['tokenizer']}",
+        f"logging.run_dir={run_dir}",
+        *extra,
+    ]
 
 
 def _records(run_dir) -> list[dict]:
@@ -313,9 +347,14 @@ def test_packed_pretrain_tp1(chat_data, packed_tp1, tmp_path, process_group):
     # ... and its first loss is the model's loss under the per-document masks (the batch's masks reach the
     # model), clearly not the loss of the same packs under a plain causal mask
     args = packed_tp1["args"]
-    proc = subprocess.run([sys.executable, "-c", FIRST_STEP, json.dumps([args[2], args[3:], str(tmp_path / "c")])],
-                          capture_output=True, text=True, timeout=ENGINE_TIMEOUT, cwd=REPO,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", FIRST_STEP, json.dumps([args[2], args[3:], str(tmp_path / "c")])],
+        capture_output=True,
+        text=True,
+        timeout=ENGINE_TIMEOUT,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads(proc.stdout.strip().splitlines()[-1])
     assert abs(records[0]["loss"] - first["packed"]) < 1e-5, (records[0], first)
@@ -329,9 +368,19 @@ def test_packed_pretrain_tp2_matches_tp1(chat_data, packed_tp1, tmp_path):
     checkpoint: CPU initialisation draws the full matrices from the seed and splits them, and halving
     make_vocab_size_divisible_by at TP=2 keeps the padded vocabulary (a multiple of 128) identical."""
     run_dir = str(tmp_path / "tp2")
-    _ok(run_cli(_engine_args(chat_data, run_dir, f"data.data_path={packed_tp1['blend']}",
-                             "parallel.tensor_model_parallel_size=2",
-                             "model.make_vocab_size_divisible_by=64"), nproc=2, timeout=ENGINE_TIMEOUT))
+    _ok(
+        run_cli(
+            _engine_args(
+                chat_data,
+                run_dir,
+                f"data.data_path={packed_tp1['blend']}",
+                "parallel.tensor_model_parallel_size=2",
+                "model.make_vocab_size_divisible_by=64",
+            ),
+            nproc=2,
+            timeout=ENGINE_TIMEOUT,
+        )
+    )
     tp1, tp2 = _records(packed_tp1["run_dir"]), _records(run_dir)
     assert [r["loss_tokens"] for r in tp2] == [r["loss_tokens"] for r in tp1]
     np.testing.assert_allclose([r["loss"] for r in tp2], [r["loss"] for r in tp1], rtol=0, atol=1e-5)
@@ -355,15 +404,19 @@ def test_loss_masked_unpacked_pretrain(chat_data, tmp_path, process_group):
 
 # --- configuration checks -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which,overrides,message", [
-    ("a", ["data.packed=true"], "was preprocessed without --pack"),
-    ("a_packed", [], "train it with data.packed=true"),
-    ("a_packed", ["data.packed=true", f"train.seq_length={SEQ // 2}"], f"packs of up to {SEQ} tokens"),
-    ("a_packed", ["data.packed=true", "data.mock=true"], "data.packed need real .* not mock data"),
-    # tiny_cpu's split 99,1,0 gives the valid split of a few dozen packs nothing: fail early, not hang
-    ("a_packed", ["data.packed=true", "train.eval_interval=5"], "leaves the valid split of .* without a document"),
-    ("a", ["data.loss_mask=true", "train.eval_interval=5"], "leaves the valid split of .* without a document"),
-])
+
+@pytest.mark.parametrize(
+    "which,overrides,message",
+    [
+        ("a", ["data.packed=true"], "was preprocessed without --pack"),
+        ("a_packed", [], "train it with data.packed=true"),
+        ("a_packed", ["data.packed=true", f"train.seq_length={SEQ // 2}"], f"packs of up to {SEQ} tokens"),
+        ("a_packed", ["data.packed=true", "data.mock=true"], "data.packed need real .* not mock data"),
+        # tiny_cpu's split 99,1,0 gives the valid split of a few dozen packs nothing: fail early, not hang
+        ("a_packed", ["data.packed=true", "train.eval_interval=5"], "leaves the valid split of .* without a document"),
+        ("a", ["data.loss_mask=true", "train.eval_interval=5"], "leaves the valid split of .* without a document"),
+    ],
+)
 def test_packed_config_errors(chat_data, which, overrides, message):
     """Mismatches between data.packed and the `P.preprocess.json` metadata fail before any process starts."""
     from megarec.common.config import load_config
@@ -371,16 +424,30 @@ def test_packed_config_errors(chat_data, which, overrides, message):
     from megarec.pretrain.config import PretrainConfig
     from megarec.pretrain.trainer import validate
 
-    cfg = load_config(PretrainConfig, os.path.join(REPO, TINY_RECIPE),
-                      [f"data.data_path={chat_data[which]}", f"data.tokenizer={chat_data['tokenizer']}",
-                       f"train.seq_length={SEQ}", *overrides])
+    cfg = load_config(
+        PretrainConfig,
+        os.path.join(REPO, TINY_RECIPE),
+        [
+            f"data.data_path={chat_data[which]}",
+            f"data.tokenizer={chat_data['tokenizer']}",
+            f"train.seq_length={SEQ}",
+            *overrides,
+        ],
+    )
     with pytest.raises(ConfigError, match=message):
         validate(cfg, 1)
 
 
 def test_packed_mismatch_is_one_cli_line(chat_data, tmp_path):
-    proc = run_cli(["pretrain", f"data.data_path={chat_data['a_packed']}", f"data.tokenizer={chat_data['tokenizer']}",
-                    f"logging.run_dir={tmp_path}"], timeout=120)
+    proc = run_cli(
+        [
+            "pretrain",
+            f"data.data_path={chat_data['a_packed']}",
+            f"data.tokenizer={chat_data['tokenizer']}",
+            f"logging.run_dir={tmp_path}",
+        ],
+        timeout=120,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("megarec pretrain: error: ") and "data.packed=true" in lines[0]
@@ -390,7 +457,9 @@ def test_packed_mismatch_is_one_cli_line(chat_data, tmp_path):
 def test_split_matrix_matches_megatron(split):
     """The engine's import-free split rule (used by the early checks) is Megatron-Core's, value for value."""
     from megatron.core.datasets.blended_megatron_dataset_config import (
-        convert_split_vector_to_split_matrix, parse_and_normalize_split)
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
 
     from megarec.pretrain.data import split_matrix
 
@@ -406,9 +475,17 @@ def test_transformer_engine_takes_packed_data_as_thd(chat_data, monkeypatch):
     from megarec.pretrain.config import PretrainConfig
 
     def cfg(*extra):
-        return load_config(PretrainConfig, os.path.join(REPO, PACKED_RECIPE),
-                           [f"data.data_path={chat_data['a_packed']}", f"data.tokenizer={chat_data['tokenizer']}",
-                            f"train.seq_length={SEQ}", "train.eval_interval=0", *extra])
+        return load_config(
+            PretrainConfig,
+            os.path.join(REPO, PACKED_RECIPE),
+            [
+                f"data.data_path={chat_data['a_packed']}",
+                f"data.tokenizer={chat_data['tokenizer']}",
+                f"train.seq_length={SEQ}",
+                "train.eval_interval=0",
+                *extra,
+            ],
+        )
 
     real_setup = pretrain.qwen3.setup
     monkeypatch.setattr(pretrain.qwen3, "setup", lambda m, p, w=None: (real_setup(m, p, w)[0], "transformer_engine"))
@@ -417,9 +494,16 @@ def test_transformer_engine_takes_packed_data_as_thd(chat_data, monkeypatch):
     assert pretrain.uses_thd(packed, "transformer_engine") and not pretrain.uses_thd(packed, "local")
     with pytest.raises(ConfigError, match="context_parallel_size > 1 under Transformer Engine"):
         pretrain.validate(cfg("parallel.context_parallel_size=2"), 2)
-    unpacked = load_config(PretrainConfig, os.path.join(REPO, TINY_RECIPE),
-                           [f"data.data_path={chat_data['a']}", f"data.tokenizer={chat_data['tokenizer']}",
-                            "data.reset_attention_mask=true", "train.eval_interval=0"])
+    unpacked = load_config(
+        PretrainConfig,
+        os.path.join(REPO, TINY_RECIPE),
+        [
+            f"data.data_path={chat_data['a']}",
+            f"data.tokenizer={chat_data['tokenizer']}",
+            "data.reset_attention_mask=true",
+            "train.eval_interval=0",
+        ],
+    )
     with pytest.raises(ConfigError, match="Transformer Engine ignores"):
         pretrain.validate(unpacked, 1)
 
@@ -431,8 +515,10 @@ def test_thd_layout_of_packs_is_the_block_diagonal_mask():
     from megarec.pretrain.batch import make_batch_preparer
 
     S = 7
-    packs = [packed_sample([np.array([5, 6, 7]), np.array([8, 9])], None, S),
-             packed_sample([np.array([1, 2]), np.array([3, 4, 11])], None, S)]
+    packs = [
+        packed_sample([np.array([5, 6, 7]), np.array([8, 9])], None, S),
+        packed_sample([np.array([1, 2]), np.array([3, 4, 11])], None, S),
+    ]
     batch = {k: torch.stack([p[k] for p in packs]) for k in packs[0]}
     thd = make_batch_preparer(torch.device("cpu"), explicit_causal_mask=False, thd=True)(dict(batch))
     params = thd["packed_seq_params"]
@@ -446,7 +532,7 @@ def test_thd_layout_of_packs_is_the_block_diagonal_mask():
     same = segment[:, None] == segment[None, :]
     mask = ~(same & torch.ones(14, 14, dtype=torch.bool).tril())
     for i in range(2):
-        block = mask[i * S:(i + 1) * S, i * S:(i + 1) * S]
+        block = mask[i * S : (i + 1) * S, i * S : (i + 1) * S]
         assert torch.equal(block, batch["attention_mask"][i, 0])
     assert mask[S:, :S].all()  # nothing crosses from one pack to the next
     # Without a mask request (THD), the dataset builds no S×S mask at all.

@@ -1,6 +1,7 @@
 """Multi-process pre-training on CPU (torchrun + gloo, tiny Qwen3): parallel layouts reproduce the
 TP=1 loss curve, resume continues the exact curve (also at another TP), exit signals save, stage 1
 changes only itemic rows."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,19 @@ pytestmark = pytest.mark.slow
 
 VOCAB = 1024
 ITEMIC = (960, 1022)  # the tiny tokenizer below appends 63 "itemic" tokens, then EOD at 1023
-COMMON = ["train.steps=10", "train.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=8",
-          "optimizer.lr=3e-3", "optimizer.min_lr=3e-4", "logging.progress=false", "logging.wandb_mode=disabled",
-          # EOD tokens carry no loss, so micro-batches and DP ranks hold different numbers of loss tokens:
-          # DP=2 matching DP=1 then shows the loss is normalised by the global count, not per rank.
-          "data.eod_mask_loss=true"]
+COMMON = [
+    "train.steps=10",
+    "train.seq_length=32",
+    "train.micro_batch_size=2",
+    "train.global_batch_size=8",
+    "optimizer.lr=3e-3",
+    "optimizer.min_lr=3e-4",
+    "logging.progress=false",
+    "logging.wandb_mode=disabled",
+    # EOD tokens carry no loss, so micro-batches and DP ranks hold different numbers of loss tokens:
+    # DP=2 matching DP=1 then shows the loss is normalised by the global count, not per rank.
+    "data.eod_mask_loss=true",
+]
 
 
 def losses(run_dir: str) -> list[float]:
@@ -46,8 +55,9 @@ def corpus(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     vocab = {f"t{i}": i for i in range(VOCAB - 1)} | {"<|endoftext|>": VOCAB - 1}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
-                                  eos_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), eos_token="<|endoftext|>"
+    )
     tok_dir = root / "tokenizer"
     tok.save_pretrained(tok_dir)
     (tok_dir / "itemic.json").write_text(json.dumps({"first_id": ITEMIC[0], "last_id": ITEMIC[1]}))
@@ -63,8 +73,11 @@ def corpus(tmp_path_factory):
             builder.end_document()
         builder.finalize(prefix + ".idx")
         prefixes.append(prefix)
-    return {"tokenizer": str(tok_dir), "prefixes": prefixes,
-            "data": [f"data.tokenizer={tok_dir}", f"data.data_path=[0.6, {prefixes[0]}, 0.4, {prefixes[1]}]"]}
+    return {
+        "tokenizer": str(tok_dir),
+        "prefixes": prefixes,
+        "data": [f"data.tokenizer={tok_dir}", f"data.data_path=[0.6, {prefixes[0]}, 0.4, {prefixes[1]}]"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +85,18 @@ def reference(corpus, tmp_path_factory):
     """Initial weights saved once at TP=1, and the uninterrupted TP=1 run from them."""
     root = tmp_path_factory.mktemp("ref")
     init = str(root / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=0", f"checkpoint.dir={init}",
-                f"logging.run_dir={root / 'init_run'}"]))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                "train.steps=0",
+                f"checkpoint.dir={init}",
+                f"logging.run_dir={root / 'init_run'}",
+            ]
+        )
+    )
     run_dir = str(root / "tp1")
     ok(run_cli(["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={init}", f"logging.run_dir={run_dir}"]))
     curve = losses(run_dir)
@@ -86,8 +109,14 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline_model_parallel_size=2"]),
     "tp2pp2": (4, ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"]),
     "dp2_distopt": (2, ["parallel.use_distributed_optimizer=true"]),
-    "dp2_distopt_overlap": (2, ["parallel.use_distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                                "parallel.overlap_param_gather=true"]),
+    "dp2_distopt_overlap": (
+        2,
+        [
+            "parallel.use_distributed_optimizer=true",
+            "parallel.overlap_grad_reduce=true",
+            "parallel.overlap_param_gather=true",
+        ],
+    ),
     # Without Transformer Engine, CP runs the local spec's all-gather attention on the same batch slices.
     "cp2": (2, ["parallel.context_parallel_size=2"]),
 }
@@ -97,15 +126,29 @@ LAYOUTS = {
 def test_parallel_layout_matches_tp1(layout, corpus, reference, tmp_path):
     nproc, overrides = LAYOUTS[layout]
     run_dir = str(tmp_path / layout)
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *overrides, f"checkpoint.init_from={reference['init']}",
-                f"logging.run_dir={run_dir}"], nproc=nproc))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                *overrides,
+                f"checkpoint.init_from={reference['init']}",
+                f"logging.run_dir={run_dir}",
+            ],
+            nproc=nproc,
+        )
+    )
     np.testing.assert_allclose(losses(run_dir), reference["losses"], rtol=0, atol=1e-5)
 
 
 def test_metrics_jsonl_records(reference):
     with open(os.path.join(reference["run_dir"], "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    records = [r for r in rows if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 11))
+    # The run saves its end state to <run_dir>/checkpoints (the default checkpoint.dir) and says so.
+    assert [(r["step"], os.path.basename(r["checkpoint"])) for r in rows if "checkpoint" in r] == [(10, "iter_0000010")]
     for r in records:
         assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(r)
         assert r["tokens_per_s"] > 0 and r["grad_norm"] > 0
@@ -118,8 +161,14 @@ def test_metrics_jsonl_records(reference):
 
 def test_resume_continues_exact_curve(corpus, reference, tmp_path):
     save = str(tmp_path / "ckpt")
-    args = ["pretrain", *COMMON, *corpus["data"], f"checkpoint.init_from={reference['init']}",
-            f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}"]
+    args = [
+        "pretrain",
+        *COMMON,
+        *corpus["data"],
+        f"checkpoint.init_from={reference['init']}",
+        f"checkpoint.dir={save}",
+        f"logging.run_dir={tmp_path / 'run'}",
+    ]
     ok(run_cli([*args, "train.exit_interval=4"]))
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read() == "4"
     assert sorted(os.listdir(save)) == ["iter_0000004", "latest_checkpointed_iteration.txt"]
@@ -134,15 +183,26 @@ def test_save_tp1_resume_tp2(corpus, reference, tmp_path):
     ok(run_cli([*args, "train.exit_interval=5", f"logging.run_dir={tmp_path / 'a'}"]))
     proc = ok(run_cli([*args, "parallel.tensor_model_parallel_size=2", f"logging.run_dir={tmp_path / 'b'}"], nproc=2))
     assert "RNG not restored" in proc.stdout
-    np.testing.assert_allclose(losses(str(tmp_path / "a")) + losses(str(tmp_path / "b")), reference["losses"],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        losses(str(tmp_path / "a")) + losses(str(tmp_path / "b")), reference["losses"], rtol=0, atol=1e-5
+    )
 
 
 def test_sigterm_saves_and_exits_cleanly(corpus, reference, tmp_path):
     save, run_dir = str(tmp_path / "ckpt"), str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "megarec", "pretrain", *COMMON, *corpus["data"], "train.steps=100000",
-           f"checkpoint.init_from={reference['init']}", f"checkpoint.dir={save}", f"logging.run_dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "megarec",
+        "pretrain",
+        *COMMON,
+        *corpus["data"],
+        "train.steps=100000",
+        f"checkpoint.init_from={reference['init']}",
+        f"checkpoint.dir={save}",
+        f"logging.run_dir={run_dir}",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     metrics = os.path.join(run_dir, "metrics.jsonl")
@@ -158,9 +218,22 @@ def test_sigterm_saves_and_exits_cleanly(corpus, reference, tmp_path):
 
 def _stage1(corpus, tmp_path, init, nproc, extra):
     save = str(tmp_path / "stage1")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=5", "freeze.stage=itemic",
-                f"checkpoint.init_from={init}", f"checkpoint.dir={save}", f"logging.run_dir={tmp_path / 'run'}",
-                *extra], nproc=nproc))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                "train.steps=5",
+                "freeze.stage=itemic",
+                f"checkpoint.init_from={init}",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+                *extra,
+            ],
+            nproc=nproc,
+        )
+    )
     return save
 
 
@@ -176,16 +249,16 @@ def test_stage1_changes_only_itemic_rows(corpus, reference, tmp_path, nproc, ext
         a = after[name]
         if name in ("embedding.word_embeddings.weight", "output_layer.weight"):  # untied preset: both train
             outside = torch.ones(b.shape[0], dtype=torch.bool)
-            outside[first:last + 1] = False
+            outside[first : last + 1] = False
             assert torch.equal(a[outside], b[outside]), f"{name}: frozen rows moved"
-            changed = (a[first:last + 1] != b[first:last + 1]).any(dim=1)
+            changed = (a[first : last + 1] != b[first : last + 1]).any(dim=1)
             assert changed.all(), f"{name}: {int((~changed).sum())} itemic rows never trained"
         else:
             assert torch.equal(a, b), f"{name} changed in stage 1"
     # No optimizer drift: the Adam moments of frozen rows are exactly zero.
     for key, state in read_full_tensors(save, optimizer=True).items():
-        assert state[:first].abs().max() == 0 and state[last + 1:].abs().max() == 0, key
-        assert state[first:last + 1].abs().max() > 0, key
+        assert state[:first].abs().max() == 0 and state[last + 1 :].abs().max() == 0, key
+        assert state[first : last + 1].abs().max() > 0, key
 
 
 def test_stage1_tied_model(corpus, tmp_path):
@@ -194,15 +267,26 @@ def test_stage1_tied_model(corpus, tmp_path):
 
     init = str(tmp_path / "init")
     tied = ["model.preset=qwen3-tiny-tied"]
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *tied, "train.steps=0", f"checkpoint.dir={init}",
-                f"logging.run_dir={tmp_path / 'init_run'}"]))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                *tied,
+                "train.steps=0",
+                f"checkpoint.dir={init}",
+                f"logging.run_dir={tmp_path / 'init_run'}",
+            ]
+        )
+    )
     save = _stage1(corpus, tmp_path, init, 2, [*tied, "parallel.pipeline_model_parallel_size=2"])
     before, after = read_full_tensors(init), read_full_tensors(save)
     emb_b, emb_a = before.pop("embedding.word_embeddings.weight"), after.pop("embedding.word_embeddings.weight")
     assert "output_layer.weight" not in after
     first, last = ITEMIC
-    assert torch.equal(emb_a[:first], emb_b[:first]) and torch.equal(emb_a[last + 1:], emb_b[last + 1:])
-    assert not torch.equal(emb_a[first:last + 1], emb_b[first:last + 1])
+    assert torch.equal(emb_a[:first], emb_b[:first]) and torch.equal(emb_a[last + 1 :], emb_b[last + 1 :])
+    assert not torch.equal(emb_a[first : last + 1], emb_b[first : last + 1])
     for name in before:
         assert torch.equal(before[name], after[name]), name
 
@@ -211,21 +295,54 @@ def test_interleaved_pipeline_matches_tp1(corpus, tmp_path):
     """PP=2 × VP=2 (4 model chunks of one layer) reproduces the single-process curve of a 4-layer model."""
     four = ["model.num_layers=4"]
     init = str(tmp_path / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], *four, "train.steps=0", f"checkpoint.dir={init}",
-                f"logging.run_dir={tmp_path / 'i'}"]))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                *four,
+                "train.steps=0",
+                f"checkpoint.dir={init}",
+                f"logging.run_dir={tmp_path / 'i'}",
+            ]
+        )
+    )
     base = [*COMMON, *corpus["data"], *four, "train.steps=5", f"checkpoint.init_from={init}"]
     ok(run_cli(["pretrain", *base, f"logging.run_dir={tmp_path / 'ref'}"]))
-    ok(run_cli(["pretrain", *base, "parallel.pipeline_model_parallel_size=2",
-                "parallel.virtual_pipeline_model_parallel_size=2", f"logging.run_dir={tmp_path / 'vp'}"], nproc=2))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *base,
+                "parallel.pipeline_model_parallel_size=2",
+                "parallel.virtual_pipeline_model_parallel_size=2",
+                f"logging.run_dir={tmp_path / 'vp'}",
+            ],
+            nproc=2,
+        )
+    )
     np.testing.assert_allclose(losses(str(tmp_path / "vp")), losses(str(tmp_path / "ref")), rtol=0, atol=1e-5)
 
 
 def test_document_resets_and_validation(corpus, tmp_path):
     """Per-document position/attention resets train, validation runs, and loss still falls."""
     run_dir = str(tmp_path / "run")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=12", "data.reset_position_ids=true",
-                "data.reset_attention_mask=true", "train.eval_interval=6", "train.eval_iters=1",
-                f"logging.run_dir={run_dir}"]))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                "train.steps=12",
+                "data.reset_position_ids=true",
+                "data.reset_attention_mask=true",
+                "train.eval_interval=6",
+                "train.eval_iters=1",
+                f"logging.run_dir={run_dir}",
+            ]
+        )
+    )
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     valid = [r["valid_loss"] for r in records if "valid_loss" in r]
@@ -236,9 +353,19 @@ def test_document_resets_and_validation(corpus, tmp_path):
 
 
 def test_divergence_stops_with_clear_error(corpus, reference, tmp_path):
-    proc = run_cli(["pretrain", *COMMON, *corpus["data"], "optimizer.lr=1e30", "optimizer.clip_grad=0",
-                    "train.steps=50", f"checkpoint.init_from={reference['init']}",
-                    f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.run_dir={tmp_path / 'run'}"])
+    proc = run_cli(
+        [
+            "pretrain",
+            *COMMON,
+            *corpus["data"],
+            "optimizer.lr=1e30",
+            "optimizer.clip_grad=0",
+            "train.steps=50",
+            f"checkpoint.init_from={reference['init']}",
+            f"checkpoint.dir={tmp_path / 'ckpt'}",
+            f"logging.run_dir={tmp_path / 'run'}",
+        ]
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     err = [line for line in proc.stderr.splitlines() if "megarec pretrain: error:" in line]
@@ -259,18 +386,27 @@ def test_h100_recipe_options_run_on_cpu(corpus, reference, tmp_path):
     stop and resume. TP=4 and sequence parallel need the 8B's heads and Transformer Engine (GPU check)."""
     keys = _recipe_parallel_keys("configs/models/qwen3_8b_h100.yaml")
     assert keys["use_distributed_optimizer"] and keys["overlap_grad_reduce"] and keys["overlap_param_gather"]
-    cpu_keys = [f"parallel.{k}={str(v).lower()}" for k, v in keys.items()
-                if k in ("use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather",
-                         "context_parallel_size")]
+    cpu_keys = [
+        f"parallel.{k}={str(v).lower()}"
+        for k, v in keys.items()
+        if k in ("use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather", "context_parallel_size")
+    ]
     assert "parallel.context_parallel_size=2" in cpu_keys
     save = str(tmp_path / "ckpt")
-    args = ["pretrain", *COMMON, *corpus["data"], *cpu_keys, f"checkpoint.init_from={reference['init']}",
-            f"checkpoint.dir={save}"]
+    args = [
+        "pretrain",
+        *COMMON,
+        *corpus["data"],
+        *cpu_keys,
+        f"checkpoint.init_from={reference['init']}",
+        f"checkpoint.dir={save}",
+    ]
     ok(run_cli([*args, "train.exit_interval=4", f"logging.run_dir={tmp_path / 'a'}"], nproc=4))
     proc = ok(run_cli([*args, f"logging.run_dir={tmp_path / 'b'}"], nproc=4))
     assert "resumed from" in proc.stdout and "at iteration 4" in proc.stdout
-    np.testing.assert_allclose(losses(str(tmp_path / "a")) + losses(str(tmp_path / "b")), reference["losses"],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        losses(str(tmp_path / "a")) + losses(str(tmp_path / "b")), reference["losses"], rtol=0, atol=1e-5
+    )
 
 
 def test_overlapped_param_gather_saves_current_weights(corpus, reference, tmp_path):
@@ -279,12 +415,27 @@ def test_overlapped_param_gather_saves_current_weights(corpus, reference, tmp_pa
     from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     saved = {}
-    for name, extra in {"plain": [], "overlap": ["parallel.overlap_grad_reduce=true",
-                                                 "parallel.overlap_param_gather=true"]}.items():
+    for name, extra in {
+        "plain": [],
+        "overlap": ["parallel.overlap_grad_reduce=true", "parallel.overlap_param_gather=true"],
+    }.items():
         saved[name] = str(tmp_path / name)
-        ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=3", "parallel.use_distributed_optimizer=true",
-                    *extra, f"checkpoint.init_from={reference['init']}", f"checkpoint.dir={saved[name]}",
-                    f"logging.run_dir={tmp_path / (name + '_run')}"], nproc=2))
+        ok(
+            run_cli(
+                [
+                    "pretrain",
+                    *COMMON,
+                    *corpus["data"],
+                    "train.steps=3",
+                    "parallel.use_distributed_optimizer=true",
+                    *extra,
+                    f"checkpoint.init_from={reference['init']}",
+                    f"checkpoint.dir={saved[name]}",
+                    f"logging.run_dir={tmp_path / (name + '_run')}",
+                ],
+                nproc=2,
+            )
+        )
     plain, overlap = read_full_tensors(saved["plain"]), read_full_tensors(saved["overlap"])
     start = read_full_tensors(reference["init"])
     assert plain.keys() == overlap.keys()
@@ -300,9 +451,21 @@ def test_pipeline_stages_start_from_different_seeds(corpus, tmp_path):
     from megarec.runtime.megatron_checkpoint import read_full_tensors
 
     save = str(tmp_path / "init")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "model.num_layers=4", "train.steps=0",
-                "parallel.pipeline_model_parallel_size=4", f"checkpoint.dir={save}",
-                f"logging.run_dir={tmp_path / 'run'}"], nproc=4))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                "model.num_layers=4",
+                "train.steps=0",
+                "parallel.pipeline_model_parallel_size=4",
+                f"checkpoint.dir={save}",
+                f"logging.run_dir={tmp_path / 'run'}",
+            ],
+            nproc=4,
+        )
+    )
     tensors = read_full_tensors(save)
     for name in ("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight"):
         stacked = tensors[f"decoder.layers.{name}"]
@@ -315,9 +478,22 @@ def test_step_time_excludes_evaluation_and_saving(corpus, reference, tmp_path):
     """step_time_s (and tokens/s, MFU from it) times the training step only: evaluation and checkpoint writes,
     logged with their own durations, do not land in the next step's time."""
     run_dir = str(tmp_path / "run")
-    ok(run_cli(["pretrain", *COMMON, *corpus["data"], "train.steps=4", "train.eval_interval=1",
-                "train.eval_iters=12", "checkpoint.save_interval=1", f"checkpoint.dir={tmp_path / 'ckpt'}",
-                f"checkpoint.init_from={reference['init']}", f"logging.run_dir={run_dir}"]))
+    ok(
+        run_cli(
+            [
+                "pretrain",
+                *COMMON,
+                *corpus["data"],
+                "train.steps=4",
+                "train.eval_interval=1",
+                "train.eval_iters=12",
+                "checkpoint.save_interval=1",
+                f"checkpoint.dir={tmp_path / 'ckpt'}",
+                f"checkpoint.init_from={reference['init']}",
+                f"logging.run_dir={run_dir}",
+            ]
+        )
+    )
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     steps = [r["step_time_s"] for r in records if "loss" in r]

@@ -1,4 +1,5 @@
 """Offline Qwen3-layout tokenizer: known ids, added-token layout, chat template, round trips, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,15 @@ import unicodedata
 
 import pytest
 
-from conftest import run_cli
 from megarec.common.errors import DataError, MegarecError
 from megarec.tokenizer import qwen3_offline as q3
 
-MIXED = ("推荐系统 (recommender systems) 把物品写成 itemic tokens：“短视频”、广告和商品。\n"
-         "Mixed 文本 with emoji 🙂, tabs\tand  spaces, numbers 2025-12-31 and code: x = f(y) // 3;")
+from conftest import run_cli
+
+MIXED = (
+    "推荐系统 (recommender systems) 把物品写成 itemic tokens：“短视频”、广告和商品。\n"
+    "Mixed 文本 with emoji 🙂, tabs\tand  spaces, numbers 2025-12-31 and code: x = f(y) // 3;"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +31,34 @@ def test_known_vector_and_size(tok):
 
 
 def test_added_tokens_layout(tok):
-    expected = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
-                "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-                "<tool_response>", "</tool_response>", "<think>", "</think>"]
+    expected = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|object_ref_start|>",
+        "<|object_ref_end|>",
+        "<|box_start|>",
+        "<|box_end|>",
+        "<|quad_start|>",
+        "<|quad_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|vision_pad|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<tool_call>",
+        "</tool_call>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+        "<tool_response>",
+        "</tool_response>",
+        "<think>",
+        "</think>",
+    ]
     assert tok.convert_tokens_to_ids(expected) == list(range(151643, 151669))
     assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", 151645)
     assert (tok.pad_token, tok.pad_token_id) == ("<|endoftext|>", 151643)
@@ -52,17 +79,21 @@ def test_chat_template_three_turns(tok):
         {"role": "assistant", "content": "Try Heat."},
         {"role": "user", "content": "Thanks!"},
     ]
-    head = ("<|im_start|>system\nYou are a recommender.<|im_end|>\n"
-            "<|im_start|>user\nSuggest a film.<|im_end|>\n"
-            "<|im_start|>assistant\nTry Alien.<|im_end|>\n"   # history loses its reasoning
-            "<|im_start|>user\nAnother?<|im_end|>\n"
-            "<|im_start|>assistant\nTry Heat.<|im_end|>\n"
-            "<|im_start|>user\nThanks!<|im_end|>\n")
+    head = (
+        "<|im_start|>system\nYou are a recommender.<|im_end|>\n"
+        "<|im_start|>user\nSuggest a film.<|im_end|>\n"
+        "<|im_start|>assistant\nTry Alien.<|im_end|>\n"  # history loses its reasoning
+        "<|im_start|>user\nAnother?<|im_end|>\n"
+        "<|im_start|>assistant\nTry Heat.<|im_end|>\n"
+        "<|im_start|>user\nThanks!<|im_end|>\n"
+    )
     render = lambda msgs, **kw: tok.apply_chat_template(msgs, tokenize=False, **kw)  # noqa: E731
     assert render(messages, add_generation_prompt=True) == head + "<|im_start|>assistant\n"
     assert render(messages, add_generation_prompt=True, enable_thinking=True) == head + "<|im_start|>assistant\n"
-    assert (render(messages, add_generation_prompt=True, enable_thinking=False)
-            == head + "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert (
+        render(messages, add_generation_prompt=True, enable_thinking=False)
+        == head + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     assert render(messages, add_generation_prompt=False) == head
     # the final answer (after the last query) keeps a think block, empty or not
     final = messages + [{"role": "assistant", "content": "You're welcome."}]
@@ -90,7 +121,8 @@ def test_chat_template_tools(tok):
         "<|im_start|>assistant\n"  # not the last turn and no reasoning: no think block
         '<tool_call>\n{"name": "lookup", "arguments": {"id": 7}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\n<tool_response>\nfound\n</tool_response><|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_decode_round_trip_mixed(tok):
@@ -172,8 +204,18 @@ def test_bpe_rank_truncation_matches_tiktoken_and_keeps_layout(tmp_path):
     from transformers import AutoTokenizer
 
     n = 4096
-    res = run_cli(["tokenizer", "build-qwen3", "--out", str(tmp_path / "t"), "--bpe-ranks", str(n),
-                   "--tiktoken", q3.ensure_qwen_tiktoken()])
+    res = run_cli(
+        [
+            "tokenizer",
+            "build-qwen3",
+            "--out",
+            str(tmp_path / "t"),
+            "--bpe-ranks",
+            str(n),
+            "--tiktoken",
+            q3.ensure_qwen_tiktoken(),
+        ]
+    )
     assert res.returncode == 0, res.stderr
     small = AutoTokenizer.from_pretrained(tmp_path / "t")
     assert len(small) == n + len(q3.QWEN3_ADDED_TOKENS)

@@ -1,4 +1,5 @@
 """Scaling-law fit: recover known parameters from noisy synthetic runs; plan and CLI round trip."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import pytest
 
 from megarec.scaling.fit import SMALL_GRID, fit_scaling_law
 from megarec.scaling.law import ScalingLaw
+
 from conftest import run_cli
 
 TRUE = ScalingLaw(E=0.4232, A=502.32, alpha=0.3325, B=7.02, beta=0.1865)

@@ -1,5 +1,6 @@
 """SDPA core attention equals Megatron-Core's unfused DotProductAttention (causal and per-document
 masks, grouped-query attention) inside a real GPTModel."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """Transfer benchmark: leave-one-out split, full-ranking metrics, Pop / SASRec / GRU4Rec baselines,
 `megarec bench seqrec` on MovieLens-100k (SASRec must beat Pop) and the generative-model path."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from megarec.common.errors import MegarecError
 from megarec.eval.baselines.pop import PopRecommender
 from megarec.eval.baselines.train import SeqTrainConfig, train_sequential, training_windows
 from megarec.eval.seqrec_data import SeqRecData, load_seqrec
 from megarec.eval.seqrec_eval import evaluate_full_ranking, top_k_full_ranking
+
+from conftest import run_cli
 
 
 def toy_data():
@@ -39,7 +41,7 @@ def test_full_ranking_excludes_history_and_pop_counts():
     assert pop.counts.tolist() == [0, 1, 3, 1, 1, 0]
     hist, tgt = d.split_inputs("test")
     top = top_k_full_ranking(pop.score, hist, d.num_items, 2)
-    assert top[0][0] == 4 and 5 in top[0]      # items 1-3 are in user 1's history
+    assert top[0][0] == 4 and 5 in top[0]  # items 1-3 are in user 1's history
     assert all(i not in h.tolist() for t, h in zip(top, hist) for i in t)
     m = evaluate_full_ranking(pop.score, hist, tgt, d.num_items, ks=(1, 2))
     assert top[2] == [5]  # only one item is left outside user 3's history
@@ -51,8 +53,9 @@ def test_full_ranking_excludes_history_and_pop_counts():
 def test_neural_baselines_train_on_synthetic(kind):
     torch.set_num_threads(1)
     d = load_seqrec("synthetic")
-    res = train_sequential(kind, d, SeqTrainConfig(hidden=32, epochs=3, patience=3, lr=3e-3, max_len=20),
-                           progress=False)
+    res = train_sequential(
+        kind, d, SeqTrainConfig(hidden=32, epochs=3, patience=3, lr=3e-3, max_len=20), progress=False
+    )
     assert res["epochs_run"] == 3 and 1 <= res["best_epoch"] <= 3
     for split in ("valid", "test"):
         assert set(res[split]) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
@@ -63,9 +66,17 @@ def test_neural_baselines_train_on_synthetic(kind):
 
 
 def test_amazon_sequences_in_time_order(tmp_path):
-    rows = [{"reviewerID": u, "asin": a, "overall": 5.0, "unixReviewTime": t}
-            for u, a, t in [("A", "p3", 30), ("A", "p1", 10), ("A", "p2", 20), ("B", "p1", 1), ("B", "p2", 2),
-                            ("C", "p2", 5)]]
+    rows = [
+        {"reviewerID": u, "asin": a, "overall": 5.0, "unixReviewTime": t}
+        for u, a, t in [
+            ("A", "p3", 30),
+            ("A", "p1", 10),
+            ("A", "p2", 20),
+            ("B", "p1", 1),
+            ("B", "p2", 2),
+            ("C", "p2", 5),
+        ]
+    ]
     (tmp_path / "reviews_Toys_5.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = load_seqrec(f"amazon:{tmp_path}")
     assert d.domain == "product" and d.user_ids == ["A"]  # B and C have fewer than 3 interactions
@@ -84,9 +95,29 @@ def ml100k():
 
 def test_bench_seqrec_ml100k_sasrec_beats_pop(ml100k, tmp_path):
     out = tmp_path / "bench"
-    r = run_cli(["bench", "seqrec", "--dataset", "ml-100k", "--baselines", "pop,sasrec", "--out", str(out),
-                 "--epochs", "3", "--lr", "2e-3", "--max-len", "50", "--hidden", "64", "--threads", "1"],
-                timeout=600)
+    r = run_cli(
+        [
+            "bench",
+            "seqrec",
+            "--dataset",
+            "ml-100k",
+            "--baselines",
+            "pop,sasrec",
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--lr",
+            "2e-3",
+            "--max-len",
+            "50",
+            "--hidden",
+            "64",
+            "--threads",
+            "1",
+        ],
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"]["users"] == 943 and res["dataset"]["items"] == 1682
@@ -102,6 +133,7 @@ def test_bench_seqrec_generative_model(tmp_path):
     """A tiny random expanded checkpoint ranks items by constrained beam search; metrics in range."""
     from megarec.common.itemic import write_codes_table
     from megarec.data.placeholder_codes import placeholder_codes
+
     import posttrain_tiny as tiny
 
     tiny.build_tokenizer(str(tmp_path / "tok"))
@@ -111,9 +143,26 @@ def test_bench_seqrec_generative_model(tmp_path):
     codes = placeholder_codes(d.item_ids, 3, 8)
     write_codes_table(str(tmp_path / "codes.csv"), list(codes), np.array(list(codes.values())))
     out = tmp_path / "gen"
-    r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--baselines", "pop", "--hf-dir", str(tmp_path / "model"),
-                 "--codes", str(tmp_path / "codes.csv"), "--max-eval-users", "12", "--num-beams", "12",
-                 "--out", str(out)])
+    r = run_cli(
+        [
+            "bench",
+            "seqrec",
+            "--dataset",
+            "synthetic",
+            "--baselines",
+            "pop",
+            "--hf-dir",
+            str(tmp_path / "model"),
+            "--codes",
+            str(tmp_path / "codes.csv"),
+            "--max-eval-users",
+            "12",
+            "--num-beams",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     gen = json.loads((out / "results.json").read_text())["models"]["megarec"]["test"]
     assert gen["users"] == 12 and gen["coverage"] == 1.0

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Build the offline Qwen3-layout HF tokenizer (same as `megarec tokenizer build-qwen3`)."""
+
 import argparse
 import sys
 

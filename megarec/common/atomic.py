@@ -1,5 +1,6 @@
 """Atomic file writes: write a hidden temporary name beside the target, then `os.replace` it over the target,
 so a reader never sees a half-written file; on error the temporary file is removed."""
+
 from __future__ import annotations
 
 import contextlib

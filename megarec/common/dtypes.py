@@ -1,5 +1,6 @@
 """The one table of dtype names: what configs and flags accept (`auto`, `fp32`, `bf16`), what HF
 `config.json` and safetensors headers write (`float32`, `bfloat16`, `F32`, ...), and the `auto` rule."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -12,8 +13,12 @@ from megarec.common.errors import ConfigError
 # Names users write in configs and flags.
 CONFIG_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Names HF config.json uses (dtype / torch_dtype), and their inverse.
-HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
-                  torch.float64: "float64"}
+HF_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+    torch.float64: "float64",
+}
 HF_NAME_DTYPES = {name: dtype for dtype, name in HF_DTYPE_NAMES.items()}
 # Element types in safetensors headers.
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}

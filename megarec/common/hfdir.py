@@ -1,6 +1,7 @@
 """Hugging Face checkpoint directories: lazy weight reading, sharded safetensors writing, the
 non-weight files (config, tokenizer, generation config, itemic.json). Output directories are written through
 `megarec.common.outdir.staged_dir` (all or nothing)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,6 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 WEIGHT_INDEXES = (SAFE_INDEX, BIN_INDEX)
-
-
 
 
 class HFWeights:
@@ -100,8 +99,17 @@ class HFWeights:
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -166,8 +174,11 @@ def is_weight_file(name: str) -> bool:
 def asset_files(hf_dir: str) -> list[str]:
     """Top-level non-weight files of an HF dir: config.json, generation_config.json, tokenizer files,
     chat template, itemic.json, README…"""
-    return sorted(n for n in os.listdir(hf_dir)
-                  if os.path.isfile(os.path.join(hf_dir, n)) and not is_weight_file(n) and not n.startswith("."))
+    return sorted(
+        n
+        for n in os.listdir(hf_dir)
+        if os.path.isfile(os.path.join(hf_dir, n)) and not is_weight_file(n) and not n.startswith(".")
+    )
 
 
 def copy_assets(src_dir: str, dst_dir: str, skip: Iterable[str] = ()) -> list[str]:

@@ -1,5 +1,6 @@
 """File helpers shared by the data tools: atomic writes and row iteration over JSONL / parquet files
 that keeps the file name and 1-based row number of every record (for error messages)."""
+
 from __future__ import annotations
 
 import gzip

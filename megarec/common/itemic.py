@@ -9,6 +9,7 @@ by vocabulary expansion, records that layout; token ids are never constants else
 
 Codes tables map item ids to codes: columns `item_id, c1..cL`, as csv, tsv, parquet or JSON lines.
 """
+
 from __future__ import annotations
 
 import csv
@@ -119,15 +120,25 @@ class ItemicLayout:
     padded_vocab_size: int
 
     @classmethod
-    def create(cls, base_vocab_size: int, num_layers: int, codebook_size: int,
-               padded_vocab_size: Optional[int] = None) -> "ItemicLayout":
+    def create(
+        cls, base_vocab_size: int, num_layers: int, codebook_size: int, padded_vocab_size: Optional[int] = None
+    ) -> "ItemicLayout":
         """Layout of L×K code tokens + sid_begin/sid_end appended after `base_vocab_size` entries."""
         check_codebook_size(codebook_size)
         letters = tuple(layer_letters(num_layers))
         sid_begin = base_vocab_size + num_layers * codebook_size
         padded = padded_vocab_size if padded_vocab_size is not None else sid_begin + 2
-        return cls(base_vocab_size, sid_begin + 1, num_layers, codebook_size, sid_begin, sid_begin + 1, letters,
-                   base_vocab_size, padded)
+        return cls(
+            base_vocab_size,
+            sid_begin + 1,
+            num_layers,
+            codebook_size,
+            sid_begin,
+            sid_begin + 1,
+            letters,
+            base_vocab_size,
+            padded,
+        )
 
     @classmethod
     def from_meta(cls, meta: Mapping, where: str = "itemic layout") -> "ItemicLayout":
@@ -147,14 +158,19 @@ class ItemicLayout:
         layout = cls.create(base, num_layers, size, padded)
         for name in ("last_id", "sid_begin_id", "sid_end_id"):
             if name in meta and int(meta[name]) != getattr(layout, name):
-                raise DataError(f"{where}: field '{name}' is {meta[name]!r}, but layers/codebook size/base "
-                                f"vocabulary imply {getattr(layout, name)!r}")
+                raise DataError(
+                    f"{where}: field '{name}' is {meta[name]!r}, but layers/codebook size/base "
+                    f"vocabulary imply {getattr(layout, name)!r}"
+                )
         if "layer_letters" in meta and tuple(meta["layer_letters"]) != layout.layer_letters:
-            raise DataError(f"{where}: field 'layer_letters' is {meta['layer_letters']!r}, expected "
-                            f"{list(layout.layer_letters)!r}")
+            raise DataError(
+                f"{where}: field 'layer_letters' is {meta['layer_letters']!r}, expected {list(layout.layer_letters)!r}"
+            )
         if layout.padded_vocab_size <= layout.last_id:
-            raise DataError(f"{where}: field 'padded_vocab_size' ({layout.padded_vocab_size}) must exceed "
-                            f"last_id ({layout.last_id})")
+            raise DataError(
+                f"{where}: field 'padded_vocab_size' ({layout.padded_vocab_size}) must exceed "
+                f"last_id ({layout.last_id})"
+            )
         return layout
 
     @classmethod
@@ -172,8 +188,10 @@ class ItemicLayout:
         layout = cls.create(int(first), num_layers, codebook_size, max(vocab.values()) + 1)
         for token, expected in zip(itemic_token_strings(num_layers, codebook_size), layout.itemic_token_ids()):
             if vocab.get(token) != expected:
-                raise ConfigError(f"tokenizer token {token!r} has id {vocab.get(token)}, expected {expected} "
-                                  f"(itemic tokens must follow each other in layout order)")
+                raise ConfigError(
+                    f"tokenizer token {token!r} has id {vocab.get(token)}, expected {expected} "
+                    f"(itemic tokens must follow each other in layout order)"
+                )
         return layout
 
     @classmethod
@@ -188,8 +206,14 @@ class ItemicLayout:
             return cls.from_meta(obj)
         keys = ("first_id", "num_layers", "codebook_size")
         if all(hasattr(obj, k) for k in keys):
-            fields = keys + ("last_id", "sid_begin_id", "sid_end_id", "layer_letters", "base_vocab_size",
-                             "padded_vocab_size")
+            fields = keys + (
+                "last_id",
+                "sid_begin_id",
+                "sid_end_id",
+                "layer_letters",
+                "base_vocab_size",
+                "padded_vocab_size",
+            )
             return cls.from_meta({k: getattr(obj, k) for k in fields if hasattr(obj, k)})
         raise ConfigError(f"cannot build an itemic layout from {type(obj).__name__}")
 
@@ -275,8 +299,10 @@ class ItemicLayout:
         """Codes of exactly one item given as its L+2 ids; raises DataError on anything else."""
         ids = [int(i) for i in ids]
         if len(ids) != self.num_layers + 2 or ids[0] != self.sid_begin_id or ids[-1] != self.sid_end_id:
-            raise DataError(f"malformed item ids {ids}: expected [{self.sid_begin_id}, {self.num_layers} code ids, "
-                            f"{self.sid_end_id}]")
+            raise DataError(
+                f"malformed item ids {ids}: expected [{self.sid_begin_id}, {self.num_layers} code ids, "
+                f"{self.sid_end_id}]"
+            )
         codes = []
         for pos, tid in enumerate(ids[1:-1]):
             found = self.code_of(tid)
@@ -284,8 +310,10 @@ class ItemicLayout:
                 raise DataError(f"malformed item ids {ids}: position {pos + 1} ({tid}) is not a code token")
             layer, code = found
             if layer != pos:
-                raise DataError(f"malformed item ids {ids}: position {pos + 1} holds a layer "
-                                f"{self.layer_letters[layer]} code, expected layer {self.layer_letters[pos]}")
+                raise DataError(
+                    f"malformed item ids {ids}: position {pos + 1} holds a layer "
+                    f"{self.layer_letters[layer]} code, expected layer {self.layer_letters[pos]}"
+                )
             codes.append(code)
         return tuple(codes)
 
@@ -294,7 +322,7 @@ class ItemicLayout:
         step = self.num_layers + 2
         if len(ids) % step:
             raise DataError(f"{len(ids)} ids is not a whole number of {step}-token items")
-        return [self.ids_to_item(ids[s:s + step]) for s in range(0, len(ids), step)]
+        return [self.ids_to_item(ids[s : s + step]) for s in range(0, len(ids), step)]
 
     def parse_items(self, token_ids: Sequence[int]) -> list[tuple[int, ...]]:
         """Code tuples of every well-formed item (begin, one code per layer in order, end) in any token
@@ -329,13 +357,17 @@ class ItemicLayout:
             body = m.group(1)
             toks = CODE_TOKEN_RE.findall(body)
             if "".join(code_token(letter, int(c)) for letter, c in toks) != body or len(toks) != self.num_layers:
-                raise DataError(f"malformed item {m.group(0)!r}: expected {self.num_layers} code tokens "
-                                f"<s_{self.layer_letters[0]}_N>...")
+                raise DataError(
+                    f"malformed item {m.group(0)!r}: expected {self.num_layers} code tokens "
+                    f"<s_{self.layer_letters[0]}_N>..."
+                )
             codes = []
             for pos, (letter, code) in enumerate(toks):
                 if letter != self.layer_letters[pos] or int(code) >= self.codebook_size or code != str(int(code)):
-                    raise DataError(f"malformed item {m.group(0)!r}: token {pos + 1} must be "
-                                    f"<s_{self.layer_letters[pos]}_N> with N < {self.codebook_size}")
+                    raise DataError(
+                        f"malformed item {m.group(0)!r}: token {pos + 1} must be "
+                        f"<s_{self.layer_letters[pos]}_N> with N < {self.codebook_size}"
+                    )
                 codes.append(int(code))
             items.append(tuple(codes))
         rest = _ITEM_RE.sub("", text)
@@ -374,24 +406,30 @@ class CodesTable:
 
     def as_dict(self) -> dict[str, tuple[int, ...]]:
         """item id (as a string) → codes."""
-        return {str(i.item() if isinstance(i, np.generic) else i): tuple(int(c) for c in row)
-                for i, row in zip(self.ids, self.codes)}
+        return {
+            str(i.item() if isinstance(i, np.generic) else i): tuple(int(c) for c in row)
+            for i, row in zip(self.ids, self.codes)
+        }
 
     def check(self, path: str, num_layers: Optional[int] = None, codebook_size: Optional[int] = None) -> None:
         if num_layers is not None and self.num_layers != num_layers:
-            raise DataError(f"{path}: codes table has {self.num_layers} code columns, expected {num_layers} "
-                            f"(columns item_id,c1..c{num_layers})")
+            raise DataError(
+                f"{path}: codes table has {self.num_layers} code columns, expected {num_layers} "
+                f"(columns item_id,c1..c{num_layers})"
+            )
         if codebook_size is not None:
             for j in range(self.num_layers):
                 bad = (self.codes[:, j] < 0) | (self.codes[:, j] >= codebook_size)
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise DataError(f"{path}: row {i + 1}: field 'c{j + 1}' = {self.codes[i, j]} outside "
-                                    f"[0, {codebook_size})")
+                    raise DataError(
+                        f"{path}: row {i + 1}: field 'c{j + 1}' = {self.codes[i, j]} outside [0, {codebook_size})"
+                    )
 
 
-def read_codes_table(path: str | os.PathLike, num_layers: Optional[int] = None,
-                     codebook_size: Optional[int] = None) -> CodesTable:
+def read_codes_table(
+    path: str | os.PathLike, num_layers: Optional[int] = None, codebook_size: Optional[int] = None
+) -> CodesTable:
     """A codes table (csv / tsv with a header, parquet, or JSON lines with item_id, c1..cL). Item ids must be
     unique and codes non-negative integers; with `num_layers` / `codebook_size` the shape and ranges are
     checked too. Errors name the file, row and field."""
@@ -447,20 +485,27 @@ def _codes_from_rows(path: str, header: list[str], rows: list) -> CodesTable:
                     raise ValueError
                 codes[k, j] = int(float(value))
             except (TypeError, ValueError):
-                raise DataError(f"{path}: row {row}: field '{c}': expected a non-negative integer, "
-                                f"got {value!r}") from None
+                raise DataError(
+                    f"{path}: row {row}: field '{c}': expected a non-negative integer, got {value!r}"
+                ) from None
             if codes[k, j] < 0:
                 raise DataError(f"{path}: row {row}: field '{c}': expected a non-negative integer, got {value!r}")
         key = str(item_id)
         if key in seen:
-            raise DataError(f"{path}: row {row}: field 'item_id': duplicate item id {item_id!r} "
-                            f"(first at row {seen[key]})")
+            raise DataError(
+                f"{path}: row {row}: field 'item_id': duplicate item id {item_id!r} (first at row {seen[key]})"
+            )
         seen[key] = row
         ids.append(item_id)
-    as_int = all(isinstance(i, (int, np.integer)) or (isinstance(i, str) and i.lstrip("-").isdigit()
-                                                      and str(int(i)) == i) for i in ids)
-    id_array = np.array([int(i) for i in ids], dtype=np.int64) if as_int and ids else np.array(
-        [str(i) for i in ids], dtype=object)
+    as_int = all(
+        isinstance(i, (int, np.integer)) or (isinstance(i, str) and i.lstrip("-").isdigit() and str(int(i)) == i)
+        for i in ids
+    )
+    id_array = (
+        np.array([int(i) for i in ids], dtype=np.int64)
+        if as_int and ids
+        else np.array([str(i) for i in ids], dtype=object)
+    )
     return CodesTable(id_array, codes)
 
 
@@ -482,8 +527,9 @@ def write_codes_table(path: str | os.PathLike, ids: Sequence | np.ndarray, codes
                 writer = csv.writer(f, delimiter="\t" if low.endswith(".tsv") else ",")
                 writer.writerow([ID_COLUMN, *code_columns(codes.shape[1])])
                 for item_id, row in zip(ids, codes):
-                    writer.writerow([item_id.item() if isinstance(item_id, np.generic) else item_id,
-                                     *(int(c) for c in row)])
+                    writer.writerow(
+                        [item_id.item() if isinstance(item_id, np.generic) else item_id, *(int(c) for c in row)]
+                    )
         elif low.endswith(".jsonl"):
             with open(tmp, "w", encoding="utf-8") as f:
                 for item_id, row in zip(ids, codes):
@@ -520,14 +566,17 @@ def _sort_key(item) -> tuple:
 class CodeToItems:
     """Maps a code tuple to the items that share it, most popular first (ties: smaller item id first)."""
 
-    def __init__(self, item_codes: Mapping[Hashable, Sequence[int]],
-                 popularity: Optional[Mapping[Hashable, float]] = None):
+    def __init__(
+        self, item_codes: Mapping[Hashable, Sequence[int]], popularity: Optional[Mapping[Hashable, float]] = None
+    ):
         pop = popularity or {}
         groups: dict[tuple[int, ...], list] = {}
         for item, codes in item_codes.items():
             groups.setdefault(tuple(int(c) for c in codes), []).append(item)
-        self._items = {codes: sorted(items, key=lambda it: (-float(pop.get(it, 0.0)), _sort_key(it)))
-                       for codes, items in groups.items()}
+        self._items = {
+            codes: sorted(items, key=lambda it: (-float(pop.get(it, 0.0)), _sort_key(it)))
+            for codes, items in groups.items()
+        }
 
     def items(self, codes: Sequence[int]) -> list:
         """Items with these codes, most popular first; empty when no item has them."""

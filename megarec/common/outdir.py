@@ -12,6 +12,7 @@
 replaces the output in one rename only after the whole write succeeded. A failed run therefore leaves the
 old directory, and anything unrelated in it, exactly as it was, and never a half-written output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,10 +23,12 @@ from typing import Callable, Iterable, Iterator, Optional, Tuple
 from megarec.common.atomic import temp_path
 from megarec.common.errors import ConfigError
 
-Inputs = Iterable[Tuple[str, Optional[str]]]   # (flag, path) pairs; a None path is skipped
+Inputs = Iterable[Tuple[str, Optional[str]]]  # (flag, path) pairs; a None path is skipped
 FORCE_HINT = "pass --force to replace it"
-FORCE_HELP = ("Replace a non-empty --out. The new output is written beside it and the old directory is removed "
-              "only after the run succeeded; without --force a non-empty --out is refused.")
+FORCE_HELP = (
+    "Replace a non-empty --out. The new output is written beside it and the old directory is removed "
+    "only after the run succeeded; without --force a non-empty --out is refused."
+)
 
 
 def _real(path: str | os.PathLike) -> str:
@@ -46,8 +49,9 @@ def refuse_unsafe(path: str | os.PathLike, flag: str = "--out", inputs: Inputs =
     for in_flag, in_path in inputs:
         if in_path and _within(_real(in_path), target):
             how = "the same path as" if _real(in_path) == target else "a directory containing"
-            raise ConfigError(f"{flag} {os.fspath(path)} is {how} {in_flag} {os.fspath(in_path)}; "
-                              "give a separate output directory")
+            raise ConfigError(
+                f"{flag} {os.fspath(path)} is {how} {in_flag} {os.fspath(in_path)}; give a separate output directory"
+            )
 
 
 def entries(path: str | os.PathLike) -> list[str]:
@@ -61,8 +65,15 @@ def has_entry(*names: str) -> Callable[[str], bool]:
     return lambda path: any(os.path.lexists(os.path.join(path, n)) for n in names)
 
 
-def check_out_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "--out", inputs: Inputs = (),
-                  own: Optional[Callable[[str], bool]] = None, hint: str = FORCE_HINT) -> str:
+def check_out_dir(
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    flag: str = "--out",
+    inputs: Inputs = (),
+    own: Optional[Callable[[str], bool]] = None,
+    hint: str = FORCE_HINT,
+) -> str:
     """The guard every directory-writing verb calls first; returns the absolute output path."""
     path = os.fspath(path)
     refuse_unsafe(path, flag, inputs)
@@ -74,9 +85,15 @@ def check_out_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "
     return os.path.abspath(path)
 
 
-def check_out_prefix(prefix: str | os.PathLike, work_dir: str | os.PathLike, *, force: bool = False,
-                     flag: str = "--output-prefix", inputs: Inputs = (),
-                     own: Optional[Callable[[str], bool]] = None) -> str:
+def check_out_prefix(
+    prefix: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    flag: str = "--output-prefix",
+    inputs: Inputs = (),
+    own: Optional[Callable[[str], bool]] = None,
+) -> str:
     """The guard of verbs that write files named PREFIX* plus a work directory (preprocess: P.parts): the
     prefix must not name the cwd or an ancestor of it, and the work directory is checked like an --out."""
     refuse_unsafe(prefix, flag)
@@ -98,8 +115,9 @@ def replace_dir(stage: str, out: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "--out",
-               inputs: Inputs = ()) -> Iterator[str]:
+def staged_dir(
+    path: str | os.PathLike, *, force: bool = False, flag: str = "--out", inputs: Inputs = ()
+) -> Iterator[str]:
     """Yield a fresh hidden sibling of `path` to write into; on success it replaces `path` (which must be
     missing or empty unless `force`), on any error it is deleted and `path` is left untouched."""
     inputs = list(inputs)

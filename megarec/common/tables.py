@@ -1,4 +1,5 @@
 """Plain-text and markdown tables for reports and command output."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

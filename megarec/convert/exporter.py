@@ -7,6 +7,7 @@ The HF config comes from --hf-template, else from the config recorded at import,
 config's model.hf_config. The vocabulary padding is cut back to the config's vocab_size, and
 tie_word_embeddings follows the checkpoint (no output layer ⇒ tied).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,19 +18,24 @@ from typing import Optional
 import torch
 
 from megarec.common import hfdir as hf_io
-from megarec.common.itemic import ITEMIC_JSON
 from megarec.common.dtypes import HF_DTYPE_NAMES, HF_NAME_DTYPES, dtype_from_name
-
-from megarec.models.qwen3.hf_config import read_qwen3_config
-from megarec.models.qwen3 import mapping
-from megarec.convert.importer import HF_ASSETS_DIR, check_itemic
 from megarec.common.errors import ConfigError
+from megarec.common.itemic import ITEMIC_JSON
 from megarec.common.outdir import check_out_dir, staged_dir
+from megarec.convert.importer import HF_ASSETS_DIR, check_itemic
+from megarec.models.qwen3 import mapping
+from megarec.models.qwen3.hf_config import read_qwen3_config
 
 # ModelConfig overrides of a pre-training run → HF config keys.
-_OVERRIDE_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
-                  "ffn_hidden_size": "intermediate_size", "num_attention_heads": "num_attention_heads",
-                  "num_query_groups": "num_key_value_heads", "head_dim": "head_dim", "vocab_size": "vocab_size"}
+_OVERRIDE_KEYS = {
+    "num_layers": "num_hidden_layers",
+    "hidden_size": "hidden_size",
+    "ffn_hidden_size": "intermediate_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "vocab_size": "vocab_size",
+}
 
 
 def _existing_dir(path) -> Optional[str]:
@@ -58,14 +64,18 @@ def resolve_hf_side(ckpt_root: str, common: dict, hf_template: Optional[str]) ->
         else:
             with_config = [d for d in dirs if os.path.isfile(os.path.join(d, "config.json"))]
             if not with_config:
-                raise ConfigError(f"{ckpt_root}: the checkpoint records no HF config and none was found; pass "
-                                  "--hf-template <HF dir with config.json (and tokenizer files)>")
+                raise ConfigError(
+                    f"{ckpt_root}: the checkpoint records no HF config and none was found; pass "
+                    "--hf-template <HF dir with config.json (and tokenizer files)>"
+                )
             config = hf_io.read_json(os.path.join(with_config[0], "config.json"))
     recorded = _recorded_vocab(conv, pretrain_model)
     if recorded is not None and pretrain_model.get("vocab_size") is None and config.get("vocab_size") != recorded:
-        raise ConfigError(f"the HF config says vocab_size={config.get('vocab_size')} but the checkpoint was "
-                          f"{'converted' if conv else 'trained'} with a {recorded}-token vocabulary "
-                          f"(a template from another vocabulary would cut or keep the wrong rows)")
+        raise ConfigError(
+            f"the HF config says vocab_size={config.get('vocab_size')} but the checkpoint was "
+            f"{'converted' if conv else 'trained'} with a {recorded}-token vocabulary "
+            f"(a template from another vocabulary would cut or keep the wrong rows)"
+        )
     for ours, theirs in _OVERRIDE_KEYS.items():  # what a pre-training run changed on top of its HF config
         if pretrain_model.get(ours) is not None:
             config[theirs] = pretrain_model[ours]
@@ -96,16 +106,23 @@ def _output_dtype(requested: str, config: dict, tensors: dict) -> torch.dtype:
     return tensors["embedding.word_embeddings.weight"].dtype
 
 
-def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max_shard_size: str = "5GB",
-                dtype: str = "auto", force: bool = False) -> dict:
+def mcore_to_hf(
+    mcore_dir: str,
+    out: str,
+    hf_template: Optional[str] = None,
+    max_shard_size: str = "5GB",
+    dtype: str = "auto",
+    force: bool = False,
+) -> dict:
     """Convert; returns a summary dict. Raises ConfigError (nothing written) on any mismatch."""
     from megarec.runtime import megatron_checkpoint as ckpt
     from megarec.runtime.distributed import world_size_from_env
 
     start = time.time()
     if world_size_from_env() > 1:
-        raise ConfigError("mcore-to-hf runs in a single process (it reads the checkpoint unsharded); "
-                          "run it without torchrun")
+        raise ConfigError(
+            "mcore-to-hf runs in a single process (it reads the checkpoint unsharded); run it without torchrun"
+        )
     max_bytes = hf_io.parse_size(max_shard_size)
     if not os.path.isdir(mcore_dir):
         raise ConfigError(f"Megatron checkpoint directory not found: {mcore_dir}")
@@ -121,8 +138,9 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
     padded = tensors["embedding.word_embeddings.weight"].shape[0]
     saved_padded = common.get("padded_vocab_size")
     if saved_padded is not None and int(saved_padded) != padded:
-        raise ConfigError(f"{ckpt_dir}: embedding has {padded} rows but the checkpoint records "
-                          f"padded_vocab_size={saved_padded}")
+        raise ConfigError(
+            f"{ckpt_dir}: embedding has {padded} rows but the checkpoint records padded_vocab_size={saved_padded}"
+        )
     config["tie_word_embeddings"] = "output_layer.weight" not in tensors
     out_dtype = _output_dtype(dtype, config, tensors)
 
@@ -131,8 +149,9 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
         _write_config(config_path, config, out_dtype)
         arch, config = read_qwen3_config(config_path)
         if arch.vocab_size > padded:
-            raise ConfigError(f"config vocab_size={arch.vocab_size} is larger than the checkpoint's "
-                              f"{padded} embedding rows")
+            raise ConfigError(
+                f"config vocab_size={arch.vocab_size} is larger than the checkpoint's {padded} embedding rows"
+            )
         used: set[str] = set()
 
         def get(name: str) -> torch.Tensor:
@@ -144,15 +163,17 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
             if layer is None:
                 return t
             if t.shape[0] != arch.num_layers:
-                raise ConfigError(f"{ckpt_dir}: {key} holds {t.shape[0]} layers, config.json says "
-                                  f"num_hidden_layers={arch.num_layers}")
+                raise ConfigError(
+                    f"{ckpt_dir}: {key} holds {t.shape[0]} layers, config.json says num_hidden_layers={arch.num_layers}"
+                )
             return t[layer]
 
         hf_tensors = {n: t.to(out_dtype) for n, t in mapping.mcore_to_hf(get, arch, padded)}
         unused = sorted(set(tensors) - used)
         if unused:
-            raise ConfigError(f"{ckpt_dir}: tensor {unused[0]} has no HF Qwen3 counterpart "
-                              f"(not a plain Qwen3 checkpoint)")
+            raise ConfigError(
+                f"{ckpt_dir}: tensor {unused[0]} has no HF Qwen3 counterpart (not a plain Qwen3 checkpoint)"
+            )
         files = hf_io.write_safetensors(stage, hf_tensors, max_bytes)
         del hf_tensors
         tensors.clear()  # free the checkpoint copy before copying files
@@ -162,9 +183,17 @@ def mcore_to_hf(mcore_dir: str, out: str, hf_template: Optional[str] = None, max
             itemic_path = os.path.join(stage, ITEMIC_JSON)
             if os.path.isfile(itemic_path):
                 check_itemic(hf_io.read_json(itemic_path), arch.vocab_size, itemic_path)
-    return {"out": os.path.abspath(out), "vocab_size": arch.vocab_size, "padded_vocab_size": padded,
-            "tied": arch.tie_word_embeddings, "dtype": HF_DTYPE_NAMES[out_dtype], "weight_files": files,
-            "copied": copied, "assets_from": asset_dir, "seconds": round(time.time() - start, 2)}
+    return {
+        "out": os.path.abspath(out),
+        "vocab_size": arch.vocab_size,
+        "padded_vocab_size": padded,
+        "tied": arch.tie_word_embeddings,
+        "dtype": HF_DTYPE_NAMES[out_dtype],
+        "weight_files": files,
+        "copied": copied,
+        "assets_from": asset_dir,
+        "seconds": round(time.time() - start, 2),
+    }
 
 
 def _write_config(path: str, config: dict, dtype: torch.dtype) -> None:

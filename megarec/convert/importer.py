@@ -10,6 +10,7 @@ layout; the requested TP only fixes the vocabulary padding (a multiple of make_v
 
 Everything is checked before anything is written, and the output directory appears in one rename.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,13 +21,12 @@ from typing import Optional
 import torch
 
 from megarec.common import hfdir as hf_io
-from megarec.common.itemic import ITEMIC_JSON
 from megarec.common.dtypes import HF_DTYPE_NAMES, dtype_from_name
-
-from megarec.models.qwen3.hf_config import read_qwen3_config
-from megarec.models.qwen3 import mapping
 from megarec.common.errors import ConfigError
+from megarec.common.itemic import ITEMIC_JSON
 from megarec.common.outdir import check_out_dir, staged_dir
+from megarec.models.qwen3 import mapping
+from megarec.models.qwen3.hf_config import read_qwen3_config
 
 HF_ASSETS_DIR = "hf_assets"  # non-weight HF files kept beside the checkpoint, for the way back
 
@@ -58,8 +58,10 @@ def check_hf_tensors(weights: hf_io.HFWeights, arch, where: str) -> None:
     unexpected = sorted(present - set(expected) - allowed_extra)
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise ConfigError(f"{where}: tensor {unexpected[0]}{more} is not part of the Qwen3 layout "
-                          f"config.json describes (layers={arch.num_layers}, tied={arch.tie_word_embeddings})")
+        raise ConfigError(
+            f"{where}: tensor {unexpected[0]}{more} is not part of the Qwen3 layout "
+            f"config.json describes (layers={arch.num_layers}, tied={arch.tie_word_embeddings})"
+        )
     for name, shape in expected.items():
         got = weights.shape(name)
         if tuple(got) != tuple(shape):
@@ -94,31 +96,40 @@ def megatron_targets(model) -> dict[str, torch.Tensor]:
 def _tied_output_check(weights: hf_io.HFWeights, arch, where: str) -> None:
     if arch.tie_word_embeddings and mapping.TIED_HF_OUTPUT in weights.names():
         if not torch.equal(weights.get(mapping.TIED_HF_OUTPUT), weights.get("model.embed_tokens.weight")):
-            raise ConfigError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from "
-                              "model.embed_tokens.weight")
+            raise ConfigError(
+                f"{where}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+            )
 
 
-def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size_divisible_by: int = 128,
-                dtype: str = "auto", force: bool = False) -> dict:
+def hf_to_mcore(
+    hf_dir: str,
+    out: str,
+    tp: int = 1,
+    pp: int = 1,
+    make_vocab_size_divisible_by: int = 128,
+    dtype: str = "auto",
+    force: bool = False,
+) -> dict:
     """Convert; returns a summary dict. Raises ConfigError (nothing written) on any mismatch."""
     from megarec import __version__
-    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.runtime.config import ParallelConfig
-    from megarec.runtime.megatron_checkpoint import save_checkpoint
     from megarec.runtime.distributed import world_size_from_env
+    from megarec.runtime.megatron_checkpoint import save_checkpoint
 
     start = time.time()
     if world_size_from_env() > 1:
-        raise ConfigError("hf-to-mcore runs in a single process (the checkpoint it writes loads at any TP/PP); "
-                          "run it without torchrun")
+        raise ConfigError(
+            "hf-to-mcore runs in a single process (the checkpoint it writes loads at any TP/PP); "
+            "run it without torchrun"
+        )
     if not os.path.isdir(hf_dir):
         raise ConfigError(f"HF checkpoint directory not found: {hf_dir}")
     if make_vocab_size_divisible_by < 1:
         raise ConfigError("--make-vocab-size-divisible-by must be >= 1")
     arch, hf_cfg = read_qwen3_config(hf_dir)
-    qwen3.validate_layout(arch, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
-                          "local")
+    qwen3.validate_layout(arch, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp), "local")
     padded = qwen3.padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)
     weights = hf_io.HFWeights(hf_dir)
     check_hf_tensors(weights, arch, hf_dir)
@@ -127,23 +138,26 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
     ckpt_dtype = checkpoint_dtype(dtype, weights, arch)
     itemic = _read_itemic(hf_dir, arch.vocab_size)
 
-    hf_dtypes = sorted({HF_DTYPE_NAMES.get(weights.dtype(n), str(weights.dtype(n)))
-                        for n in mapping.expected_hf_shapes(arch)})
-    extra = {"convert": {
-        "direction": "hf-to-mcore",
-        "source": os.path.abspath(hf_dir),
-        "hf_config": hf_cfg,
-        "hf_dtype": hf_dtypes[0] if len(hf_dtypes) == 1 else hf_dtypes,
-        "checkpoint_dtype": HF_DTYPE_NAMES[ckpt_dtype],
-        "vocab_size": arch.vocab_size,
-        "padded_vocab_size": padded,
-        "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
-        "target_tensor_model_parallel_size": tp,
-        "target_pipeline_model_parallel_size": pp,
-        "tie_word_embeddings": arch.tie_word_embeddings,
-        "itemic": itemic,
-        "megarec_version": __version__,
-    }}
+    hf_dtypes = sorted(
+        {HF_DTYPE_NAMES.get(weights.dtype(n), str(weights.dtype(n))) for n in mapping.expected_hf_shapes(arch)}
+    )
+    extra = {
+        "convert": {
+            "direction": "hf-to-mcore",
+            "source": os.path.abspath(hf_dir),
+            "hf_config": hf_cfg,
+            "hf_dtype": hf_dtypes[0] if len(hf_dtypes) == 1 else hf_dtypes,
+            "checkpoint_dtype": HF_DTYPE_NAMES[ckpt_dtype],
+            "vocab_size": arch.vocab_size,
+            "padded_vocab_size": padded,
+            "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
+            "target_tensor_model_parallel_size": tp,
+            "target_pipeline_model_parallel_size": pp,
+            "tie_word_embeddings": arch.tie_word_embeddings,
+            "itemic": itemic,
+            "megarec_version": __version__,
+        }
+    }
     precision = "bf16" if ckpt_dtype == torch.bfloat16 else "fp32"
     with staged_dir(out, force=force, inputs=[("--hf-dir", hf_dir)]) as stage:
         with megatron_single_process():
@@ -156,8 +170,10 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
                 for name, tensor in mapping.hf_to_mcore(weights.get, arch, padded):
                     param = targets.pop(name, None)
                     if param is None or tuple(param.shape) != tuple(tensor.shape):
-                        raise RuntimeError(f"internal: mapping target {name} does not match the Megatron model "
-                                           f"({None if param is None else list(param.shape)} vs {list(tensor.shape)})")
+                        raise RuntimeError(
+                            f"internal: mapping target {name} does not match the Megatron model "
+                            f"({None if param is None else list(param.shape)} vs {list(tensor.shape)})"
+                        )
                     param.copy_(tensor)
             if targets:
                 raise RuntimeError(f"internal: Megatron parameters without a mapping rule: {sorted(targets)[:3]}")
@@ -166,9 +182,17 @@ def hf_to_mcore(hf_dir: str, out: str, tp: int = 1, pp: int = 1, make_vocab_size
         assets = os.path.join(stage, HF_ASSETS_DIR)
         os.makedirs(assets)
         copied = hf_io.copy_assets(hf_dir, assets)
-    return {"out": os.path.abspath(out), "vocab_size": arch.vocab_size, "padded_vocab_size": padded,
-            "tp": tp, "pp": pp, "tied": arch.tie_word_embeddings, "dtype": HF_DTYPE_NAMES[ckpt_dtype],
-            "hf_files_kept": copied, "seconds": round(time.time() - start, 2)}
+    return {
+        "out": os.path.abspath(out),
+        "vocab_size": arch.vocab_size,
+        "padded_vocab_size": padded,
+        "tp": tp,
+        "pp": pp,
+        "tied": arch.tie_word_embeddings,
+        "dtype": HF_DTYPE_NAMES[ckpt_dtype],
+        "hf_files_kept": copied,
+        "seconds": round(time.time() - start, 2),
+    }
 
 
 def _read_itemic(hf_dir: str, vocab_size: int) -> Optional[dict]:

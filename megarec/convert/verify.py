@@ -6,6 +6,7 @@ runs its layers and hands the hidden states on; the last stage's vocab-parallel 
 over TP, the padding columns are dropped and one rank (last stage, TP rank 0) compares them with
 the HF model and prints one JSON line. The exit status is non-zero when a threshold is not met.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,8 @@ from typing import Optional
 
 import torch
 
-
-from megarec.models.qwen3.hf_config import read_qwen3_config
 from megarec.common.errors import ConfigError
+from megarec.models.qwen3.hf_config import read_qwen3_config
 
 
 def compare_logits(ref: torch.Tensor, test: torch.Tensor, tokens: torch.Tensor) -> dict:
@@ -40,8 +40,9 @@ def compare_logits(ref: torch.Tensor, test: torch.Tensor, tokens: torch.Tensor) 
     }
 
 
-def check_thresholds(metrics: dict, min_cosine: float, max_abs_diff: Optional[float],
-                     min_top1_agreement: Optional[float]) -> list[str]:
+def check_thresholds(
+    metrics: dict, min_cosine: float, max_abs_diff: Optional[float], min_top1_agreement: Optional[float]
+) -> list[str]:
     failed = []
     if not metrics["cosine"] >= min_cosine:  # written so that NaN fails
         failed.append(f"cosine {metrics['cosine']:.6g} < {min_cosine}")
@@ -85,20 +86,30 @@ def _pipeline_forward(model, tokens, positions, mask, hidden_size: int, device):
     return out
 
 
-def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: int = 32, batch_size: int = 2,
-           seed: int = 1234, min_cosine: float = 0.9999, max_abs_diff: Optional[float] = None,
-           min_top1_agreement: Optional[float] = None, local_attention: str = "sdpa") -> tuple[Optional[dict], bool]:
+def verify(
+    hf_dir: str,
+    mcore_dir: str,
+    tp: int = 1,
+    pp: int = 1,
+    seq_length: int = 32,
+    batch_size: int = 2,
+    seed: int = 1234,
+    min_cosine: float = 0.9999,
+    max_abs_diff: Optional[float] = None,
+    min_top1_agreement: Optional[float] = None,
+    local_attention: str = "sdpa",
+) -> tuple[Optional[dict], bool]:
     """(metrics on the reporting rank else None, passed) — collective under torchrun."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
-    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig
-    from megarec.runtime.config import ParallelConfig
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.qwen3.specs import needs_explicit_causal_mask
-    from megarec.runtime.megatron_checkpoint import load_model_weights, resolve_checkpoint_dir
+    from megarec.runtime.config import ParallelConfig
     from megarec.runtime.distributed import world_size_from_env
+    from megarec.runtime.megatron_checkpoint import load_model_weights, resolve_checkpoint_dir
     from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
 
     if seq_length < 2 or batch_size < 1:
@@ -107,25 +118,31 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     world = world_size_from_env()
     if world < tp * pp:
-        raise ConfigError(f"verify at TP={tp}, PP={pp} needs {tp * pp} processes, this is {world}: run "
-                          f"torchrun --nproc_per_node {tp * pp} -m megarec convert verify ...")
+        raise ConfigError(
+            f"verify at TP={tp}, PP={pp} needs {tp * pp} processes, this is {world}: run "
+            f"torchrun --nproc_per_node {tp * pp} -m megarec convert verify ..."
+        )
     qwen3.validate_layout(arch, parallel, "local", world)
     ckpt_dir = resolve_checkpoint_dir(mcore_dir)
     padded, untied = _checkpoint_facts(ckpt_dir)
     if padded is None or padded < arch.vocab_size:
-        raise ConfigError(f"{ckpt_dir}: checkpoint vocabulary ({padded} rows) is smaller than the HF "
-                          f"vocab_size {arch.vocab_size}")
+        raise ConfigError(
+            f"{ckpt_dir}: checkpoint vocabulary ({padded} rows) is smaller than the HF vocab_size {arch.vocab_size}"
+        )
     if padded % tp:
         raise ConfigError(f"{ckpt_dir}: padded vocabulary {padded} cannot be split over TP={tp}")
     if untied == arch.tie_word_embeddings:
-        raise ConfigError(f"{hf_dir} has tie_word_embeddings={arch.tie_word_embeddings} but the checkpoint "
-                          f"{'has' if untied else 'has no'} separate output layer")
+        raise ConfigError(
+            f"{hf_dir} has tie_word_embeddings={arch.tie_word_embeddings} but the checkpoint "
+            f"{'has' if untied else 'has no'} separate output layer"
+        )
 
     init_megatron(parallel, seed)
     try:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        tconfig = qwen3.build_transformer_config(arch, ModelConfig(dtype="fp32", local_attention=local_attention),
-                                                 parallel, "local")
+        tconfig = qwen3.build_transformer_config(
+            arch, ModelConfig(dtype="fp32", local_attention=local_attention), parallel, "local"
+        )
         tconfig.perform_initialization = False
         (model,) = qwen3.build_model_chunks(arch, tconfig, "local", padded, seq_length, local_attention)
         if device.type == "cuda":
@@ -140,23 +157,43 @@ def verify(hf_dir: str, mcore_dir: str, tp: int = 1, pp: int = 1, seq_length: in
         if needs_explicit_causal_mask("local", local_attention):
             mask = torch.triu(torch.ones(1, 1, seq_length, seq_length, dtype=torch.bool), diagonal=1)
         with torch.no_grad():
-            logits = _pipeline_forward(model, tokens.to(device), positions.to(device),
-                                       None if mask is None else mask.to(device), arch.hidden_size, device)
+            logits = _pipeline_forward(
+                model,
+                tokens.to(device),
+                positions.to(device),
+                None if mask is None else mask.to(device),
+                arch.hidden_size,
+                device,
+            )
             if logits is not None:
                 logits = gather_from_tensor_model_parallel_region(logits)[..., : arch.vocab_size].float().cpu()
-        reporter = (ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0
-                    and ps.get_data_parallel_rank() == 0)
+        reporter = (
+            ps.is_pipeline_last_stage()
+            and ps.get_tensor_model_parallel_rank() == 0
+            and ps.get_data_parallel_rank() == 0
+        )
         metrics, passed = None, False
         if reporter:
             hf_logits = _hf_logits(hf_dir, tokens)
             metrics = compare_logits(hf_logits, logits, tokens)
             failed = check_thresholds(metrics, min_cosine, max_abs_diff, min_top1_agreement)
             passed = not failed
-            metrics.update(ok=passed, failed=failed, tp=tp, pp=pp, vocab_size=arch.vocab_size,
-                           padded_vocab_size=padded, tokens=batch_size * seq_length,
-                           thresholds={"min_cosine": min_cosine, "max_abs_diff": max_abs_diff,
-                                       "min_top1_agreement": min_top1_agreement},
-                           hf_dir=hf_dir, mcore_dir=ckpt_dir)
+            metrics.update(
+                ok=passed,
+                failed=failed,
+                tp=tp,
+                pp=pp,
+                vocab_size=arch.vocab_size,
+                padded_vocab_size=padded,
+                tokens=batch_size * seq_length,
+                thresholds={
+                    "min_cosine": min_cosine,
+                    "max_abs_diff": max_abs_diff,
+                    "min_top1_agreement": min_top1_agreement,
+                },
+                hf_dir=hf_dir,
+                mcore_dir=ckpt_dir,
+            )
             metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
         flag = torch.tensor([1.0 if passed else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # only the reporter can set it

@@ -5,6 +5,7 @@ whole special tokens (so each itemic token counts as a word), shingled into word
 evaluation rows go into a MinHash LSH index (datasketch) and a training row is dropped when some
 candidate's estimated Jaccard similarity reaches the threshold.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from megarec.common.io import atomic_open, iter_rows, write_json
 from megarec.common.errors import ConfigError, DataError
+from megarec.common.io import atomic_open, iter_rows, write_json
 from megarec.common.outdir import check_out_dir, staged_dir
 
 WORD = re.compile(r"<[^<>\s]{1,64}>|\w+", re.UNICODE)
@@ -56,7 +57,7 @@ def shingles(text: str, n: int) -> set[bytes]:
     words = WORD.findall(text.lower())
     if len(words) <= n:
         return {" ".join(words).encode("utf-8")} if words else set()
-    return {" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
 def minhash(text: str, opts: DedupOptions):
@@ -129,13 +130,28 @@ def dedup_files(opts: DedupOptions) -> dict:
                 key = f"{path}:{row}"
                 eval_hashes[key] = m
                 lsh.insert(key, m)
-    report = {"threshold": opts.threshold, "num_perm": opts.num_perm, "ngram": opts.ngram,
-              "eval_rows": len(eval_hashes), "rows": 0, "dropped": 0, "files": []}
+    report = {
+        "threshold": opts.threshold,
+        "num_perm": opts.num_perm,
+        "ngram": opts.ngram,
+        "eval_rows": len(eval_hashes),
+        "rows": 0,
+        "dropped": 0,
+        "files": [],
+    }
     with staged_dir(opts.out, force=opts.force, inputs=opts.inputs()) as stage:
         for path, name in zip(opts.train, names):
             rows, kept, examples = _filter_file(path, os.path.join(stage, name), lsh, eval_hashes, opts)
-            report["files"].append({"input": path, "output": os.path.join(opts.out, name), "rows": rows,
-                                    "kept": kept, "dropped": rows - kept, "examples": examples})
+            report["files"].append(
+                {
+                    "input": path,
+                    "output": os.path.join(opts.out, name),
+                    "rows": rows,
+                    "kept": kept,
+                    "dropped": rows - kept,
+                    "examples": examples,
+                }
+            )
             report["rows"] += rows
             report["dropped"] += rows - kept
         write_json(os.path.join(stage, "dedup_report.json"), report)

@@ -16,6 +16,7 @@ A batch is encoded by the C++ `TextEncoder` (see hf_tokenizer.py): added tokens 
 ids without passing through the Rust tokenizer, ASCII text of a Qwen2/3-style byte-level BPE is encoded in
 C++, and only the remaining text (e.g. non-ASCII) goes to `encode_batch_fast` — the ids are the same.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,17 @@ class EncodedBatch:
 
 
 class DocumentEncoder:
-    def __init__(self, tokenizer_dir: str, kind: str, *, json_key: str = "text", itemic: Optional[str] = None,
-                 assistant_header: str = DEFAULT_ASSISTANT_HEADER, assistant_end: str = DEFAULT_ASSISTANT_END,
-                 max_length: Optional[int] = None):
+    def __init__(
+        self,
+        tokenizer_dir: str,
+        kind: str,
+        *,
+        json_key: str = "text",
+        itemic: Optional[str] = None,
+        assistant_header: str = DEFAULT_ASSISTANT_HEADER,
+        assistant_end: str = DEFAULT_ASSISTANT_END,
+        max_length: Optional[int] = None,
+    ):
         if kind not in KINDS:
             raise ConfigError(f"--kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
@@ -72,8 +81,11 @@ class DocumentEncoder:
         self.prefix, self.suffix = self._special_wrapping()
         self.fast = self.tok.text_encoder()
         self.itemic = None
-        itemic = itemic or (os.path.join(tokenizer_dir, "itemic.json")
-                            if os.path.isfile(os.path.join(tokenizer_dir, "itemic.json")) else None)
+        itemic = itemic or (
+            os.path.join(tokenizer_dir, "itemic.json")
+            if os.path.isfile(os.path.join(tokenizer_dir, "itemic.json"))
+            else None
+        )
         if itemic:
             from megarec.common.itemic import ItemicLayout
 
@@ -85,11 +97,14 @@ class DocumentEncoder:
             if not self.tok.chat_template:
                 raise ConfigError(f"--tokenizer {tokenizer_dir}: has no chat template (needed for --kind messages)")
             import transformers.utils.chat_template_utils  # noqa: F401  (import once, before workers fork)
+
             self.header_ids = self.backend.encode(assistant_header, add_special_tokens=False).ids
             end = self.backend.encode(assistant_end, add_special_tokens=False).ids
             if not self.header_ids or len(end) != 1:
-                raise ConfigError(f"assistant end marker {assistant_end!r} must be one token of the tokenizer "
-                                  f"(got {len(end)}); header {assistant_header!r} must be non-empty")
+                raise ConfigError(
+                    f"assistant end marker {assistant_end!r} must be one token of the tokenizer "
+                    f"(got {len(end)}); header {assistant_header!r} must be non-empty"
+                )
             self.end_id = end[0]
 
     def _special_wrapping(self) -> tuple[list[int], list[int]]:
@@ -98,8 +113,8 @@ class DocumentEncoder:
         plain = self.backend.encode(probe, add_special_tokens=False).ids
         full = self.backend.encode(probe, add_special_tokens=True).ids
         for i in range(len(full) - len(plain) + 1):
-            if full[i:i + len(plain)] == plain:
-                return full[:i], full[i + len(plain):]
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
         return [], []
 
     # --- row → pieces -----------------------------------------------------------------------------------
@@ -113,8 +128,11 @@ class DocumentEncoder:
         if self.kind == "text":
             text = rec.get(self.json_key)
             if not isinstance(text, str):
-                raise ValueError(f"field '{self.json_key}': expected a string" if self.json_key in rec
-                                 else f"field '{self.json_key}': missing")
+                raise ValueError(
+                    f"field '{self.json_key}': expected a string"
+                    if self.json_key in rec
+                    else f"field '{self.json_key}': missing"
+                )
             if not text:
                 raise ValueError(f"field '{self.json_key}': empty text")
             return [self.prefix, text, self.suffix], 0
@@ -156,7 +174,8 @@ class DocumentEncoder:
             pieces.append("".join(text))
         pieces.append(self.suffix)
         if not any(isinstance(p, str) and p for p in pieces) and not any(
-                isinstance(p, np.ndarray) and p.size for p in pieces):
+            isinstance(p, np.ndarray) and p.size for p in pieces
+        ):
             raise ValueError("field 'segments': empty document")
         return pieces
 
@@ -226,15 +245,25 @@ class DocumentEncoder:
             mask, spans, unterminated = _cpp.assistant_loss_mask(ids, offsets, self.header_ids, self.end_id)
             for d in np.flatnonzero((spans != np.asarray(turns)) | (unterminated > 0)):
                 keep[d] = False
-                rejects.append((kept_rows[d], f"field 'messages': found {spans[d]} assistant spans "
-                                              f"({unterminated[d]} unterminated) for {turns[d]} assistant turns; "
-                                              "does some content contain the chat template's markers?"))
+                rejects.append(
+                    (
+                        kept_rows[d],
+                        f"field 'messages': found {spans[d]} assistant spans "
+                        f"({unterminated[d]} unterminated) for {turns[d]} assistant turns; "
+                        "does some content contain the chat template's markers?",
+                    )
+                )
         if self.max_length is not None:
             for d in np.flatnonzero(lengths > self.max_length):
                 if keep[d]:
                     keep[d] = False
-                    rejects.append((kept_rows[d], f"sample has {lengths[d]} tokens (EOD included), longer than "
-                                                  f"--seq-length {self.max_length}"))
+                    rejects.append(
+                        (
+                            kept_rows[d],
+                            f"sample has {lengths[d]} tokens (EOD included), longer than "
+                            f"--seq-length {self.max_length}",
+                        )
+                    )
         if not keep.all():
             token_keep = np.repeat(keep, lengths)
             ids, lengths = ids[token_keep], lengths[keep]

@@ -8,6 +8,7 @@ tokens are split off exactly as the Rust tokenizer does it, and when the tokeniz
 the Qwen2/Qwen3 pre-tokenizer (checked field by field in tokenizer.json), ASCII text is BPE-encoded in C++
 with the tokenizer's own merges. Anything not covered goes to the Rust tokenizer, so ids never change.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ from megarec.common.errors import ConfigError
 
 EOD_TOKEN = "<|endoftext|>"
 # The Qwen2/Qwen3 pre-tokenizer split pattern: the only one the C++ BPE implements (for ASCII text).
-QWEN2_SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                     r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 FAST_ENCODER_ENV = "MEGAREC_FAST_ENCODER"  # "0": every text goes to the Rust tokenizer; "split": no C++ BPE
 
 
@@ -56,8 +59,9 @@ class FastTokenizer:
         self.backend.no_padding()
         config = _read_json(os.path.join(path, "tokenizer_config.json"))
         special = _read_json(os.path.join(path, "special_tokens_map.json"))
-        self.special_tokens = {k: _content(config.get(k, special.get(k)))
-                               for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        self.special_tokens = {
+            k: _content(config.get(k, special.get(k))) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+        }
         template = config.get("chat_template")
         jinja = os.path.join(path, "chat_template.jinja")
         if os.path.isfile(jinja):
@@ -117,18 +121,31 @@ class FastTokenizer:
         with open(os.path.join(self.path, "tokenizer.json"), encoding="utf-8") as f:
             spec = json.load(f)
         norm, pre, model = spec.get("normalizer"), spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-        if norm is not None and norm != {"type": "NFC"} and not (
-                norm.get("type") == "Sequence" and all(n == {"type": "NFC"} for n in norm.get("normalizers", []))):
+        if (
+            norm is not None
+            and norm != {"type": "NFC"}
+            and not (norm.get("type") == "Sequence" and all(n == {"type": "NFC"} for n in norm.get("normalizers", [])))
+        ):
             return None
         steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
         if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel":
             return None
         split, level = steps
-        if (split.get("pattern") != {"Regex": QWEN2_SPLIT_REGEX} or split.get("behavior") != "Isolated"
-                or split.get("invert") or level.get("add_prefix_space") or level.get("use_regex")):
+        if (
+            split.get("pattern") != {"Regex": QWEN2_SPLIT_REGEX}
+            or split.get("behavior") != "Isolated"
+            or split.get("invert")
+            or level.get("add_prefix_space")
+            or level.get("use_regex")
+        ):
             return None
-        if (model.get("type") != "BPE" or model.get("dropout") is not None or model.get("byte_fallback")
-                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")):
+        if (
+            model.get("type") != "BPE"
+            or model.get("dropout") is not None
+            or model.get("byte_fallback")
+            or model.get("continuing_subword_prefix")
+            or model.get("end_of_word_suffix")
+        ):
             return None
         to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
         vocab: dict = model.get("vocab") or {}

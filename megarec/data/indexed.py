@@ -3,19 +3,27 @@
 A dataset `<prefix>` is `<prefix>.bin` (raw token arrays) plus `<prefix>.idx`; `megarec preprocess -o P`
 writes `P_text_document` and, for chat data, `P_loss_mask_document` (uint8, identical lengths).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
 import numpy as np
 
-
 TEXT_SUFFIX = "_text_document"
 LOSS_MASK_SUFFIX = "_loss_mask_document"
 
 # Megatron-Core DType codes (megatron.core.datasets.indexed_dataset.DType)
-DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
-               np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7, np.dtype(np.uint16): 8}
+DTYPE_CODES = {
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int8): 2,
+    np.dtype(np.int16): 3,
+    np.dtype(np.int32): 4,
+    np.dtype(np.int64): 5,
+    np.dtype(np.float64): 6,
+    np.dtype(np.float32): 7,
+    np.dtype(np.uint16): 8,
+}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 UINT16_VOCAB_LIMIT = 65500  # same threshold as Megatron's DType.optimal_dtype
 
@@ -44,8 +52,11 @@ def index_bytes(lengths: np.ndarray, document_indices: np.ndarray, dtype: np.dty
     """Bytes of a Megatron .idx for sequences of `lengths` and document boundaries (0 ... N)."""
     from megarec import _cpp
 
-    return _cpp.build_index(np.ascontiguousarray(lengths, dtype=np.int32),
-                            np.ascontiguousarray(document_indices, dtype=np.int64), DTYPE_CODES[np.dtype(dtype)])
+    return _cpp.build_index(
+        np.ascontiguousarray(lengths, dtype=np.int32),
+        np.ascontiguousarray(document_indices, dtype=np.int64),
+        DTYPE_CODES[np.dtype(dtype)],
+    )
 
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"

@@ -1,5 +1,6 @@
 """`megarec data inspect`: counts, length histogram, loss-mask coverage, pack fill, decoded samples
 (itemic tokens appear as themselves; tokens that carry loss are wrapped in ⟦ ⟧ for chat data)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
 from megarec.common.errors import DataError
+from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -31,8 +32,10 @@ def histogram(values: np.ndarray, bins: int, width: int = 40) -> list[str]:
         return ["  (empty)"]
     counts, edges = np.histogram(values, bins=max(1, bins))
     top = max(int(counts.max()), 1)
-    return [f"  {int(lo):>8}-{int(hi):<8} {int(c):>8} {'#' * int(round(width * c / top))}"
-            for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
+    return [
+        f"  {int(lo):>8}-{int(hi):<8} {int(c):>8} {'#' * int(round(width * c / top))}"
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts)
+    ]
 
 
 def _decode(tok, ids: np.ndarray, mask: Optional[np.ndarray]) -> str:
@@ -47,19 +50,30 @@ def _decode(tok, ids: np.ndarray, mask: Optional[np.ndarray]) -> str:
     return "".join(out)
 
 
-def inspect_dataset(prefix: str, *, tokenizer: Optional[str] = None, samples: int = 3, seed: int = 0,
-                    max_chars: int = 1500, bins: int = 10) -> str:
+def inspect_dataset(
+    prefix: str,
+    *,
+    tokenizer: Optional[str] = None,
+    samples: int = 3,
+    seed: int = 0,
+    max_chars: int = 1500,
+    bins: int = 10,
+) -> str:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     data_prefix, out_prefix = resolve_prefix(prefix)
     ds = IndexedDataset(data_prefix)
     lengths = np.asarray(ds.sequence_lengths, dtype=np.int64)
     docs = np.asarray(ds.document_indices, dtype=np.int64)
-    lines = [f"dataset {data_prefix}: dtype {ds.index.dtype.__name__}, {lengths.size} sequences, "
-             f"{docs.size - 1} documents, {int(lengths.sum())} tokens"]
+    lines = [
+        f"dataset {data_prefix}: dtype {ds.index.dtype.__name__}, {lengths.size} sequences, "
+        f"{docs.size - 1} documents, {int(lengths.sum())} tokens"
+    ]
     if lengths.size:
-        lines.append(f"sequence length: min {lengths.min()}, mean {lengths.mean():.1f}, median "
-                     f"{int(np.median(lengths))}, max {lengths.max()}")
+        lines.append(
+            f"sequence length: min {lengths.min()}, mean {lengths.mean():.1f}, median "
+            f"{int(np.median(lengths))}, max {lengths.max()}"
+        )
     lines.append("length histogram:")
     lines += histogram(lengths, bins)
     summary_path = out_prefix + ".preprocess.json"
@@ -69,17 +83,23 @@ def inspect_dataset(prefix: str, *, tokenizer: Optional[str] = None, samples: in
         np.cumsum(lengths, out=cum[1:])
         packs = cum[docs[1:]] - cum[docs[:-1]]
         cap = summary.get("seq_length") or int(packs.max())
-        lines.append(f"packs: {packs.size} of capacity {cap}, fill {packs.sum() / (packs.size * cap):.1%}, "
-                     f"samples per pack mean {np.diff(docs).mean():.1f}")
+        lines.append(
+            f"packs: {packs.size} of capacity {cap}, fill {packs.sum() / (packs.size * cap):.1%}, "
+            f"samples per pack mean {np.diff(docs).mean():.1f}"
+        )
     mask_ds = None
     try:
         mask_prefix = sibling_loss_mask_prefix(data_prefix)
         if IndexedDataset.exists(mask_prefix):
             mask_ds = IndexedDataset(mask_prefix)
-            trained = int(np.memmap(mask_prefix + ".bin", dtype=np.uint8, mode="r").sum(dtype=np.int64)) \
-                if os.path.getsize(mask_prefix + ".bin") else 0
-            lines.append(f"loss mask {mask_prefix}: {trained} trained tokens "
-                         f"({trained / max(int(lengths.sum()), 1):.1%})")
+            trained = (
+                int(np.memmap(mask_prefix + ".bin", dtype=np.uint8, mode="r").sum(dtype=np.int64))
+                if os.path.getsize(mask_prefix + ".bin")
+                else 0
+            )
+            lines.append(
+                f"loss mask {mask_prefix}: {trained} trained tokens ({trained / max(int(lengths.sum()), 1):.1%})"
+            )
     except ValueError:
         pass
     tokenizer = tokenizer or summary.get("tokenizer")

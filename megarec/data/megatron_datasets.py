@@ -14,6 +14,7 @@
 
 `dataset_config(...)` and `build_datasets(...)` are small factories for both.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
-from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
 from megarec.common.errors import ConfigError, DataError
+from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
 
 
 @dataclass
@@ -50,8 +50,12 @@ class DatasetTokenizer:
         self.vocab_size = vocab_size
         self.eod = eod
         self.pad = pad
-        self.unique_identifiers = {"class": "megarec.DatasetTokenizer", "name": name, "vocab_size": vocab_size,
-                                   "eod": eod}
+        self.unique_identifiers = {
+            "class": "megarec.DatasetTokenizer",
+            "name": name,
+            "vocab_size": vocab_size,
+            "eod": eod,
+        }
 
     @classmethod
     def from_preprocess_summary(cls, dataset_prefix: str) -> "DatasetTokenizer":
@@ -65,27 +69,55 @@ class DatasetTokenizer:
         return cls(int(meta["vocab_size"]), int(meta["eod_id"]), name=meta.get("tokenizer", "megarec"))
 
 
-def dataset_config(seq_length: int, tokenizer, *, seed: int = 1234, blend=None, split: str = "1,0,0",
-                   cache_dir: Optional[str] = None, reset_position_ids: bool = False,
-                   reset_attention_mask: bool = False, eod_mask_loss: bool = False,
-                   create_attention_mask: bool = True, loss_mask: Optional[bool] = None,
-                   **kwargs) -> MegarecDatasetConfig:
+def dataset_config(
+    seq_length: int,
+    tokenizer,
+    *,
+    seed: int = 1234,
+    blend=None,
+    split: str = "1,0,0",
+    cache_dir: Optional[str] = None,
+    reset_position_ids: bool = False,
+    reset_attention_mask: bool = False,
+    eod_mask_loss: bool = False,
+    create_attention_mask: bool = True,
+    loss_mask: Optional[bool] = None,
+    **kwargs,
+) -> MegarecDatasetConfig:
     """A GPTDatasetConfig for either dataset class (blend = (prefixes, weights or None)); `loss_mask` is
     PackedSequenceDataset's choice (see MegarecDatasetConfig)."""
-    return MegarecDatasetConfig(random_seed=seed, sequence_length=seq_length, blend=blend, split=split,
-                                path_to_cache=cache_dir, tokenizer=tokenizer, reset_position_ids=reset_position_ids,
-                                reset_attention_mask=reset_attention_mask, eod_mask_loss=eod_mask_loss,
-                                create_attention_mask=create_attention_mask, mmap_bin_files=True,
-                                loss_mask=loss_mask, **kwargs)
+    return MegarecDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=blend,
+        split=split,
+        path_to_cache=cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=reset_position_ids,
+        reset_attention_mask=reset_attention_mask,
+        eod_mask_loss=eod_mask_loss,
+        create_attention_mask=create_attention_mask,
+        mmap_bin_files=True,
+        loss_mask=loss_mask,
+        **kwargs,
+    )
 
 
-def build_datasets(dataset_cls, prefixes: Sequence[str], weights: Optional[Sequence[float]], sizes: list,
-                   seq_length: int, tokenizer, **config_kwargs):
+def build_datasets(
+    dataset_cls,
+    prefixes: Sequence[str],
+    weights: Optional[Sequence[float]],
+    sizes: list,
+    seq_length: int,
+    tokenizer,
+    **config_kwargs,
+):
     """(train, valid, test) through BlendedMegatronDatasetBuilder; `sizes` = samples per split (with weights,
     give every split a size, e.g. [n, 0, 0]). Megatron's BlendedDataset saves its index cache only with
     torch.distributed initialized (a 1-process gloo group is enough) or with cache_dir=None."""
-    cfg = dataset_config(seq_length, tokenizer, blend=(list(prefixes), list(weights) if weights else None),
-                         **config_kwargs)
+    cfg = dataset_config(
+        seq_length, tokenizer, blend=(list(prefixes), list(weights) if weights else None), **config_kwargs
+    )
     return BlendedMegatronDatasetBuilder(dataset_cls, sizes, lambda: True, cfg).build()
 
 
@@ -98,8 +130,10 @@ def _open_loss_mask(text_prefix: str, text: IndexedDataset, mmap: bool, required
         return None
     if not IndexedDataset.exists(mask_prefix):
         if required:
-            raise DataError(f"{mask_prefix}.bin/.idx not found (loss mask of {text_prefix}); "
-                            "preprocess chat data with --kind messages")
+            raise DataError(
+                f"{mask_prefix}.bin/.idx not found (loss mask of {text_prefix}); "
+                "preprocess chat data with --kind messages"
+            )
         return None
     mask = IndexedDataset(mask_prefix, mmap=mmap)
     if mask.index.dtype != np.uint8:
@@ -112,11 +146,19 @@ def _open_loss_mask(text_prefix: str, text: IndexedDataset, mmap: bool, required
 class LossMaskedGPTDataset(GPTDataset):
     """GPTDataset whose loss_mask comes from the sibling `_loss_mask_document` dataset (see module doc)."""
 
-    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str], indexed_indices: np.ndarray,
-                 num_samples: Optional[int], index_split: Split, config: GPTDatasetConfig) -> None:
+    def __init__(
+        self,
+        indexed_dataset: IndexedDataset,
+        dataset_path: Optional[str],
+        indexed_indices: np.ndarray,
+        num_samples: Optional[int],
+        index_split: Split,
+        config: GPTDatasetConfig,
+    ) -> None:
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
-        self.loss_mask_dataset = _open_loss_mask(indexed_dataset.path_prefix, indexed_dataset,
-                                                 config.mmap_bin_files, required=True)
+        self.loss_mask_dataset = _open_loss_mask(
+            indexed_dataset.path_prefix, indexed_dataset, config.mmap_bin_files, required=True
+        )
 
     def _query_loss_mask(self, idx: int) -> np.ndarray:
         """Per-token mask of the same tokens `_query_document_sample_shuffle_indices(idx)` returns (0-padded)."""
@@ -139,7 +181,7 @@ class LossMaskedGPTDataset(GPTDataset):
         sample = super().__getitem__(idx)
         mask = self._query_loss_mask(0 if idx is None else idx)
         shifted = np.zeros(self.config.sequence_length, np.float32)
-        shifted[: mask.size - 1] = mask[1:self.config.sequence_length + 1]
+        shifted[: mask.size - 1] = mask[1 : self.config.sequence_length + 1]
         sample["loss_mask"] = sample["loss_mask"] * torch.from_numpy(shifted)
         return sample
 
@@ -147,24 +189,40 @@ class LossMaskedGPTDataset(GPTDataset):
 class PackedSequenceDataset(MegatronDataset):
     """One pack of `--pack` output per item, with per-sample positions and attention (see module doc)."""
 
-    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str], indexed_indices: np.ndarray,
-                 num_samples: Optional[int], index_split: Split, config: GPTDatasetConfig) -> None:
+    def __init__(
+        self,
+        indexed_dataset: IndexedDataset,
+        dataset_path: Optional[str],
+        indexed_indices: np.ndarray,
+        num_samples: Optional[int],
+        index_split: Split,
+        config: GPTDatasetConfig,
+    ) -> None:
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
         use_mask = getattr(config, "loss_mask", None)
-        self.loss_mask_dataset = None if use_mask is False else _open_loss_mask(
-            indexed_dataset.path_prefix, indexed_dataset, config.mmap_bin_files, required=bool(use_mask))
+        self.loss_mask_dataset = (
+            None
+            if use_mask is False
+            else _open_loss_mask(
+                indexed_dataset.path_prefix, indexed_dataset, config.mmap_bin_files, required=bool(use_mask)
+            )
+        )
         docs = np.asarray(indexed_dataset.document_indices, dtype=np.int64)
         cum = np.zeros(indexed_dataset.sequence_lengths.size + 1, dtype=np.int64)
         np.cumsum(indexed_dataset.sequence_lengths, out=cum[1:])
         pack_tokens = cum[docs[1:]] - cum[docs[:-1]]
         if pack_tokens.size and int(pack_tokens.max()) > config.sequence_length:
-            raise DataError(f"{indexed_dataset.path_prefix}: a pack holds {int(pack_tokens.max())} tokens, more than "
-                            f"sequence_length={config.sequence_length}; preprocess with --seq-length <= that")
+            raise DataError(
+                f"{indexed_dataset.path_prefix}: a pack holds {int(pack_tokens.max())} tokens, more than "
+                f"sequence_length={config.sequence_length}; preprocess with --seq-length <= that"
+            )
         self.document_starts = docs
         n = len(self.indices)
         if n == 0 and num_samples:
-            raise DataError(f"{indexed_dataset.path_prefix}: no packs in split {index_split.name} "
-                            f"({num_samples} samples requested); change the split or add data")
+            raise DataError(
+                f"{indexed_dataset.path_prefix}: no packs in split {index_split.name} "
+                f"({num_samples} samples requested); change the split or add data"
+            )
         # an empty split that nobody samples from (e.g. valid when evaluation is off) has length 0
         self.epochs = max(1, -(-(num_samples or n) // n)) if n else 0
         self._perms: dict[int, np.ndarray] = {}
@@ -196,13 +254,24 @@ class PackedSequenceDataset(MegatronDataset):
         seqs = self.dataset[first:last] if last > first else []
         masks = self.loss_mask_dataset[first:last] if self.loss_mask_dataset is not None and last > first else None
         eod = self.config.tokenizer.eod if self.config.eod_mask_loss else None
-        return packed_sample(seqs, masks, self.config.sequence_length, zero_loss=idx is None, eod_id=eod,
-                             attention_mask=self.config.create_attention_mask)
+        return packed_sample(
+            seqs,
+            masks,
+            self.config.sequence_length,
+            zero_loss=idx is None,
+            eod_id=eod,
+            attention_mask=self.config.create_attention_mask,
+        )
 
 
-def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq_length: int,
-                  zero_loss: bool = False, eod_id: Optional[int] = None,
-                  attention_mask: bool = True) -> dict[str, torch.Tensor]:
+def packed_sample(
+    seqs: list[np.ndarray],
+    masks: Optional[list[np.ndarray]],
+    seq_length: int,
+    zero_loss: bool = False,
+    eod_id: Optional[int] = None,
+    attention_mask: bool = True,
+) -> dict[str, torch.Tensor]:
     """tokens/labels/loss_mask/position_ids/attention_mask of samples packed side by side, padded to S.
     Loss only where label i+1 is in the same sample as token i (times the per-token `masks`, shifted like
     the labels, when given; and never on EOD labels when `eod_id` is given). Without `attention_mask` (the
@@ -235,8 +304,12 @@ def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq
         loss[: max(n - 1, 0)] *= labels[: max(n - 1, 0)] != eod_id
     if zero_loss:
         loss = np.zeros_like(loss)
-    sample = {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
-              "loss_mask": torch.from_numpy(loss), "position_ids": torch.from_numpy(positions)}
+    sample = {
+        "tokens": torch.from_numpy(tokens),
+        "labels": torch.from_numpy(labels),
+        "loss_mask": torch.from_numpy(loss),
+        "position_ids": torch.from_numpy(positions),
+    }
     if attention_mask:
         seg_t = torch.from_numpy(seg)
         same = seg_t[:, None] == seg_t[None, :]
@@ -245,8 +318,15 @@ def packed_sample(seqs: list[np.ndarray], masks: Optional[list[np.ndarray]], seq
     return sample
 
 
-def build_packed_dataset(prefix: str, seq_length: int, *, tokenizer=None, seed: int = 1234,
-                         num_samples: Optional[int] = None, **config_kwargs) -> PackedSequenceDataset:
+def build_packed_dataset(
+    prefix: str,
+    seq_length: int,
+    *,
+    tokenizer=None,
+    seed: int = 1234,
+    num_samples: Optional[int] = None,
+    **config_kwargs,
+) -> PackedSequenceDataset:
     """A PackedSequenceDataset over all packs of `prefix` (P_text_document), without a builder
     (`config_kwargs` go to `dataset_config`, e.g. loss_mask=False, eod_mask_loss=True)."""
     tokenizer = tokenizer or DatasetTokenizer.from_preprocess_summary(prefix)

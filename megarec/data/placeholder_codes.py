@@ -1,5 +1,6 @@
 """Deterministic hash codes for items that have no itemic tokenizer codes yet: unique per item, carrying no
 semantics (replace them with RQ-KMeans codes, `megarec itemic train`, for real training)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +9,14 @@ from typing import Iterable
 from megarec.common.errors import ConfigError
 
 
-def placeholder_codes(item_ids: Iterable[str], num_layers: int, codebook_size: int,
-                      seed: int = 0) -> dict[str, tuple[int, ...]]:
+def placeholder_codes(
+    item_ids: Iterable[str], num_layers: int, codebook_size: int, seed: int = 0
+) -> dict[str, tuple[int, ...]]:
     """Deterministic hash codes for items that have no itemic tokenizer codes yet (unique per item;
     they carry no semantics: replace them with RQ-KMeans codes for real training)."""
     out: dict[str, tuple[int, ...]] = {}
     used: set[tuple[int, ...]] = set()
-    capacity = codebook_size ** num_layers
+    capacity = codebook_size**num_layers
     for item_id in item_ids:
         if len(used) >= capacity:
             raise ConfigError(f"{num_layers} layers x {codebook_size} codes cannot give unique codes to all items")

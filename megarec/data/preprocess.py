@@ -16,6 +16,7 @@
 Packed layout: every sample is one Megatron *sequence* (ending in EOD) and every pack one Megatron
 *document*, so `document_indices` mark pack boundaries and a reader gets a pack as consecutive sequences.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,12 @@ from typing import Optional
 
 import numpy as np
 
+from megarec.common.errors import ConfigError, DataError
+from megarec.common.io import atomic_open, temp_path, write_json
+from megarec.common.outdir import check_out_prefix, has_entry
 from megarec.data.encoder import DocumentEncoder, detect_kind
 from megarec.data.indexed import index_bytes, loss_mask_prefix, text_prefix, token_dtype, write_index_stream
-from megarec.common.io import atomic_open, temp_path, write_json
 from megarec.data.shards import Shard, plan_shards, read_shard
-from megarec.common.errors import ConfigError, DataError
-from megarec.common.outdir import check_out_prefix, has_entry
 
 ABORT_ENV = "MEGAREC_PREPROCESS_ABORT_AFTER_SHARDS"  # test hook: simulate a crash after k finished shards
 FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ class PreprocessOptions:
     tokenizer: str
     output_prefix: str
     workers: int = 1
-    kind: Optional[str] = None            # None: detect from the first row
+    kind: Optional[str] = None  # None: detect from the first row
     json_key: str = "text"
     seq_length: Optional[int] = None
     pack: bool = False
@@ -61,8 +62,8 @@ class PreprocessOptions:
     itemic: Optional[str] = None
     assistant_header: str = "<|im_start|>assistant\n"
     assistant_end: str = "<|im_end|>"
-    progress: Optional[bool] = None       # None: only on a terminal
-    force: bool = False                   # replace a P.parts directory that preprocess did not write
+    progress: Optional[bool] = None  # None: only on a terminal
+    force: bool = False  # replace a P.parts directory that preprocess did not write
 
     @property
     def parts(self) -> str:
@@ -128,8 +129,10 @@ def _process_shard(task: tuple[Shard, str, str, str]) -> dict:
     rejects: list = []
     documents = tokens = 0
     with contextlib.ExitStack() as files:
-        out = {ext: files.enter_context(atomic_open(_shard_file(parts, shard.index, ext), "wb"))
-               for ext in ("tokens", "lens") + (("mask",) if enc.kind == "messages" else ())}
+        out = {
+            ext: files.enter_context(atomic_open(_shard_file(parts, shard.index, ext), "wb"))
+            for ext in ("tokens", "lens") + (("mask",) if enc.kind == "messages" else ())
+        }
         batch: list = []
 
         def flush():
@@ -159,8 +162,14 @@ def _process_shard(task: tuple[Shard, str, str, str]) -> dict:
     with atomic_open(_shard_file(parts, shard.index, "rejects.jsonl"), "w", encoding="utf-8") as f:
         for row, reason in rejects:
             f.write(json.dumps({"file": shard.path, "row": row, "reason": reason}, ensure_ascii=False) + "\n")
-    stats = {"index": shard.index, "rows": shard.rows, "documents": documents, "tokens": tokens,
-             "rejected": len(rejects), "reasons": dict(Counter(_reason_key(r) for _, r in rejects))}
+    stats = {
+        "index": shard.index,
+        "rows": shard.rows,
+        "documents": documents,
+        "tokens": tokens,
+        "rejected": len(rejects),
+        "reasons": dict(Counter(_reason_key(r) for _, r in rejects)),
+    }
     write_json(_shard_file(parts, shard.index, "done.json"), stats)
     return stats
 
@@ -174,6 +183,7 @@ def _reason_key(reason: str) -> str:
 
 # --- main side ----------------------------------------------------------------------------------------------
 
+
 def _file_sha(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -186,13 +196,21 @@ def _manifest(opts: PreprocessOptions, kind: str, shards: list[Shard], dtype: np
     tok_files = sorted(f for f in os.listdir(opts.tokenizer) if f.endswith((".json", ".jinja", ".txt", ".model")))
     return {
         "format": FORMAT_VERSION,
-        "inputs": [{"path": os.path.abspath(p), "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns}
-                   for p in opts.inputs],
+        "inputs": [
+            {"path": os.path.abspath(p), "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns}
+            for p in opts.inputs
+        ],
         "tokenizer": {f: _file_sha(os.path.join(opts.tokenizer, f)) for f in tok_files},
         "itemic": _file_sha(opts.itemic) if opts.itemic else None,
-        "kind": kind, "json_key": opts.json_key, "dtype": dtype.name, "on_error": opts.on_error,
-        "seq_length": opts.seq_length, "pack": opts.pack, "shard_rows": opts.shard_rows,
-        "assistant_header": opts.assistant_header, "assistant_end": opts.assistant_end,
+        "kind": kind,
+        "json_key": opts.json_key,
+        "dtype": dtype.name,
+        "on_error": opts.on_error,
+        "seq_length": opts.seq_length,
+        "pack": opts.pack,
+        "shard_rows": opts.shard_rows,
+        "assistant_header": opts.assistant_header,
+        "assistant_end": opts.assistant_end,
         "shards": [s.to_dict() for s in shards],
     }
 
@@ -206,8 +224,10 @@ def _detect_kind(opts: PreprocessOptions, shards: list[Shard]) -> str:
             if kind:
                 return kind
             break
-    raise ConfigError("cannot detect --kind from the first row (expected a 'messages', 'segments' or "
-                      f"'{opts.json_key}' field); pass --kind")
+    raise ConfigError(
+        "cannot detect --kind from the first row (expected a 'messages', 'segments' or "
+        f"'{opts.json_key}' field); pass --kind"
+    )
 
 
 def _prepare_parts(parts: str, manifest: dict) -> set[int]:
@@ -247,9 +267,15 @@ def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     os.makedirs(out_dir, exist_ok=True)
     shards = plan_shards(opts.inputs, opts.shard_rows)
     kind = _detect_kind(opts, shards)
-    enc_args = dict(tokenizer_dir=opts.tokenizer, kind=kind, json_key=opts.json_key, itemic=opts.itemic,
-                    assistant_header=opts.assistant_header, assistant_end=opts.assistant_end,
-                    max_length=opts.seq_length if opts.pack else None)
+    enc_args = dict(
+        tokenizer_dir=opts.tokenizer,
+        kind=kind,
+        json_key=opts.json_key,
+        itemic=opts.itemic,
+        assistant_header=opts.assistant_header,
+        assistant_end=opts.assistant_end,
+        max_length=opts.seq_length if opts.pack else None,
+    )
     global _ENCODER
     _ENCODER = DocumentEncoder(**enc_args)  # validates the tokenizer; forked workers inherit it
     vocab_size, eod = _ENCODER.vocab_size, _ENCODER.eod
@@ -264,25 +290,43 @@ def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     stats = [_load_done(parts, s.index) for s in shards]
     _merge(opts, kind, shards, stats, parts, dtype, result)
     result.seconds = time.time() - t0
-    summary = {"tokenizer": os.path.abspath(opts.tokenizer), "vocab_size": vocab_size, "eod_id": eod,
-               "dtype": dtype.name, "kind": kind, "pack": opts.pack, "seq_length": opts.seq_length,
-               "inputs": [os.path.abspath(p) for p in opts.inputs], "documents": result.documents,
-               "tokens": result.tokens, "packs": result.packs, "rejected": result.rejected,
-               "reasons": result.reasons, "loss_mask": kind == "messages"}
+    summary = {
+        "tokenizer": os.path.abspath(opts.tokenizer),
+        "vocab_size": vocab_size,
+        "eod_id": eod,
+        "dtype": dtype.name,
+        "kind": kind,
+        "pack": opts.pack,
+        "seq_length": opts.seq_length,
+        "inputs": [os.path.abspath(p) for p in opts.inputs],
+        "documents": result.documents,
+        "tokens": result.tokens,
+        "packs": result.packs,
+        "rejected": result.rejected,
+        "reasons": result.reasons,
+        "loss_mask": kind == "messages",
+    }
     write_json(opts.output_prefix + ".preprocess.json", summary)
     shutil.rmtree(parts)
     return result
 
 
-def _run_shards(opts: PreprocessOptions, todo: list[Shard], parts: str, dtype: np.dtype, enc_args: dict,
-                all_shards: list[Shard]) -> None:
+def _run_shards(
+    opts: PreprocessOptions, todo: list[Shard], parts: str, dtype: np.dtype, enc_args: dict, all_shards: list[Shard]
+) -> None:
     from tqdm import tqdm
 
     abort_after = int(os.environ.get(ABORT_ENV, "0") or 0)
     total_rows = sum(s.rows for s in all_shards)
-    bar = tqdm(total=total_rows, initial=total_rows - sum(s.rows for s in todo), unit="doc", unit_scale=True,
-               desc="preprocess", disable=(not opts.progress) if opts.progress is not None else None,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_rows,
+        initial=total_rows - sum(s.rows for s in todo),
+        unit="doc",
+        unit_scale=True,
+        desc="preprocess",
+        disable=(not opts.progress) if opts.progress is not None else None,
+        dynamic_ncols=True,
+    )
     tasks = [(s, parts, dtype.name, opts.on_error) for s in todo]
     tokens, start, finished = 0, time.time(), 0
     workers = min(opts.workers, max(1, len(todo)))
@@ -304,8 +348,15 @@ def _run_shards(opts: PreprocessOptions, todo: list[Shard], parts: str, dtype: n
                 raise KeyboardInterrupt(f"{ABORT_ENV}={abort_after}")
 
 
-def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[dict], parts: str,
-           dtype: np.dtype, result: PreprocessResult) -> None:
+def _merge(
+    opts: PreprocessOptions,
+    kind: str,
+    shards: list[Shard],
+    stats: list[dict],
+    parts: str,
+    dtype: np.dtype,
+    result: PreprocessResult,
+) -> None:
     result.documents = sum(st["documents"] for st in stats)
     result.tokens = sum(st["tokens"] for st in stats)
     result.rejected = sum(st["rejected"] for st in stats)
@@ -321,8 +372,11 @@ def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[
         if opts.pack:  # packing needs every sample length at once (4 bytes per sample)
             from megarec import _cpp
 
-            lengths = np.concatenate([np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32)
-                                      for s in shards]) if shards else np.zeros(0, np.int32)
+            lengths = (
+                np.concatenate([np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32) for s in shards])
+                if shards
+                else np.zeros(0, np.int32)
+            )
             try:
                 order, offsets = _cpp.best_fit_pack(lengths.astype(np.int64), int(opts.seq_length))
             except ValueError as e:
@@ -345,8 +399,12 @@ def _merge(opts: PreprocessOptions, kind: str, shards: list[Shard], stats: list[
             staged.append((tmp_idx, prefix + ".idx"))
             with open(tmp_idx, "wb") as f:
                 if order is None:  # one document per sample: streamed shard by shard
-                    write_index_stream(f, lambda: (np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32)
-                                                   for s in shards), result.documents, dt)
+                    write_index_stream(
+                        f,
+                        lambda: (np.fromfile(_shard_file(parts, s.index, "lens"), dtype=np.int32) for s in shards),
+                        result.documents,
+                        dt,
+                    )
                 else:
                     f.write(index_bytes(seq_lengths, doc_indices, dt))
         if opts.on_error == "skip":

@@ -4,6 +4,7 @@ A plain JSONL file is scanned once for line starts, so a worker seeks straight t
 JSONL cannot be seeked and forms one shard per file; parquet shards are row ranges (row groups skipped).
 The plan depends only on the inputs and --shard-rows, so a resumed run gets the same shards.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from megarec.common.io import file_format, iter_rows
 from megarec.common.errors import DataError
+from megarec.common.io import file_format, iter_rows
 
 SCAN_BLOCK = 1 << 24
 
@@ -23,9 +24,9 @@ SCAN_BLOCK = 1 << 24
 class Shard:
     index: int
     path: str
-    fmt: str                      # "jsonl", "jsonl.gz", "parquet"
-    start_row: int                # 0-based, inclusive
-    stop_row: int                 # exclusive
+    fmt: str  # "jsonl", "jsonl.gz", "parquet"
+    start_row: int  # 0-based, inclusive
+    stop_row: int  # exclusive
     byte_start: Optional[int] = None
     byte_end: Optional[int] = None
 

@@ -1,4 +1,5 @@
 """Prompt preparation shared by the decoders: tokenise, end every prompt with `<|sid_begin|>`, left-pad."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,8 +60,8 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, x in enumerate(batch):
-        ids[i, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
-        mask[i, width - len(x):] = 1
+        ids[i, width - len(x) :] = torch.tensor(list(x), dtype=torch.long)
+        mask[i, width - len(x) :] = 1
     return ids.to(device), mask.to(device)
 
 

@@ -12,16 +12,23 @@ Beam search is exact (equals scoring every item) when `beam_width` is at least t
 prefixes at every depth below L; otherwise it is the usual approximation. Leaves are distinct code
 tuples, so the returned candidates are distinct.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
 
-from megarec.decoding.batching import (ItemCandidate, left_pad, model_device, pad_token_id_for, prompt_token_ids,
-                                       with_item_begin)
-from megarec.decoding.trie import ItemTrie
 from megarec.common.errors import ConfigError
+from megarec.decoding.batching import (
+    ItemCandidate,
+    left_pad,
+    model_device,
+    pad_token_id_for,
+    prompt_token_ids,
+    with_item_begin,
+)
+from megarec.decoding.trie import ItemTrie
 
 
 def _as_tries(tries, n: int) -> list[ItemTrie]:
@@ -33,10 +40,19 @@ def _as_tries(tries, n: int) -> list[ItemTrie]:
     return tries
 
 
-def constrained_beam_search(model, tokenizer, prompts: Sequence, tries: ItemTrie | Sequence[ItemTrie], *,
-                            num_beams: int = 32, beam_width: int | None = None, batch_size: int = 8,
-                            score_end: bool = False, backend: str = "trie", progress: bool = False
-                            ) -> list[list[ItemCandidate]]:
+def constrained_beam_search(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    tries: ItemTrie | Sequence[ItemTrie],
+    *,
+    num_beams: int = 32,
+    beam_width: int | None = None,
+    batch_size: int = 8,
+    score_end: bool = False,
+    backend: str = "trie",
+    progress: bool = False,
+) -> list[list[ItemCandidate]]:
     """Per prompt, up to `num_beams` distinct real items, best first.
 
     prompts: strings (tokenised with `tokenizer`, no special tokens added; apply the chat template
@@ -66,18 +82,25 @@ def constrained_beam_search(model, tokenizer, prompts: Sequence, tries: ItemTrie
     step = _trie_beam_batch if backend == "trie" else _hf_beam_batch
     with torch.inference_mode():
         for s in starts:
-            out.extend(step(model, ids[s:s + batch_size], all_tries[s:s + batch_size], width, pad, score_end))
+            out.extend(step(model, ids[s : s + batch_size], all_tries[s : s + batch_size], width, pad, score_end))
     return [cands[:num_beams] for cands in out]
 
 
 def _forward(model, input_ids, attention_mask, position_ids, cache=None):
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
 
 
-def _trie_beam_batch(model, batch: list[list[int]], tries: list[ItemTrie], W: int, pad: int,
-                     score_end: bool) -> list[list[ItemCandidate]]:
+def _trie_beam_batch(
+    model, batch: list[list[int]], tries: list[ItemTrie], W: int, pad: int, score_end: bool
+) -> list[list[ItemCandidate]]:
     device = model_device(model)
     B, L = len(batch), tries[0].num_layers
     input_ids, attn = left_pad(batch, pad, device)
@@ -139,20 +162,35 @@ def _candidate(trie: ItemTrie, token_prefix: Sequence[int], score: float) -> Ite
     return ItemCandidate(codes=codes, items=tuple(trie.items(codes)), logprob=score)
 
 
-def _hf_beam_batch(model, batch: list[list[int]], tries: list[ItemTrie], W: int, pad: int,
-                   score_end: bool) -> list[list[ItemCandidate]]:
+def _hf_beam_batch(
+    model, batch: list[list[int]], tries: list[ItemTrie], W: int, pad: int, score_end: bool
+) -> list[list[ItemCandidate]]:
     from megarec.decoding.processor import ItemConstraintLogitsProcessor
 
     device = model_device(model)
     L = tries[0].num_layers
     input_ids, attn = left_pad(batch, pad, device)
     proc = ItemConstraintLogitsProcessor(tries, prompt_length=input_ids.shape[1])
-    gen = model.generate(input_ids=input_ids, attention_mask=attn, num_beams=W, num_return_sequences=W,
-                         max_new_tokens=L, min_new_tokens=L, do_sample=False, length_penalty=0.0,
-                         early_stopping=True, logits_processor=[proc], output_scores=True,
-                         return_dict_in_generate=True, pad_token_id=pad, eos_token_id=None,
-                         temperature=None, top_k=None, top_p=None)
-    seqs = gen.sequences[:, input_ids.shape[1]:].tolist()
+    gen = model.generate(
+        input_ids=input_ids,
+        attention_mask=attn,
+        num_beams=W,
+        num_return_sequences=W,
+        max_new_tokens=L,
+        min_new_tokens=L,
+        do_sample=False,
+        length_penalty=0.0,
+        early_stopping=True,
+        logits_processor=[proc],
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=pad,
+        eos_token_id=None,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+    )
+    seqs = gen.sequences[:, input_ids.shape[1] :].tolist()
     seq_scores = gen.sequences_scores.tolist()
     results = []
     for b in range(len(batch)):

@@ -10,6 +10,7 @@ Masked entries become -inf, so beam scores stay the model's own log-probabilitie
 The state of a row is read from its last L+1 tokens, so the processor needs no per-step bookkeeping
 and works unchanged for greedy, beam search and sampling.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,15 +18,22 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor
 
-from megarec.decoding.trie import ItemTrie
 from megarec.common.errors import ConfigError
+from megarec.decoding.trie import ItemTrie
 
 
 class ItemConstraintLogitsProcessor(LogitsProcessor):
     """Mask every token that does not continue a valid item (see module docstring)."""
 
-    def __init__(self, tries: ItemTrie | Sequence[ItemTrie], *, prompt_length: int | None = None,
-                 force_item: bool = False, after_item: str = "stop", eos_token_ids: Sequence[int] = ()):
+    def __init__(
+        self,
+        tries: ItemTrie | Sequence[ItemTrie],
+        *,
+        prompt_length: int | None = None,
+        force_item: bool = False,
+        after_item: str = "stop",
+        eos_token_ids: Sequence[int] = (),
+    ):
         self.tries = [tries] if isinstance(tries, ItemTrie) else list(tries)
         if not self.tries:
             raise ConfigError("ItemConstraintLogitsProcessor needs at least one trie")
@@ -42,8 +50,10 @@ class ItemConstraintLogitsProcessor(LogitsProcessor):
         self.force_item = force_item
         self.after_item = after_item
         self.eos_token_ids = [int(t) for t in eos_token_ids]
-        self._inner = torch.tensor(sorted({t for layer in self.layout.code_token_ids for t in layer}
-                                          | {self.layout.sid_end_id}), dtype=torch.long)
+        self._inner = torch.tensor(
+            sorted({t for layer in self.layout.code_token_ids for t in layer} | {self.layout.sid_end_id}),
+            dtype=torch.long,
+        )
 
     def _state(self, tail: list[int]) -> tuple[str, list[int]]:
         """("inside", codes-so-far token ids) or ("outside", []) from the last L+1 tokens of a row."""
@@ -52,7 +62,7 @@ class ItemConstraintLogitsProcessor(LogitsProcessor):
             if tail[j] == end:
                 return "outside", []
             if tail[j] == begin:
-                return "inside", tail[j + 1:]
+                return "inside", tail[j + 1 :]
         return "outside", []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -61,10 +71,10 @@ class ItemConstraintLogitsProcessor(LogitsProcessor):
             raise ConfigError(f"{rows} rows cannot be split evenly over {len(self.tries)} prompts' tries")
         per_prompt = rows // len(self.tries)
         L = self.layout.num_layers
-        tails = input_ids[:, -(L + 1):].tolist()
+        tails = input_ids[:, -(L + 1) :].tolist()
         allowed = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         generated = None if self.prompt_length is None else length - self.prompt_length
-        gen_tokens = input_ids[:, self.prompt_length:].tolist() if self.force_item and generated else None
+        gen_tokens = input_ids[:, self.prompt_length :].tolist() if self.force_item and generated else None
         for r, tail in enumerate(tails):
             state, prefix = self._state(tail)
             if state == "inside":

@@ -4,15 +4,15 @@ A node is the tuple of code token ids generated after `<|sid_begin|>`; its child
 that continue at least one real item. Items that share a code tuple (codebook collisions) are kept
 together at the leaf, most popular first. Build one trie per domain to restrict decoding to a catalogue.
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from megarec.common.itemic import ItemicLayout
 from megarec.common.errors import DataError
-from megarec.common.itemic import CodeToItems
+from megarec.common.itemic import CodeToItems, ItemicLayout
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -20,8 +20,13 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 class ItemTrie:
     """Valid continuations of every item prefix, plus the leaf → items map."""
 
-    def __init__(self, item_codes: Mapping[Hashable, Sequence[int]], layout, *,
-                 popularity: Mapping[Hashable, float] | None = None):
+    def __init__(
+        self,
+        item_codes: Mapping[Hashable, Sequence[int]],
+        layout,
+        *,
+        popularity: Mapping[Hashable, float] | None = None,
+    ):
         self.layout = ItemicLayout.coerce(layout)
         if not item_codes:
             raise DataError("cannot build an item trie from an empty codes table")
@@ -41,7 +46,7 @@ class ItemTrie:
             toks[:, layer] = np.asarray(self.layout.code_token_ids[layer], dtype=np.int64)[col]
         self._children: dict[tuple[int, ...], np.ndarray] = {}
         for depth in range(L):
-            uniq = np.unique(toks[:, :depth + 1], axis=0)
+            uniq = np.unique(toks[:, : depth + 1], axis=0)
             if depth == 0:
                 self._children[()] = uniq[:, 0].copy()
                 continue
@@ -54,8 +59,14 @@ class ItemTrie:
         self.num_leaves = len(np.unique(codes, axis=0))
 
     @classmethod
-    def per_domain(cls, item_codes: Mapping[Hashable, Sequence[int]], item_domain: Mapping[Hashable, str], layout,
-                   *, popularity: Mapping[Hashable, float] | None = None) -> dict[str, "ItemTrie"]:
+    def per_domain(
+        cls,
+        item_codes: Mapping[Hashable, Sequence[int]],
+        item_domain: Mapping[Hashable, str],
+        layout,
+        *,
+        popularity: Mapping[Hashable, float] | None = None,
+    ) -> dict[str, "ItemTrie"]:
         """One trie per domain (items without a domain are left out)."""
         groups: dict[str, dict] = {}
         for item, codes in item_codes.items():

@@ -1,4 +1,5 @@
 """Typed settings of `megarec demo` (recipes in configs/demo/{full,ci}.yaml, dotted overrides on the CLI)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +11,11 @@ from megarec.common.config import help_field
 @dataclass
 class DemoDataConfig:
     source: str = help_field("ml-100k", "Recommendation log (`megarec data build --source`).")
-    bpe_ranks: int = help_field(8192, "BPE ranks of the Qwen3-layout tokenizer (`tokenizer build-qwen3 --bpe-ranks`); "
-                                      "0 = all 151,643 (real Qwen3 ids, ~20x the output-layer compute).")
+    bpe_ranks: int = help_field(
+        8192,
+        "BPE ranks of the Qwen3-layout tokenizer (`tokenizer build-qwen3 --bpe-ranks`); "
+        "0 = all 151,643 (real Qwen3 ids, ~20x the output-layer compute).",
+    )
     itemic_layers: int = help_field(3, "RQ-KMeans layers (code tokens per item).")
     codebook_size: int = help_field(32, "Codes per RQ-KMeans layer (sized for ~1.7k items).")
     samples_per_user: int = help_field(8, "SFT/RL cut points per user and task (`data build --samples-per-user`).")
@@ -33,7 +37,9 @@ class DemoModelConfig:
 class DemoStagesConfig:
     nproc: int = help_field(2, "Processes of the Megatron-Core stages (torchrun, gloo on CPU).")
     tensor_parallel: int = help_field(2, "Tensor-parallel size of stage 1 and stage 2.")
-    stage1_recipe: str = help_field("configs/demo/stage1.yaml", "Stage-1 recipe (a relative path resolves beside the demo recipe).")
+    stage1_recipe: str = help_field(
+        "configs/demo/stage1.yaml", "Stage-1 recipe (a relative path resolves beside the demo recipe)."
+    )
     stage2_recipe: str = help_field("configs/demo/stage2.yaml", "Stage-2 recipe.")
     sft_recipe: str = help_field("configs/demo/sft.yaml", "SFT recipe.")
     grpo_recipe: str = help_field("configs/demo/grpo.yaml", "GRPO recipe.")

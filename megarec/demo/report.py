@@ -1,5 +1,6 @@
 """The demo's report: loss curves of every training stage, benchmark bars, free generations and the
 stage table, written as report.json (machine-checked in CI), report.md and two PNG plots."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,16 @@ def curve_summary(points: list[tuple[int, float]]) -> dict:
     values = [v for _, v in points]
     k = max(1, len(values) // 5)
     head, tail = sum(values[:k]) / k, sum(values[-k:]) / k
-    return {"points": len(values), "first": values[0], "last": values[-1], "min": min(values),
-            "head_mean": head, "tail_mean": tail, "finite": all(math.isfinite(v) for v in values),
-            "falling": tail < head}
+    return {
+        "points": len(values),
+        "first": values[0],
+        "last": values[-1],
+        "min": min(values),
+        "head_mean": head,
+        "tail_mean": tail,
+        "finite": all(math.isfinite(v) for v in values),
+        "falling": tail < head,
+    }
 
 
 def _plot_curves(curves: dict, path: str) -> None:
@@ -81,8 +89,7 @@ def _plot_bench(models: dict, path: str) -> None:
     plt.close(fig)
 
 
-def build_report(out_dir: str, stage_records: list[dict], config: dict,
-                 samples: Optional[dict] = None) -> dict:
+def build_report(out_dir: str, stage_records: list[dict], config: dict, samples: Optional[dict] = None) -> dict:
     """Collect everything under `out_dir` into report.json / report.md / losses.png / bench.png."""
     from megarec.common.atomic import atomic_write_text
     from megarec.common.tables import format_table
@@ -93,44 +100,90 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict,
         curves[stage] = {"key": key, **curve_summary(pts), "values": pts}
     bench_path = os.path.join(out_dir, "bench", "results.json")
     bench = json.load(open(bench_path)) if os.path.isfile(bench_path) else {}
-    models = {name: {"test": {m: r["test"][m] for m in BENCH_METRICS},
-                     **({"mean_ranked_items": r["test"]["mean_ranked_items"]} if "mean_ranked_items" in r["test"] else {})}
-              for name, r in bench.get("models", {}).items()}
+    models = {
+        name: {
+            "test": {m: r["test"][m] for m in BENCH_METRICS},
+            **({"mean_ranked_items": r["test"]["mean_ranked_items"]} if "mean_ranked_items" in r["test"] else {}),
+        }
+        for name, r in bench.get("models", {}).items()
+    }
     if curves:
         _plot_curves(curves, os.path.join(out_dir, "losses.png"))
     if models:
         _plot_bench(models, os.path.join(out_dir, "bench.png"))
-    report = {"stages": stage_records, "curves": curves, "bench": {"dataset": bench.get("dataset"),
-                                                                    "protocol": bench.get("protocol"),
-                                                                    "models": models},
-              "generations": samples or {}, "config": config,
-              "total_seconds": sum(r.get("seconds", 0.0) for r in stage_records)}
+    report = {
+        "stages": stage_records,
+        "curves": curves,
+        "bench": {"dataset": bench.get("dataset"), "protocol": bench.get("protocol"), "models": models},
+        "generations": samples or {},
+        "config": config,
+        "total_seconds": sum(r.get("seconds", 0.0) for r in stage_records),
+    }
     atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2, default=float) + "\n")
 
-    lines = ["# megarec demo report", "",
-             f"Total time of the stages run: {report['total_seconds'] / 60:.1f} min.", "", "## Stages", "",
-             "| # | stage | what | status | seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {i} | {r['name']} | {r.get('title', '')} | {r['status']} | {r.get('seconds', 0):.1f} |"
-              for i, r in enumerate(stage_records, 1)]
+    lines = [
+        "# megarec demo report",
+        "",
+        f"Total time of the stages run: {report['total_seconds'] / 60:.1f} min.",
+        "",
+        "## Stages",
+        "",
+        "| # | stage | what | status | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {i} | {r['name']} | {r.get('title', '')} | {r['status']} | {r.get('seconds', 0):.1f} |"
+        for i, r in enumerate(stage_records, 1)
+    ]
     lines += ["", "Commands, in order (each can be rerun by hand):", "", "```bash"]
-    lines += [r["command"] for r in stage_records] + ["```", "", "## Training curves", "",
-             "![losses](losses.png)", "", "```",
-             format_table(["stage", "metric", "first", "last", "min", "falling"],
-                          [[s, c["key"], f"{c.get('first', float('nan')):.4f}", f"{c.get('last', float('nan')):.4f}",
-                            f"{c.get('min', float('nan')):.4f}", str(c["falling"])] for s, c in curves.items()]),
-             "```", ""]
+    lines += [r["command"] for r in stage_records] + [
+        "```",
+        "",
+        "## Training curves",
+        "",
+        "![losses](losses.png)",
+        "",
+        "```",
+        format_table(
+            ["stage", "metric", "first", "last", "min", "falling"],
+            [
+                [
+                    s,
+                    c["key"],
+                    f"{c.get('first', float('nan')):.4f}",
+                    f"{c.get('last', float('nan')):.4f}",
+                    f"{c.get('min', float('nan')):.4f}",
+                    str(c["falling"]),
+                ]
+                for s, c in curves.items()
+            ],
+        ),
+        "```",
+        "",
+    ]
     if models:
-        lines += ["## Full-ranking benchmark (MovieLens-100k, leave-one-out, history excluded)", "",
-                  "![bench](bench.png)", "", "| model | " + " | ".join(BENCH_METRICS) + " |",
-                  "|---|" + "---|" * len(BENCH_METRICS)]
-        lines += [f"| {n} | " + " | ".join(f"{m['test'][k]:.4f}" for k in BENCH_METRICS) + " |"
-                  for n, m in models.items()]
+        lines += [
+            "## Full-ranking benchmark (MovieLens-100k, leave-one-out, history excluded)",
+            "",
+            "![bench](bench.png)",
+            "",
+            "| model | " + " | ".join(BENCH_METRICS) + " |",
+            "|---|" + "---|" * len(BENCH_METRICS),
+        ]
+        lines += [
+            f"| {n} | " + " | ".join(f"{m['test'][k]:.4f}" for k in BENCH_METRICS) + " |" for n, m in models.items()
+        ]
         lines.append("")
     if samples:
-        lines += ["## Free generations (greedy, no trie)", "",
-                  f"{samples['users']} test users: {samples['valid_item_fraction']:.0%} of answers decode to a real "
-                  f"movie, greedy hit rate {samples['greedy_hit_rate']:.1%}.", "",
-                  "| last watched | model's next movie | actual next movie |", "|---|---|---|"]
+        lines += [
+            "## Free generations (greedy, no trie)",
+            "",
+            f"{samples['users']} test users: {samples['valid_item_fraction']:.0%} of answers decode to a real "
+            f"movie, greedy hit rate {samples['greedy_hit_rate']:.1%}.",
+            "",
+            "| last watched | model's next movie | actual next movie |",
+            "|---|---|---|",
+        ]
         for ex in samples["examples"][:8]:
             cells = [" / ".join(ex["history_tail"]), ex["generated"], ex["target"]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

@@ -7,6 +7,7 @@ everything. An interrupted stage (marker "running", same fingerprint) of a resum
 pretrain, sft, grpo) reruns in place and resumes; any other interrupted stage starts clean, since its verb
 refuses a non-empty output directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-from megarec.demo.stages import STAGES, DemoPaths, Stage
 from megarec.common.errors import MegarecError
+from megarec.demo.stages import STAGES, DemoPaths, Stage
 
 HEARTBEAT_S = 30.0
 
@@ -42,8 +43,16 @@ def display_command(stage: Stage, argv: list[str], nproc: int) -> str:
 
 def _subprocess_argv(stage: Stage, argv: list[str], nproc: int) -> list[str]:
     if stage.distributed:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "megarec", *argv]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "megarec",
+            *argv,
+        ]
     return [sys.executable, "-m", "megarec", *argv]
 
 
@@ -107,15 +116,16 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def run_stages(cfg, paths: DemoPaths, *, force: bool = False, until: Optional[str] = None,
-               print_fn: Callable = print) -> list[dict]:
+def run_stages(
+    cfg, paths: DemoPaths, *, force: bool = False, until: Optional[str] = None, print_fn: Callable = print
+) -> list[dict]:
     """Run (or skip) every stage up to and including `until`; returns one record per stage."""
     from megarec.common.atomic import write_json
 
     names = [s.name for s in STAGES]
     if until is not None and until not in names:
         raise MegarecError(f"unknown stage '{until}' (stages: {', '.join(names)})")
-    stages = STAGES[:names.index(until) + 1] if until else STAGES
+    stages = STAGES[: names.index(until) + 1] if until else STAGES
     nproc = cfg.stages.nproc
     records, redo_rest = [], force
     t_all = time.perf_counter()
@@ -128,24 +138,44 @@ def run_stages(cfg, paths: DemoPaths, *, force: bool = False, until: Optional[st
         head = f"[{i:2d}/{len(stages)}] {stage.name:<13s} {stage.title}"
         if done and not redo_rest and done.get("fingerprint") == fp and done.get("state") == "done":
             print_fn(f"{head} ... finished earlier ({done['seconds']:.1f}s), skipped")
-            records.append({"name": stage.name, "title": stage.title, "status": "cached",
-                            "seconds": done["seconds"], "command": shown})
+            records.append(
+                {
+                    "name": stage.name,
+                    "title": stage.title,
+                    "status": "cached",
+                    "seconds": done["seconds"],
+                    "command": shown,
+                }
+            )
             continue
         # an interrupted stage with the same settings resumes in place when its verb resumes; a changed,
         # forced or re-fed stage, or an interrupted one-shot verb (which refuses a non-empty --out), starts
         # from clean outputs
-        if redo_rest or (done and (done.get("fingerprint") != fp or done.get("state") == "done"
-                                   or not stage.resumes)):
+        if redo_rest or (done and (done.get("fingerprint") != fp or done.get("state") == "done" or not stage.resumes)):
             for out in stage.outputs(paths):
                 _remove(out)
         redo_rest = True  # everything after a stage that runs consumes its new outputs
         write_json(marker, {"fingerprint": fp, "state": "running", "command": shown})
         print_fn(f"{head} ... running (log: {os.path.join(paths.logs, stage.name + '.log')})")
-        seconds = run_logged(_subprocess_argv(stage, argv, nproc), os.path.join(paths.logs, f"{stage.name}.log"),
-                             _env(stage, nproc), stage.name, print_fn)
-        write_json(marker, {"fingerprint": fp, "state": "done", "seconds": seconds, "command": shown,
-                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        seconds = run_logged(
+            _subprocess_argv(stage, argv, nproc),
+            os.path.join(paths.logs, f"{stage.name}.log"),
+            _env(stage, nproc),
+            stage.name,
+            print_fn,
+        )
+        write_json(
+            marker,
+            {
+                "fingerprint": fp,
+                "state": "done",
+                "seconds": seconds,
+                "command": shown,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         print_fn(f"{'':8s}done in {seconds:.1f}s (elapsed {time.perf_counter() - t_all:.0f}s)")
-        records.append({"name": stage.name, "title": stage.title, "status": "ran", "seconds": seconds,
-                        "command": shown})
+        records.append(
+            {"name": stage.name, "title": stage.title, "status": "ran", "seconds": seconds, "command": shown}
+        )
     return records

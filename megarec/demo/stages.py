@@ -3,6 +3,7 @@
 Every stage is one command line (shown in the report, so any stage can be repeated by hand on other data);
 `DemoPaths` fixes where each stage writes under the demo's output directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,20 +55,30 @@ _LAYOUT = {
 class Stage:
     name: str
     title: str
-    command: Callable[[DemoConfig, DemoPaths], List[str]]   # argv after `megarec`
-    outputs: Callable[[DemoPaths], List[str]]                # removed before a changed command reruns
-    distributed: bool = False                                # run under torchrun with cfg.stages.nproc
-    resumes: bool = False                                    # the verb resumes in its own partial outputs
+    command: Callable[[DemoConfig, DemoPaths], List[str]]  # argv after `megarec`
+    outputs: Callable[[DemoPaths], List[str]]  # removed before a changed command reruns
+    distributed: bool = False  # run under torchrun with cfg.stages.nproc
+    resumes: bool = False  # the verb resumes in its own partial outputs
 
 
-def _pretrain_args(cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckpt: str, init_from: str,
-                   extra: List[str]) -> List[str]:
-    return ["pretrain", "--config", recipe,
-            f"model.hf_config={p.expanded}", f"data.tokenizer={p.expanded}",
-            f"data.data_path=[{p.pretrain_prefix}_text_document]",
-            f"parallel.tensor_model_parallel_size={cfg.stages.tensor_parallel}",
-            f"checkpoint.init_from={init_from}", f"checkpoint.dir={ckpt}", f"logging.run_dir={run_dir}",
-            f"data.cache_dir={os.path.join(run_dir, 'index_cache')}", "logging.progress=false", *extra]
+def _pretrain_args(
+    cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckpt: str, init_from: str, extra: List[str]
+) -> List[str]:
+    return [
+        "pretrain",
+        "--config",
+        recipe,
+        f"model.hf_config={p.expanded}",
+        f"data.tokenizer={p.expanded}",
+        f"data.data_path=[{p.pretrain_prefix}_text_document]",
+        f"parallel.tensor_model_parallel_size={cfg.stages.tensor_parallel}",
+        f"checkpoint.init_from={init_from}",
+        f"checkpoint.dir={ckpt}",
+        f"logging.run_dir={run_dir}",
+        f"data.cache_dir={os.path.join(run_dir, 'index_cache')}",
+        "logging.progress=false",
+        *extra,
+    ]
 
 
 def _tokenizer(cfg, p):
@@ -77,32 +88,82 @@ def _tokenizer(cfg, p):
 
 def _base_model(cfg, p):
     m = cfg.model
-    return ["init-model", "--tokenizer", p.tokenizer, "--out", p.base_model, "--preset", "qwen3-small",
-            "--num-layers", str(m.num_layers), "--hidden-size", str(m.hidden_size),
-            "--ffn-hidden-size", str(m.ffn_hidden_size), "--num-attention-heads", str(m.num_attention_heads),
-            "--num-query-groups", str(m.num_query_groups), "--head-dim", str(m.head_dim),
-            "--seed", str(cfg.data.seed), "--force"]
+    return [
+        "init-model",
+        "--tokenizer",
+        p.tokenizer,
+        "--out",
+        p.base_model,
+        "--preset",
+        "qwen3-small",
+        "--num-layers",
+        str(m.num_layers),
+        "--hidden-size",
+        str(m.hidden_size),
+        "--ffn-hidden-size",
+        str(m.ffn_hidden_size),
+        "--num-attention-heads",
+        str(m.num_attention_heads),
+        "--num-query-groups",
+        str(m.num_query_groups),
+        "--head-dim",
+        str(m.head_dim),
+        "--seed",
+        str(cfg.data.seed),
+        "--force",
+    ]
 
 
 def _sft(cfg, p):
-    return ["sft", "--config", cfg.stages.sft_recipe, f"model.path={p.stage2_hf}",
-            f"data.sources=[{{name: rec, path: {p.data}/sft/train.jsonl, weight: 1.0}}]",
-            f"data.valid=[{{name: rec_valid, path: {p.data}/sft/valid.jsonl}}]",
-            f"logging.run_dir={p.sft}", *cfg.stages.sft_overrides]
+    return [
+        "sft",
+        "--config",
+        cfg.stages.sft_recipe,
+        f"model.path={p.stage2_hf}",
+        f"data.sources=[{{name: rec, path: {p.data}/sft/train.jsonl, weight: 1.0}}]",
+        f"data.valid=[{{name: rec_valid, path: {p.data}/sft/valid.jsonl}}]",
+        f"logging.run_dir={p.sft}",
+        *cfg.stages.sft_overrides,
+    ]
 
 
 def _grpo(cfg, p):
-    return ["grpo", "--config", cfg.stages.grpo_recipe, f"model.path={p.sft_hf}",
-            f"data.sources=[{{name: rec_rl, path: {p.data}/rl/train.jsonl, weight: 1.0}}]",
-            f"data.codes={p.codes}", f"logging.run_dir={p.grpo}", *cfg.stages.grpo_overrides]
+    return [
+        "grpo",
+        "--config",
+        cfg.stages.grpo_recipe,
+        f"model.path={p.sft_hf}",
+        f"data.sources=[{{name: rec_rl, path: {p.data}/rl/train.jsonl, weight: 1.0}}]",
+        f"data.codes={p.codes}",
+        f"logging.run_dir={p.grpo}",
+        *cfg.stages.grpo_overrides,
+    ]
 
 
 def _bench(cfg, p):
     b = cfg.bench
-    cmd = ["bench", "seqrec", "--dataset", cfg.data.source, "--baselines", ",".join(b.baselines),
-           "--hf-dir", p.grpo_hf, "--codes", p.codes, "--num-beams", str(b.num_beams),
-           "--max-history", str(cfg.data.max_history), "--epochs", str(b.sasrec_epochs),
-           "--seed", str(cfg.data.seed), "--out", p.bench]
+    cmd = [
+        "bench",
+        "seqrec",
+        "--dataset",
+        cfg.data.source,
+        "--baselines",
+        ",".join(b.baselines),
+        "--hf-dir",
+        p.grpo_hf,
+        "--codes",
+        p.codes,
+        "--num-beams",
+        str(b.num_beams),
+        "--max-history",
+        str(cfg.data.max_history),
+        "--epochs",
+        str(b.sasrec_epochs),
+        "--seed",
+        str(cfg.data.seed),
+        "--out",
+        p.bench,
+    ]
     if b.max_eval_users:
         cmd += ["--max-eval-users", str(b.max_eval_users)]
     if b.sasrec_time_budget:
@@ -113,44 +174,144 @@ def _bench(cfg, p):
 STAGES: List[Stage] = [
     Stage("tokenizer", "Qwen3-layout tokenizer (offline BPE ranks)", _tokenizer, lambda p: [p.tokenizer]),
     Stage("base_model", "random small Qwen3 base model", _base_model, lambda p: [p.base_model]),
-    Stage("embed", "item text -> MiniLM embeddings",
-          lambda c, p: ["itemic", "embed", "--source", c.data.source, "--out", p.embeddings],
-          lambda p: [p.embeddings]),
-    Stage("itemic", "RQ-KMeans itemic tokenizer",
-          lambda c, p: ["itemic", "train", "--embeddings", p.embeddings, "--out", p.itemic,
-                        "--layers", str(c.data.itemic_layers), "--codebook-size", str(c.data.codebook_size),
-                        "--normalize", "l2", "--seed", str(c.data.seed), "--codes-out", p.codes],
-          lambda p: [p.itemic, p.codes]),
-    Stage("expand_vocab", "vocabulary expansion with itemic tokens",
-          lambda c, p: ["expand-vocab", "--hf-dir", p.base_model, "--itemic-tokenizer", p.itemic,
-                        "--out", p.expanded, "--seed", str(c.data.seed)],
-          lambda p: [p.expanded]),
-    Stage("data_build", "task samples (pre-training, SFT, RL) with leave-one-out split",
-          lambda c, p: ["data", "build", "--source", c.data.source, "--codes", p.codes, "--out", p.data,
-                        "--samples-per-user", str(c.data.samples_per_user),
-                        "--max-history", str(c.data.max_history), "--seed", str(c.data.seed)],
-          lambda p: [p.data]),
-    Stage("preprocess", "Megatron indexed dataset (C++ helpers)",
-          lambda c, p: ["preprocess", "--input", f"{p.data}/pretrain/train.jsonl", "--tokenizer", p.expanded,
-                        "--output-prefix", p.pretrain_prefix, "--kind", "segments", "--workers", "2",
-                        "--no-progress"],
-          lambda p: [p.datasets], resumes=True),
-    Stage("convert_in", "HF -> Megatron-Core checkpoint",
-          lambda c, p: ["convert", "hf-to-mcore", "--hf-dir", p.expanded, "--out", p.mcore_init,
-                        "--tp", str(c.stages.tensor_parallel), "--force"],
-          lambda p: [p.mcore_init]),
-    Stage("stage1", "stage 1: itemic-text alignment (Megatron-Core, TP)",
-          lambda c, p: _pretrain_args(c, p, c.stages.stage1_recipe, p.stage1, p.stage1_ckpt, p.mcore_init,
-                                      c.stages.stage1_overrides),
-          lambda p: [p.stage1], distributed=True, resumes=True),
-    Stage("stage2", "stage 2: co-pretraining (Megatron-Core, TP)",
-          lambda c, p: _pretrain_args(c, p, c.stages.stage2_recipe, p.stage2, p.stage2_ckpt, p.stage1_ckpt,
-                                      c.stages.stage2_overrides),
-          lambda p: [p.stage2], distributed=True, resumes=True),
-    Stage("convert_out", "Megatron-Core -> HF checkpoint",
-          lambda c, p: ["convert", "mcore-to-hf", "--mcore-dir", p.stage2_ckpt, "--out", p.stage2_hf,
-                        "--hf-template", p.expanded, "--force"],
-          lambda p: [p.stage2_hf]),
+    Stage(
+        "embed",
+        "item text -> MiniLM embeddings",
+        lambda c, p: ["itemic", "embed", "--source", c.data.source, "--out", p.embeddings],
+        lambda p: [p.embeddings],
+    ),
+    Stage(
+        "itemic",
+        "RQ-KMeans itemic tokenizer",
+        lambda c, p: [
+            "itemic",
+            "train",
+            "--embeddings",
+            p.embeddings,
+            "--out",
+            p.itemic,
+            "--layers",
+            str(c.data.itemic_layers),
+            "--codebook-size",
+            str(c.data.codebook_size),
+            "--normalize",
+            "l2",
+            "--seed",
+            str(c.data.seed),
+            "--codes-out",
+            p.codes,
+        ],
+        lambda p: [p.itemic, p.codes],
+    ),
+    Stage(
+        "expand_vocab",
+        "vocabulary expansion with itemic tokens",
+        lambda c, p: [
+            "expand-vocab",
+            "--hf-dir",
+            p.base_model,
+            "--itemic-tokenizer",
+            p.itemic,
+            "--out",
+            p.expanded,
+            "--seed",
+            str(c.data.seed),
+        ],
+        lambda p: [p.expanded],
+    ),
+    Stage(
+        "data_build",
+        "task samples (pre-training, SFT, RL) with leave-one-out split",
+        lambda c, p: [
+            "data",
+            "build",
+            "--source",
+            c.data.source,
+            "--codes",
+            p.codes,
+            "--out",
+            p.data,
+            "--samples-per-user",
+            str(c.data.samples_per_user),
+            "--max-history",
+            str(c.data.max_history),
+            "--seed",
+            str(c.data.seed),
+        ],
+        lambda p: [p.data],
+    ),
+    Stage(
+        "preprocess",
+        "Megatron indexed dataset (C++ helpers)",
+        lambda c, p: [
+            "preprocess",
+            "--input",
+            f"{p.data}/pretrain/train.jsonl",
+            "--tokenizer",
+            p.expanded,
+            "--output-prefix",
+            p.pretrain_prefix,
+            "--kind",
+            "segments",
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        lambda p: [p.datasets],
+        resumes=True,
+    ),
+    Stage(
+        "convert_in",
+        "HF -> Megatron-Core checkpoint",
+        lambda c, p: [
+            "convert",
+            "hf-to-mcore",
+            "--hf-dir",
+            p.expanded,
+            "--out",
+            p.mcore_init,
+            "--tp",
+            str(c.stages.tensor_parallel),
+            "--force",
+        ],
+        lambda p: [p.mcore_init],
+    ),
+    Stage(
+        "stage1",
+        "stage 1: itemic-text alignment (Megatron-Core, TP)",
+        lambda c, p: _pretrain_args(
+            c, p, c.stages.stage1_recipe, p.stage1, p.stage1_ckpt, p.mcore_init, c.stages.stage1_overrides
+        ),
+        lambda p: [p.stage1],
+        distributed=True,
+        resumes=True,
+    ),
+    Stage(
+        "stage2",
+        "stage 2: co-pretraining (Megatron-Core, TP)",
+        lambda c, p: _pretrain_args(
+            c, p, c.stages.stage2_recipe, p.stage2, p.stage2_ckpt, p.stage1_ckpt, c.stages.stage2_overrides
+        ),
+        lambda p: [p.stage2],
+        distributed=True,
+        resumes=True,
+    ),
+    Stage(
+        "convert_out",
+        "Megatron-Core -> HF checkpoint",
+        lambda c, p: [
+            "convert",
+            "mcore-to-hf",
+            "--mcore-dir",
+            p.stage2_ckpt,
+            "--out",
+            p.stage2_hf,
+            "--hf-template",
+            p.expanded,
+            "--force",
+        ],
+        lambda p: [p.stage2_hf],
+    ),
     Stage("sft", "SFT on the RecIF tasks (assistant tokens only)", _sft, lambda p: [p.sft], resumes=True),
     Stage("grpo", "GRPO Rec-RL (trie-constrained policy samples)", _grpo, lambda p: [p.grpo], resumes=True),
     Stage("bench", "full-ranking benchmark vs Pop and SASRec", _bench, lambda p: [p.bench]),

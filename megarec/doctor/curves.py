@@ -2,6 +2,7 @@
 
 Pure functions of files and lists, so the tests can hold them to real metrics files without a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,13 +62,24 @@ class CurveComparison:
     final_other: Optional[float] = None
 
     def measured(self) -> dict:
-        return {"steps": self.steps, "max_rel_diff": self.max_rel_diff, "worst_step": self.worst_step,
-                "first_step_rel_diff": self.first_rel_diff, "final_loss_ref": self.final_ref,
-                "final_loss_other": self.final_other}
+        return {
+            "steps": self.steps,
+            "max_rel_diff": self.max_rel_diff,
+            "worst_step": self.worst_step,
+            "first_step_rel_diff": self.first_rel_diff,
+            "final_loss_ref": self.final_ref,
+            "final_loss_other": self.final_other,
+        }
 
 
-def compare_curves(ref: Sequence, other: Sequence, tol: CurveTolerance, expected_steps: int,
-                   ref_name: str = "reference", other_name: str = "other") -> CurveComparison:
+def compare_curves(
+    ref: Sequence,
+    other: Sequence,
+    tol: CurveTolerance,
+    expected_steps: int,
+    ref_name: str = "reference",
+    other_name: str = "other",
+) -> CurveComparison:
     """Step-by-step comparison of two loss curves of `expected_steps` steps each."""
     for name, curve in ((ref_name, ref), (other_name, other)):
         if len(curve) != expected_steps:
@@ -77,15 +89,27 @@ def compare_curves(ref: Sequence, other: Sequence, tol: CurveTolerance, expected
             return CurveComparison(False, f"{name} has a non-finite loss at step {bad[0]}", len(curve))
     rel = [abs(o - r) / abs(r) if r else (0.0 if o == r else math.inf) for r, o in zip(ref, other)]
     worst = max(range(len(rel)), key=rel.__getitem__) if rel else 0
-    result = dict(steps=expected_steps, max_rel_diff=max(rel, default=0.0), worst_step=worst + 1,
-                  first_rel_diff=rel[0] if rel else None, final_ref=ref[-1] if ref else None,
-                  final_other=other[-1] if other else None)
+    result = dict(
+        steps=expected_steps,
+        max_rel_diff=max(rel, default=0.0),
+        worst_step=worst + 1,
+        first_rel_diff=rel[0] if rel else None,
+        final_ref=ref[-1] if ref else None,
+        final_other=other[-1] if other else None,
+    )
     if result["max_rel_diff"] > tol.max_rel:
-        return CurveComparison(False, f"{other_name} departs from {ref_name} by {rel[worst]:.2%} at step "
-                                      f"{worst + 1} ({other[worst]:.4f} vs {ref[worst]:.4f}), over the "
-                                      f"{tol.max_rel:.1%} tolerance", **result)
-    return CurveComparison(True, f"{other_name} within {result['max_rel_diff']:.2%} of {ref_name} at every step "
-                                 f"(tolerance {tol.max_rel:.1%})", **result)
+        return CurveComparison(
+            False,
+            f"{other_name} departs from {ref_name} by {rel[worst]:.2%} at step "
+            f"{worst + 1} ({other[worst]:.4f} vs {ref[worst]:.4f}), over the "
+            f"{tol.max_rel:.1%} tolerance",
+            **result,
+        )
+    return CurveComparison(
+        True,
+        f"{other_name} within {result['max_rel_diff']:.2%} of {ref_name} at every step (tolerance {tol.max_rel:.1%})",
+        **result,
+    )
 
 
 def curve_falls(curve: Sequence, min_drop: float, tail: int = 3) -> bool:

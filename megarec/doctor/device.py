@@ -5,6 +5,7 @@ doctor process itself never creates a CUDA context or imports Transformer Engine
 mode a context held by the parent would lock its own children out. Everything else here is a pure function of
 a `DeviceInfo`, which is how the tests exercise the skip rules without a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from typing import Optional
 
 from megarec.common.errors import MegarecError
 
-FP8_MIN_CAPABILITY = (8, 9)   # Ada (8.9) and Hopper (9.0) onwards have FP8 tensor cores
-MFU_FLOOR = 0.15              # lowest acceptable MFU on a GPU whose peak is known (see GPU_TABLE)
+FP8_MIN_CAPABILITY = (8, 9)  # Ada (8.9) and Hopper (9.0) onwards have FP8 tensor cores
+MFU_FLOOR = 0.15  # lowest acceptable MFU on a GPU whose peak is known (see GPU_TABLE)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class DeviceInfo:
     torch_version: str = ""
     cuda_version: Optional[str] = None
     te_version: Optional[str] = None
-    te_error: Optional[str] = None            # why transformer_engine.pytorch does not import (None = it does)
+    te_error: Optional[str] = None  # why transformer_engine.pytorch does not import (None = it does)
     te_fp8: Optional[tuple[bool, str]] = None  # Transformer Engine's own FP8 verdict, when it could say
     visible: list[str] = field(default_factory=list)  # device ids to hand to CUDA_VISIBLE_DEVICES
 
@@ -102,8 +103,10 @@ def fp8_skip_reason(dev: DeviceInfo) -> Optional[str]:
     """Why FP8 cannot run here (None = it can): compute capability below 8.9, or Transformer Engine's own
     check says no (e.g. an Ada GPU with too old a CUDA / cuBLASLt)."""
     if tuple(dev.capability) < FP8_MIN_CAPABILITY:
-        return (f"{dev.name} has compute capability {dev.capability[0]}.{dev.capability[1]} < "
-                f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}: no FP8 tensor cores")
+        return (
+            f"{dev.name} has compute capability {dev.capability[0]}.{dev.capability[1]} < "
+            f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}: no FP8 tensor cores"
+        )
     if dev.te_fp8 is not None and not dev.te_fp8[0]:
         return f"Transformer Engine reports no FP8 support: {dev.te_fp8[1] or 'no reason given'}"
     return None
@@ -141,8 +144,10 @@ def no_cuda_message() -> str:
     import torch
 
     built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return (f"no CUDA device visible (torch {torch.__version__}, {built}); run `megarec doctor gpu` on a GPU "
-            "node with the cluster's CUDA torch and Transformer Engine (pip install -e '.[gpu]')")
+    return (
+        f"no CUDA device visible (torch {torch.__version__}, {built}); run `megarec doctor gpu` on a GPU "
+        "node with the cluster's CUDA torch and Transformer Engine (pip install -e '.[gpu]')"
+    )
 
 
 def _describe_here() -> dict:
@@ -150,10 +155,17 @@ def _describe_here() -> dict:
     import torch
 
     props = torch.cuda.get_device_properties(0)
-    info = {"name": torch.cuda.get_device_name(0), "capability": [props.major, props.minor],
-            "total_memory_gib": props.total_memory / (1 << 30), "count": torch.cuda.device_count(),
-            "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
-            "te_version": None, "te_error": None, "te_fp8": None}
+    info = {
+        "name": torch.cuda.get_device_name(0),
+        "capability": [props.major, props.minor],
+        "total_memory_gib": props.total_memory / (1 << 30),
+        "count": torch.cuda.device_count(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "te_version": None,
+        "te_error": None,
+        "te_fp8": None,
+    }
     try:
         import transformer_engine
         import transformer_engine.pytorch  # noqa: F401
@@ -180,11 +192,18 @@ def _te_fp8_verdict() -> Optional[list]:
 def parse_probe(payload: dict, environ: Optional[dict] = None) -> DeviceInfo:
     te_fp8 = payload.get("te_fp8")
     count = int(payload["count"])
-    return DeviceInfo(name=payload["name"], capability=tuple(payload["capability"]),
-                      total_memory_gib=float(payload["total_memory_gib"]), count=count,
-                      torch_version=payload.get("torch_version", ""), cuda_version=payload.get("cuda_version"),
-                      te_version=payload.get("te_version"), te_error=payload.get("te_error"),
-                      te_fp8=tuple(te_fp8) if te_fp8 else None, visible=visible_devices(count, environ))
+    return DeviceInfo(
+        name=payload["name"],
+        capability=tuple(payload["capability"]),
+        total_memory_gib=float(payload["total_memory_gib"]),
+        count=count,
+        torch_version=payload.get("torch_version", ""),
+        cuda_version=payload.get("cuda_version"),
+        te_version=payload.get("te_version"),
+        te_error=payload.get("te_error"),
+        te_fp8=tuple(te_fp8) if te_fp8 else None,
+        visible=visible_devices(count, environ),
+    )
 
 
 def probe(timeout: float = 180.0) -> DeviceInfo:

@@ -4,6 +4,7 @@ Every command runs in its own process group (torchrun and its workers included),
 when its check's time is up is ended as a whole: SIGTERM (the pretrain loop exits cleanly on it), then
 SIGKILL after a grace period.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,12 @@ HEARTBEAT_S = 30.0
 KILL_GRACE_S = 15.0
 
 # Set for every child unless the caller's environment already says otherwise (the launchers' GPU settings).
-DEFAULT_ENV = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+DEFAULT_ENV = {
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 # Always set: unbuffered logs, no wandb, and Megatron's requirement for TP communication overlap.
 FORCED_ENV = {"PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
 
@@ -80,8 +85,8 @@ class Runner:
         self.env = env
         self.say = say
         self.heartbeat_s = heartbeat_s
-        self.deadline: Optional[float] = None   # time.monotonic() value
-        self.logs: dict[str, str] = {}          # commands of the current check: name → log
+        self.deadline: Optional[float] = None  # time.monotonic() value
+        self.logs: dict[str, str] = {}  # commands of the current check: name → log
 
     def start_check(self, timeout_s: float) -> None:
         self.deadline = time.monotonic() + timeout_s
@@ -110,8 +115,10 @@ class Runner:
                     now = time.monotonic()
                     if self.deadline is not None and now > self.deadline:
                         _end(proc)
-                        raise CheckTimeout(f"timeout: {name} was still running after {now - start:.0f}s when the "
-                                           f"check's time ran out; ended it (log: {log_path})")
+                        raise CheckTimeout(
+                            f"timeout: {name} was still running after {now - start:.0f}s when the "
+                            f"check's time ran out; ended it (log: {log_path})"
+                        )
                     if now >= next_beat:
                         tail = last_lines(log_path, 1)
                         self.say(f"  {name}: {now - start:4.0f}s  {tail[0][:120] if tail else ''}")
@@ -122,8 +129,9 @@ class Runner:
                 raise
         seconds = time.monotonic() - start
         if proc.returncode != 0:
-            raise CommandFailed(f"{name} exited with status {proc.returncode}: {failure_line(log_path)} "
-                                f"(log: {log_path})")
+            raise CommandFailed(
+                f"{name} exited with status {proc.returncode}: {failure_line(log_path)} (log: {log_path})"
+            )
         self.say(f"  {name}: done in {seconds:.0f}s")
         return Outcome(name, log_path, seconds)
 

@@ -1,4 +1,5 @@
 """Check results, the overall verdict, the exit code and the one-line JSON summary."""
+
 from __future__ import annotations
 
 import json
@@ -52,16 +53,18 @@ def _clean(value):
 
 
 def build_summary(results: list[CheckResult], *, device: Optional[dict], settings: dict, elapsed_s: float) -> dict:
-    return _clean({
-        "doctor": "gpu",
-        "verdict": verdict(results),
-        "exit_code": exit_code(results),
-        "counts": counts(results),
-        "elapsed_s": round(elapsed_s, 1),
-        "device": device,
-        "settings": settings,
-        "checks": [asdict(r) for r in results],
-    })
+    return _clean(
+        {
+            "doctor": "gpu",
+            "verdict": verdict(results),
+            "exit_code": exit_code(results),
+            "counts": counts(results),
+            "elapsed_s": round(elapsed_s, 1),
+            "device": device,
+            "settings": settings,
+            "checks": [asdict(r) for r in results],
+        }
+    )
 
 
 def summary_line(summary: dict) -> str:

@@ -10,6 +10,7 @@ than the tolerance, or the probe could not tell the two apart. Prints one JSON l
 
     python -m megarec.doctor.thd_probe [--seq-length 512] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,15 @@ def run(seq_length: int, seed: int) -> dict:
     import torch
 
     from megarec.data.megatron_datasets import packed_sample
-    from megarec.models.qwen3 import builder as qwen3
     from megarec.models.config import ModelConfig
-    from megarec.runtime.config import ParallelConfig
+    from megarec.models.qwen3 import builder as qwen3
     from megarec.pretrain.batch import make_batch_preparer
+    from megarec.runtime.config import ParallelConfig
     from megarec.runtime.megatron_parallel import init_megatron, shutdown_megatron
 
-    model_cfg = ModelConfig(preset=PRESET, num_layers=NUM_LAYERS, vocab_size=VOCAB, dtype="bf16",
-                            transformer_impl="transformer_engine")
+    model_cfg = ModelConfig(
+        preset=PRESET, num_layers=NUM_LAYERS, vocab_size=VOCAB, dtype="bf16", transformer_impl="transformer_engine"
+    )
     parallel = ParallelConfig()
     arch, impl = qwen3.setup(model_cfg, parallel, 1)
     init_megatron(parallel, seed)
@@ -47,12 +49,23 @@ def run(seq_length: int, seed: int) -> dict:
         batch = {k: torch.stack([p[k] for p in packs]) for k in packs[0]}
         thd = make_batch_preparer(device, explicit_causal_mask=False, thd=True)(dict(batch))
         plain = make_batch_preparer(device, explicit_causal_mask=False, thd=False)(
-            dict(batch, position_ids=torch.arange(seq_length).expand(len(packs), seq_length).contiguous()))
+            dict(batch, position_ids=torch.arange(seq_length).expand(len(packs), seq_length).contiguous())
+        )
         with torch.no_grad():
-            packed = model(thd["tokens"], thd["position_ids"], thd["attention_mask"], labels=thd["labels"],
-                           packed_seq_params=thd["packed_seq_params"]).float().reshape(len(packs), seq_length)
-            control = model(plain["tokens"], plain["position_ids"], plain["attention_mask"],
-                            labels=plain["labels"]).float()
+            packed = (
+                model(
+                    thd["tokens"],
+                    thd["position_ids"],
+                    thd["attention_mask"],
+                    labels=thd["labels"],
+                    packed_seq_params=thd["packed_seq_params"],
+                )
+                .float()
+                .reshape(len(packs), seq_length)
+            )
+            control = model(
+                plain["tokens"], plain["position_ids"], plain["attention_mask"], labels=plain["labels"]
+            ).float()
             diffs, control_diffs = [], []
             for row, row_docs in enumerate(docs):
                 offset = 0
@@ -60,18 +73,25 @@ def run(seq_length: int, seed: int) -> dict:
                     n = len(doc)
                     tokens = torch.from_numpy(doc).to(device)[None]
                     labels = torch.cat([tokens[:, 1:], tokens.new_zeros(1, 1)], dim=1)
-                    alone = model(tokens, torch.arange(n, device=device)[None], None, labels=labels).float()[0, :n - 1]
-                    diffs.append((packed[row, offset:offset + n - 1] - alone).abs())
+                    alone = model(tokens, torch.arange(n, device=device)[None], None, labels=labels).float()[0, : n - 1]
+                    diffs.append((packed[row, offset : offset + n - 1] - alone).abs())
                     if j:  # the first document of a pack sees the same context either way
-                        control_diffs.append((control[row, offset:offset + n - 1] - alone).abs())
+                        control_diffs.append((control[row, offset : offset + n - 1] - alone).abs())
                     offset += n
         d, c = torch.cat(diffs), torch.cat(control_diffs)
         in_document = batch["loss_mask"].bool().to(device)
-        return {"max_abs_diff": d.max().item(), "mean_abs_diff": d.mean().item(),
-                "control_mean_abs_diff": c.mean().item(), "tokens_compared": int(d.numel()),
-                "loss_mask_tokens": int(in_document.sum()), "documents": sum(len(p) for p in PACK_LENGTHS),
-                "packs": len(packs), "seq_length": seq_length, "mean_loss": packed[in_document].mean().item(),
-                "cu_seqlens": thd["packed_seq_params"].cu_seqlens_q.tolist()}
+        return {
+            "max_abs_diff": d.max().item(),
+            "mean_abs_diff": d.mean().item(),
+            "control_mean_abs_diff": c.mean().item(),
+            "tokens_compared": int(d.numel()),
+            "loss_mask_tokens": int(in_document.sum()),
+            "documents": sum(len(p) for p in PACK_LENGTHS),
+            "packs": len(packs),
+            "seq_length": seq_length,
+            "mean_loss": packed[in_document].mean().item(),
+            "cu_seqlens": thd["packed_seq_params"].cu_seqlens_q.tolist(),
+        }
     finally:
         shutdown_megatron()
 

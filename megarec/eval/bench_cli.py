@@ -1,7 +1,7 @@
 """`megarec bench seqrec`: the leave-one-out transfer benchmark (Pop, SASRec, GRU4Rec and optionally a
 generative megarec model), printed as one side-by-side table and written to results.json."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 from megarec.common.cli import add_renamed_flag
 from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
@@ -14,31 +14,48 @@ def _csv(text: str) -> list[str]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="Benchmarks (sequential-recommendation transfer benchmark).",
-                       description="Benchmarks of recommendation quality.")
+    p = sub.add_parser(
+        "bench",
+        help="Benchmarks (sequential-recommendation transfer benchmark).",
+        description="Benchmarks of recommendation quality.",
+    )
     verbs = p.add_subparsers(dest="bench_verb", metavar="<benchmark>", required=True)
     s = verbs.add_parser(
         "seqrec",
         help="Leave-one-out sequential recommendation: Recall/NDCG@5/10 vs Pop, SASRec, GRU4Rec.",
         description="Leave-one-out split (last item = test, second-last = validation), full ranking over all "
-                    "items with the user's history excluded, Recall@5/10 and NDCG@5/10. Baselines train with "
-                    "early stopping on validation NDCG@10. With --hf-dir, a megarec HF checkpoint ranks items "
-                    "by trie-constrained beam search over itemic tokens.",
+        "items with the user's history excluded, Recall@5/10 and NDCG@5/10. Baselines train with "
+        "early stopping on validation NDCG@10. With --hf-dir, a megarec HF checkpoint ranks items "
+        "by trie-constrained beam search over itemic tokens.",
     )
-    s.add_argument("--dataset", required=True,
-                   help="ml-100k (fetched once with pip into $MEGAREC_CACHE), amazon:<dir>, synthetic or raw:<dir>.")
+    s.add_argument(
+        "--dataset",
+        required=True,
+        help="ml-100k (fetched once with pip into $MEGAREC_CACHE), amazon:<dir>, synthetic or raw:<dir>.",
+    )
     s.add_argument("--domain", default=None, help="Domain whose histories to use (default: the largest).")
-    s.add_argument("--out", required=True,
-                   help="Output directory for results.json (must be missing or empty unless --force).")
-    s.add_argument("--baselines", type=_csv, default=["pop", "sasrec"],
-                   help=f"Comma-separated baselines to run ({', '.join(BASELINES)}); empty string for none.")
+    s.add_argument(
+        "--out", required=True, help="Output directory for results.json (must be missing or empty unless --force)."
+    )
+    s.add_argument(
+        "--baselines",
+        type=_csv,
+        default=["pop", "sasrec"],
+        help=f"Comma-separated baselines to run ({', '.join(BASELINES)}); empty string for none.",
+    )
     s.add_argument("--hf-dir", default=None, help="HF checkpoint directory (with itemic.json) of a megarec model.")
     add_renamed_flag(s, "--hf-dir", "--model")
-    s.add_argument("--codes", default=None, help="Codes table (item_id,c1..cL) of the dataset's items; needed with --hf-dir.")
+    s.add_argument(
+        "--codes", default=None, help="Codes table (item_id,c1..cL) of the dataset's items; needed with --hf-dir."
+    )
     s.add_argument("--itemic", default=None, help="itemic.json to use instead of <model>/itemic.json.")
     s.add_argument("--num-beams", type=int, default=20, help="Beam width of the generative model (>= 10).")
-    s.add_argument("--max-eval-users", type=int, default=None,
-                   help="Evaluate the generative model on a seeded subset of this many users.")
+    s.add_argument(
+        "--max-eval-users",
+        type=int,
+        default=None,
+        help="Evaluate the generative model on a seeded subset of this many users.",
+    )
     s.add_argument("--max-history", type=int, default=20, help="Most recent items shown in the generative prompt.")
     s.add_argument("--eval-batch-size", type=int, default=8, help="Prompts per beam-search batch.")
     s.add_argument("--lang", default="en", help="Prompt template language of the generative model (en, zh, or a YAML).")
@@ -62,8 +79,13 @@ def register(sub) -> None:
 def _inputs(args) -> list[tuple[str, str | None]]:
     kind, sep, path = args.dataset.partition(":")
     dataset_dir = path if sep and kind in ("amazon", "raw") else None
-    return [("--dataset", dataset_dir), ("--hf-dir", args.hf_dir), ("--codes", args.codes), ("--itemic", args.itemic),
-            ("--cache-dir", args.cache_dir)]
+    return [
+        ("--dataset", dataset_dir),
+        ("--hf-dir", args.hf_dir),
+        ("--codes", args.codes),
+        ("--itemic", args.itemic),
+        ("--cache-dir", args.cache_dir),
+    ]
 
 
 def run_seqrec(args) -> int:
@@ -91,9 +113,15 @@ def run_seqrec(args) -> int:
         torch.set_num_threads(args.threads)
     data = load_seqrec(args.dataset, domain=args.domain, cache_dir=args.cache_dir, seed=args.seed)
     print(f"{args.dataset}: {data.num_users} users, {data.num_items} items, {data.num_interactions} interactions")
-    results: dict = {"dataset": data.summary(), "protocol": {
-        "split": "leave-one-out (last = test, second-last = validation)", "ranking": "full, history excluded",
-        "metrics": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]}, "models": {}}
+    results: dict = {
+        "dataset": data.summary(),
+        "protocol": {
+            "split": "leave-one-out (last = test, second-last = validation)",
+            "ranking": "full, history excluded",
+            "metrics": ["recall@5", "ndcg@5", "recall@10", "ndcg@10"],
+        },
+        "models": {},
+    }
     for name in args.baselines:
         t0 = time.perf_counter()
         if name == "pop":
@@ -101,14 +129,26 @@ def run_seqrec(args) -> int:
             from megarec.eval.seqrec_eval import evaluate_full_ranking
 
             pop = PopRecommender(data.num_items).fit(data.train_sequences())
-            res = {split: evaluate_full_ranking(pop.score, *data.split_inputs(split), data.num_items)
-                   for split in ("valid", "test")}
+            res = {
+                split: evaluate_full_ranking(pop.score, *data.split_inputs(split), data.num_items)
+                for split in ("valid", "test")
+            }
         else:
             from megarec.eval.baselines.train import SeqTrainConfig, train_sequential
 
-            cfg = SeqTrainConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, max_len=args.max_len,
-                                 dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                 patience=args.patience, time_budget_s=args.time_budget, seed=args.seed)
+            cfg = SeqTrainConfig(
+                hidden=args.hidden,
+                layers=args.layers,
+                heads=args.heads,
+                max_len=args.max_len,
+                dropout=args.dropout,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                patience=args.patience,
+                time_budget_s=args.time_budget,
+                seed=args.seed,
+            )
             res = train_sequential(name, data, cfg)
             res.pop("model")
         res["seconds"] = time.perf_counter() - t0
@@ -122,11 +162,23 @@ def run_seqrec(args) -> int:
         t0 = time.perf_counter()
         loaded = load_hf_model(args.hf_dir, itemic=args.itemic)
         codes = read_codes_table(args.codes).as_dict()
-        test = evaluate_generative(loaded, data, codes, num_beams=args.num_beams, max_history=args.max_history,
-                                   batch_size=args.eval_batch_size, lang=args.lang,
-                                   max_users=args.max_eval_users, seed=args.seed)
-        results["models"]["megarec"] = {"test": test, "model": os.path.abspath(args.hf_dir),
-                                        "num_beams": args.num_beams, "seconds": time.perf_counter() - t0}
+        test = evaluate_generative(
+            loaded,
+            data,
+            codes,
+            num_beams=args.num_beams,
+            max_history=args.max_history,
+            batch_size=args.eval_batch_size,
+            lang=args.lang,
+            max_users=args.max_eval_users,
+            seed=args.seed,
+        )
+        results["models"]["megarec"] = {
+            "test": test,
+            "model": os.path.abspath(args.hf_dir),
+            "num_beams": args.num_beams,
+            "seconds": time.perf_counter() - t0,
+        }
     cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
     rows = [[name] + [f"{r['test'][c]:.4f}" for c in cols] for name, r in results["models"].items()]
     table = format_table(["model"] + cols, rows)

@@ -1,4 +1,5 @@
 """Loading an expanded HF checkpoint for evaluation: model, tokenizer, item token layout, chat prompts."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from megarec.common.errors import ConfigError
 class LoadedModel:
     model: object
     tokenizer: object
-    layout: object            # ItemicLayout
+    layout: object  # ItemicLayout
     path: str
 
 
@@ -39,7 +40,8 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     if not getattr(tokenizer, "chat_template", None):
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             enable_thinking=False)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
     except TypeError:  # templates that do not take enable_thinking
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

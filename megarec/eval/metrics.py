@@ -8,6 +8,7 @@ occurrences, before it is cut at k), so a beam that returns the same item twice 
 collisions), so each tuple is mapped back to items through a `CodeToItems` table, most popular
 item first, before the item-level metric is applied.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,8 +123,9 @@ METRICS: dict[str, PerSample] = {
 }
 
 
-def mean_metric(fn: PerSample, ranked_lists: Sequence[Sequence[Hashable]],
-                target_lists: Sequence[Iterable[Hashable]], k: int) -> float:
+def mean_metric(
+    fn: PerSample, ranked_lists: Sequence[Sequence[Hashable]], target_lists: Sequence[Iterable[Hashable]], k: int
+) -> float:
     """Average of a per-sample metric over a batch; raises MetricError on an empty or ragged batch."""
     if len(ranked_lists) != len(target_lists):
         raise MetricError(f"{len(ranked_lists)} ranked lists but {len(target_lists)} target lists")
@@ -132,8 +134,12 @@ def mean_metric(fn: PerSample, ranked_lists: Sequence[Sequence[Hashable]],
     return float(sum(fn(r, t, k) for r, t in zip(ranked_lists, target_lists)) / len(ranked_lists))
 
 
-def batch_metrics(ranked_lists: Sequence[Sequence[Hashable]], target_lists: Sequence[Sequence[Hashable]],
-                  ks: Iterable[int] = (1, 5, 10), names: Iterable[str] = ("pass", "recall", "ndcg")) -> dict[str, float]:
+def batch_metrics(
+    ranked_lists: Sequence[Sequence[Hashable]],
+    target_lists: Sequence[Sequence[Hashable]],
+    ks: Iterable[int] = (1, 5, 10),
+    names: Iterable[str] = ("pass", "recall", "ndcg"),
+) -> dict[str, float]:
     """{"<name>@<k>": mean} for every metric name in `names` (keys of METRICS) and every k."""
     out: dict[str, float] = {}
     for name in names:
@@ -146,14 +152,22 @@ def batch_metrics(ranked_lists: Sequence[Sequence[Hashable]], target_lists: Sequ
 
 # ------------------------------------------------------------------------------------------- PID level
 
+
 def _pid_level(fn: PerSample, doc: str) -> Callable:
-    def wrapped(ranked_codes: Sequence[Sequence[int]], target_items: Iterable[Hashable], k: int,
-                code_to_items: CodeToItems, expand: str = "first") -> float:
+    def wrapped(
+        ranked_codes: Sequence[Sequence[int]],
+        target_items: Iterable[Hashable],
+        k: int,
+        code_to_items: CodeToItems,
+        expand: str = "first",
+    ) -> float:
         return fn(code_to_items.rank_items(ranked_codes, expand), target_items, k)
 
     wrapped.__name__ = "pid_" + fn.__name__
-    wrapped.__doc__ = (f"PID-level {doc}: map the ranked code tuples to items with `code_to_items` "
-                       f"(most popular item of each tuple first), then apply `{fn.__name__}`.")
+    wrapped.__doc__ = (
+        f"PID-level {doc}: map the ranked code tuples to items with `code_to_items` "
+        f"(most popular item of each tuple first), then apply `{fn.__name__}`."
+    )
     return wrapped
 
 

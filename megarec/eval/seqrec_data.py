@@ -5,6 +5,7 @@ Sequences come from the data sources of `megarec.data.sources` (MovieLens-100k f
 the recbole wheel, Amazon review dumps, synthetic logs), so the benchmark reads exactly what the task
 builders read. Items are re-indexed 1..N (0 is padding) for the neural baselines.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ class SeqRecData:
 
     name: str
     domain: str
-    item_ids: list[str]                     # index i (1-based) → item_ids[i - 1]
+    item_ids: list[str]  # index i (1-based) → item_ids[i - 1]
     user_ids: list[str]
-    sequences: list[np.ndarray]             # int64 item indices, oldest first, length >= 3
+    sequences: list[np.ndarray]  # int64 item indices, oldest first, length >= 3
     item_index: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -54,13 +55,25 @@ class SeqRecData:
         if n >= self.num_users:
             return self
         keep = sorted(np.random.default_rng(seed).choice(self.num_users, size=n, replace=False).tolist())
-        return SeqRecData(self.name, self.domain, self.item_ids, [self.user_ids[i] for i in keep],
-                          [self.sequences[i] for i in keep], self.item_index)
+        return SeqRecData(
+            self.name,
+            self.domain,
+            self.item_ids,
+            [self.user_ids[i] for i in keep],
+            [self.sequences[i] for i in keep],
+            self.item_index,
+        )
 
     def summary(self) -> dict:
         lens = [len(s) for s in self.sequences]
-        return {"dataset": self.name, "domain": self.domain, "users": self.num_users, "items": self.num_items,
-                "interactions": self.num_interactions, "mean_length": float(np.mean(lens)) if lens else 0.0}
+        return {
+            "dataset": self.name,
+            "domain": self.domain,
+            "users": self.num_users,
+            "items": self.num_items,
+            "interactions": self.num_interactions,
+            "mean_length": float(np.mean(lens)) if lens else 0.0,
+        }
 
 
 def from_reclog(log, domain: str | None = None, min_length: int = 3, name: str | None = None) -> SeqRecData:
@@ -89,8 +102,9 @@ def from_reclog(log, domain: str | None = None, min_length: int = 3, name: str |
     return SeqRecData(name or getattr(log, "name", "log"), domain, item_ids, [uid for uid, _ in raw], seqs, index)
 
 
-def load_seqrec(spec: str, *, domain: str | None = None, min_length: int = 3, cache_dir: str | None = None,
-                seed: int = 0) -> SeqRecData:
+def load_seqrec(
+    spec: str, *, domain: str | None = None, min_length: int = 3, cache_dir: str | None = None, seed: int = 0
+) -> SeqRecData:
     """`ml-100k` (fetched once into $MEGAREC_CACHE), `amazon:<dir>` or `synthetic` as SeqRecData."""
     from megarec.rawdata.sources import load_source
 

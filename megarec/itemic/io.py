@@ -6,6 +6,7 @@ Embedding inputs:
     sibling `<stem>.ids.npy` / `<stem>.ids.txt`, else the row number.
   * `.parquet` with an `item_id` column and an `embedding` list column (fixed width), read batch by batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def _check_unique_ids(ids: np.ndarray, where: str) -> None:
     uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if len(uniq) != len(ids):
         dup = int(np.argmax(counts > 1))
-        raise DataError(f"{where}: field '{ID_COLUMN}': duplicate item id {show_id(uniq[dup])} "
-                        f"(first at row {int(first[dup])})")
+        raise DataError(
+            f"{where}: field '{ID_COLUMN}': duplicate item id {show_id(uniq[dup])} (first at row {int(first[dup])})"
+        )
 
 
 def check_finite(x: np.ndarray, start: int, ids: np.ndarray | None, path: str) -> None:
@@ -71,13 +73,13 @@ class EmbeddingSource:
         """Yield (first_row, ids, float32 embeddings [b, D]) over all rows, validated (finite, fixed width)."""
         if self._array is not None:
             for s in range(0, self.num_items, batch_rows):
-                x = np.asarray(self._array[s:s + batch_rows], dtype=np.float32)
-                check_finite(x, s, self.ids[s:s + batch_rows], self.path)
-                yield s, self.ids[s:s + batch_rows], x
+                x = np.asarray(self._array[s : s + batch_rows], dtype=np.float32)
+                check_finite(x, s, self.ids[s : s + batch_rows], self.path)
+                yield s, self.ids[s : s + batch_rows], x
             return
         start = 0
         for x in self._iter_parquet_embeddings(batch_rows):
-            ids = self.ids[start:start + len(x)]
+            ids = self.ids[start : start + len(x)]
             check_finite(x, start, ids, self.path)
             yield start, ids, x
             start += len(x)
@@ -88,16 +90,19 @@ class EmbeddingSource:
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
-        contiguous = len(rows) > 0 and int(sorted_rows[-1]) - int(sorted_rows[0]) + 1 == len(rows) \
+        contiguous = (
+            len(rows) > 0
+            and int(sorted_rows[-1]) - int(sorted_rows[0]) + 1 == len(rows)
             and bool(np.all(np.diff(sorted_rows) == 1))
+        )
         if self._array is not None and contiguous and np.array_equal(order, np.arange(len(rows))):
             first = int(sorted_rows[0])  # a run of rows in order (e.g. all rows): copy slices, no fancy indexing
             for s in range(0, len(rows), batch_rows):
-                out[s:s + batch_rows] = self._array[first + s:first + min(s + batch_rows, len(rows))]
+                out[s : s + batch_rows] = self._array[first + s : first + min(s + batch_rows, len(rows))]
         elif self._array is not None:
             for s in range(0, len(rows), batch_rows):
-                sel = sorted_rows[s:s + batch_rows]
-                out[order[s:s + batch_rows]] = np.asarray(self._array[sel], dtype=np.float32)
+                sel = sorted_rows[s : s + batch_rows]
+                out[order[s : s + batch_rows]] = np.asarray(self._array[sel], dtype=np.float32)
         else:
             start = 0
             for x in self._iter_parquet_embeddings(batch_rows):
@@ -108,8 +113,10 @@ class EmbeddingSource:
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{self.path}: row {int(rows[i])} (item_id {show_id(self.ids[rows[i]])}): "
-                            f"field '{EMBEDDING_COLUMN}' contains NaN or Inf")
+            raise DataError(
+                f"{self.path}: row {int(rows[i])} (item_id {show_id(self.ids[rows[i]])}): "
+                f"field '{EMBEDDING_COLUMN}' contains NaN or Inf"
+            )
         return out
 
     def _iter_parquet_embeddings(self, batch_rows: int) -> Iterator[np.ndarray]:
@@ -130,12 +137,16 @@ class EmbeddingSource:
             wrong = widths != self.dim
             if wrong.any():
                 i = int(np.argmax(wrong))
-                raise DataError(f"{self.path}: row {start + i}: field '{EMBEDDING_COLUMN}' has {int(widths[i])} "
-                                f"values, expected {self.dim} (the width of row 0)")
+                raise DataError(
+                    f"{self.path}: row {start + i}: field '{EMBEDDING_COLUMN}' has {int(widths[i])} "
+                    f"values, expected {self.dim} (the width of row 0)"
+                )
             values = pc.list_flatten(col)
             if values.null_count:
-                raise DataError(f"{self.path}: rows {start}..{start + len(col) - 1}: field '{EMBEDDING_COLUMN}' "
-                                "contains null values")
+                raise DataError(
+                    f"{self.path}: rows {start}..{start + len(col) - 1}: field '{EMBEDDING_COLUMN}' "
+                    "contains null values"
+                )
             x = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), self.dim)
             yield x
             start += len(col)
@@ -156,7 +167,7 @@ def open_embeddings(path: str | os.PathLike, ids_path: str | os.PathLike | None 
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise DataError(f"{path}: embeddings must be numeric, got dtype {arr.dtype}")
         if ids_path is None:
-            stem = path[:-len(".npy")]
+            stem = path[: -len(".npy")]
             for cand in (stem + ".ids.npy", stem + ".ids.txt"):
                 if os.path.isfile(cand):
                     ids_path = cand
@@ -184,8 +195,9 @@ def open_embeddings(path: str | os.PathLike, ids_path: str | os.PathLike | None 
             if col not in names:
                 raise DataError(f"{path}: missing column '{col}' (columns: {', '.join(names)})")
         etype = pf.schema_arrow.field(EMBEDDING_COLUMN).type
-        if not (pa.types.is_list(etype) or pa.types.is_large_list(etype) or pa.types.is_fixed_size_list(etype)) \
-                or not (pa.types.is_floating(etype.value_type) or pa.types.is_integer(etype.value_type)):
+        if not (pa.types.is_list(etype) or pa.types.is_large_list(etype) or pa.types.is_fixed_size_list(etype)) or not (
+            pa.types.is_floating(etype.value_type) or pa.types.is_integer(etype.value_type)
+        ):
             raise DataError(f"{path}: field '{EMBEDDING_COLUMN}' must be a list of numbers, got {etype}")
         id_col = pq.read_table(path, columns=[ID_COLUMN]).column(0)
         if id_col.null_count:

@@ -12,6 +12,7 @@ the matrix product computes equal distances equally), so a seed gives the same r
 except for rows whose two nearest centroids are within float32 rounding of each other. faiss is optional:
 it is imported only when that backend is used.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,10 @@ def import_faiss():
     try:
         import faiss
     except ImportError as e:
-        raise ConfigError(f"--backend faiss needs the faiss package, which cannot be imported ({e}); install "
-                          "faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto") from e
+        raise ConfigError(
+            f"--backend faiss needs the faiss package, which cannot be imported ({e}); install "
+            "faiss-cpu (pip install faiss-cpu) or use --backend numpy / auto"
+        ) from e
     return faiss
 
 
@@ -68,8 +71,9 @@ def resolve_backend(backend: str, work: int | None = None) -> str:
     raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = None,
-           backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
+def assign(
+    x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = None, backend: str = "numpy"
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid for each row: (labels int64 [n], squared distances float32 [n])."""
     if backend == "faiss":
         return _assign_faiss(x, centroids)
@@ -81,14 +85,14 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, c_sq: np.ndarray | None = No
     dist = np.empty(n, dtype=np.float32)
     step = _chunk_rows(k)
     for s in range(0, n, step):
-        xb = x[s:s + step]
+        xb = x[s : s + step]
         d = xb @ centroids.T
         d *= -2.0
         d += c_sq[None, :]
         lab = np.argmin(d, axis=1)
-        labels[s:s + step] = lab
+        labels[s : s + step] = lab
         best = d[np.arange(len(xb)), lab] + sq_norms(xb)
-        dist[s:s + step] = np.maximum(best, 0.0)
+        dist[s : s + step] = np.maximum(best, 0.0)
     return labels, dist
 
 
@@ -104,7 +108,7 @@ def _assign_faiss(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.
 def subtract_assigned(r: np.ndarray, centroids: np.ndarray, labels: np.ndarray, chunk: int = 4096) -> None:
     """r -= centroids[labels], in place, in row chunks (small cache-friendly temporaries, not one [n, D])."""
     for s in range(0, len(r), chunk):
-        r[s:s + chunk] -= centroids[labels[s:s + chunk]]
+        r[s : s + chunk] -= centroids[labels[s : s + chunk]]
 
 
 def sorted_candidates(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +153,9 @@ def random_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return x[np.sort(rng.choice(len(x), size=k, replace=False))].astype(np.float32, copy=True)
 
 
-def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_sums(
+    x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster float64 sums [k, D] and counts [k] of the rows of `x` (all rows, or the sorted `rows`).
 
     Each sum adds its rows in row order, one contiguous reduction per cluster (np.add.reduceat over axis 0 is
@@ -163,12 +168,13 @@ def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int, rows: np.ndarray | 
     sums = np.zeros((k, x.shape[1]), dtype=np.float64)
     ends = np.cumsum(counts)
     for c in np.flatnonzero(counts).tolist():
-        np.add.reduce(x[order[ends[c] - counts[c]:ends[c]]], axis=0, dtype=np.float64, out=sums[c])
+        np.add.reduce(x[order[ends[c] - counts[c] : ends[c]]], axis=0, dtype=np.float64, out=sums[c])
     return sums, counts
 
 
-def _move_centroids(x: np.ndarray, sums: np.ndarray, counts: np.ndarray, dist: np.ndarray,
-                    centroids: np.ndarray) -> int:
+def _move_centroids(
+    x: np.ndarray, sums: np.ndarray, counts: np.ndarray, dist: np.ndarray, centroids: np.ndarray
+) -> int:
     """Centroids := cluster means; empty clusters take the rows farthest from their centroid.
 
     Returns the number of empty clusters that were re-seeded."""
@@ -176,13 +182,22 @@ def _move_centroids(x: np.ndarray, sums: np.ndarray, counts: np.ndarray, dist: n
     centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
     empty = np.flatnonzero(~nonempty)
     if len(empty):
-        far = np.argsort(-dist, kind="stable")[:len(empty)]
-        centroids[empty[:len(far)]] = x[far]
+        far = np.argsort(-dist, kind="stable")[: len(empty)]
+        centroids[empty[: len(far)]] = x[far]
     return len(empty)
 
 
-def kmeans(x: np.ndarray, k: int, *, iters: int, rng: np.random.Generator, init: str = "kmeans++",
-           init_samples: int | None = None, progress=None, backend: str = "numpy") -> tuple[np.ndarray, int]:
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    iters: int,
+    rng: np.random.Generator,
+    init: str = "kmeans++",
+    init_samples: int | None = None,
+    progress=None,
+    backend: str = "numpy",
+) -> tuple[np.ndarray, int]:
     """Cluster rows of `x` into k centroids. Returns (centroids float32 [k, D], Lloyd iterations run).
 
     `iters` Lloyd steps (assign, then move centroids) run unless assignments stop changing earlier.

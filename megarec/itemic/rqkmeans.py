@@ -8,6 +8,7 @@ centroids, which is exactly what `encode` does later, so training items re-encod
 A tokenizer directory holds `meta.json`, `centroids.npy` (float32 [layers, K, D]), the codes table
 (`codes.parquet`: item_id, c1..cL) and `stats.json`.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from megarec.common.errors import ConfigError, DataError
-from megarec.itemic import kmeans as km
 from megarec.common.atomic import save_npy, write_json
+from megarec.common.errors import ConfigError, DataError
 from megarec.common.itemic import show_id
+from megarec.itemic import kmeans as km
 from megarec.itemic.io import EmbeddingSource
 
 META_FILE = "meta.json"
@@ -38,14 +39,14 @@ def default_batch_rows(dim: int) -> int:
 
 @dataclass
 class RQMeta:
-    layers: int              # k-means layers
+    layers: int  # k-means layers
     codebook_size: int
     dim: int
     seed: int
     iters: int
     normalization: str
     init: str = "kmeans++"
-    backend: str = "numpy"   # nearest-centroid backend used in training (numpy | faiss); encode's auto reuses it
+    backend: str = "numpy"  # nearest-centroid backend used in training (numpy | faiss); encode's auto reuses it
     dedup: str = "last-layer"
     extra_layer: bool = False  # dedup added a disambiguation code (not a k-means layer) after the last layer
     num_items: int = 0
@@ -94,20 +95,25 @@ class RQKMeans:
         cent_path = Path(tok_dir) / CENTROIDS_FILE
         centroids = np.load(cent_path, allow_pickle=False)
         if centroids.shape != (meta.layers, meta.codebook_size, meta.dim):
-            raise DataError(f"{cent_path}: shape {centroids.shape} does not match {META_FILE} "
-                            f"({meta.layers}, {meta.codebook_size}, {meta.dim})")
+            raise DataError(
+                f"{cent_path}: shape {centroids.shape} does not match {META_FILE} "
+                f"({meta.layers}, {meta.codebook_size}, {meta.dim})"
+            )
         return cls(meta, centroids.astype(np.float32, copy=False))
 
     # ---- encoding ---------------------------------------------------------------------------------------
     def prepare(self, x: np.ndarray, first_row: int, ids: np.ndarray, path: str) -> np.ndarray:
         """Apply the tokenizer's normalisation to a raw embedding batch."""
         if x.shape[1] != self.meta.dim:
-            raise DataError(f"{path}: field 'embedding' has width {x.shape[1]}, but the itemic tokenizer was "
-                            f"trained on width {self.meta.dim}")
+            raise DataError(
+                f"{path}: field 'embedding' has width {x.shape[1]}, but the itemic tokenizer was "
+                f"trained on width {self.meta.dim}"
+            )
         return normalize(x, self.meta.normalization, first_row, ids, path)
 
-    def encode_batch(self, x: np.ndarray, backend: str = "numpy", work: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(
+        self, x: np.ndarray, backend: str = "numpy", work: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Codes [n, layers] and the squared residual norm after each layer [n, layers] for normalised rows.
 
         `work`: optional float32 scratch of at least [n, D] for the residuals (reused across batches, it saves
@@ -150,8 +156,10 @@ def normalize(x: np.ndarray, how: str, first_row: int, ids: np.ndarray, path: st
         zero = norms == 0
         if zero.any():
             i = int(np.argmax(zero))
-            raise DataError(f"{path}: row {first_row + i} (item_id {show_id(ids[i])}): field 'embedding' is all zeros "
-                            "and cannot be L2-normalised")
+            raise DataError(
+                f"{path}: row {first_row + i} (item_id {show_id(ids[i])}): field 'embedding' is all zeros "
+                "and cannot be L2-normalised"
+            )
         return x / norms[:, None]
     raise ConfigError(f"unknown normalisation {how!r} (choose from {', '.join(NORMALIZATIONS)})")
 
@@ -177,9 +185,20 @@ def validate_params(layers: int, codebook_size: int, iters: int, normalization: 
         raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {init!r}")
 
 
-def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int, iters: int, seed: int,
-                    max_train_samples: int | None, normalization: str = "none", init: str = "kmeans++",
-                    init_samples: int | None = None, backend: str = "auto", show_progress: bool = True) -> RQKMeans:
+def train_centroids(
+    source: EmbeddingSource,
+    *,
+    layers: int,
+    codebook_size: int,
+    iters: int,
+    seed: int,
+    max_train_samples: int | None,
+    normalization: str = "none",
+    init: str = "kmeans++",
+    init_samples: int | None = None,
+    backend: str = "auto",
+    show_progress: bool = True,
+) -> RQKMeans:
     """Fit residual k-means centroids on a random subset of at most `max_train_samples` items.
 
     `backend` (auto | numpy | faiss) does the nearest-centroid assignments; seeding, seed and iterations are
@@ -189,8 +208,10 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
     validate_params(layers, codebook_size, iters, normalization, init)
     n = source.num_items
     if n < codebook_size:
-        raise DataError(f"{source.path}: {n} items, but a codebook of size {codebook_size} needs at least "
-                        f"{codebook_size} items to train")
+        raise DataError(
+            f"{source.path}: {n} items, but a codebook of size {codebook_size} needs at least "
+            f"{codebook_size} items to train"
+        )
     if max_train_samples is not None and max_train_samples < codebook_size:
         raise ConfigError(f"--max-train-samples ({max_train_samples}) must be >= --codebook-size ({codebook_size})")
     rng = np.random.default_rng(seed)
@@ -198,17 +219,37 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
     backend = km.resolve_backend(backend, work=n_train * codebook_size * source.dim)
     rows = np.arange(n) if n_train == n else np.sort(rng.choice(n, size=n_train, replace=False))
     x = source.take(rows)
-    model = RQKMeans(RQMeta(layers=layers, codebook_size=codebook_size, dim=source.dim, seed=seed, iters=iters,
-                            normalization=normalization, init=init, backend=backend, num_items=n,
-                            train_samples=n_train, source=os.path.abspath(source.path)),
-                     np.zeros((layers, codebook_size, source.dim), dtype=np.float32))
+    model = RQKMeans(
+        RQMeta(
+            layers=layers,
+            codebook_size=codebook_size,
+            dim=source.dim,
+            seed=seed,
+            iters=iters,
+            normalization=normalization,
+            init=init,
+            backend=backend,
+            num_items=n,
+            train_samples=n_train,
+            source=os.path.abspath(source.path),
+        ),
+        np.zeros((layers, codebook_size, source.dim), dtype=np.float32),
+    )
     r = model.prepare(x, 0, source.ids[rows], source.path)  # `x` is a fresh array: residuals overwrite it
     r = np.ascontiguousarray(r, dtype=np.float32)
     with tqdm(total=layers * iters, desc="rq-kmeans", unit="iter", disable=not show_progress) as bar:
         for layer in range(layers):
             bar.set_postfix(layer=layer + 1)
-            cent, done = km.kmeans(r, codebook_size, iters=iters, rng=rng, init=init, init_samples=init_samples,
-                                   progress=bar, backend=backend)
+            cent, done = km.kmeans(
+                r,
+                codebook_size,
+                iters=iters,
+                rng=rng,
+                init=init,
+                init_samples=init_samples,
+                progress=bar,
+                backend=backend,
+            )
             bar.update(iters - done)
             model.centroids[layer] = cent
             model.meta.iters_run.append(done)
@@ -219,23 +260,31 @@ def train_centroids(source: EmbeddingSource, *, layers: int, codebook_size: int,
 
 @dataclass
 class EncodeResult:
-    ids: np.ndarray          # [N]
-    codes: np.ndarray        # int64 [N, layers] raw nearest-centroid codes
-    last_dist: np.ndarray    # float32 [N] squared residual norm after the last layer (per-item error)
-    layer_sse: np.ndarray    # float64 [layers] total squared residual after each layer
-    total_ss: float          # total sum of squares around the mean (of normalised embeddings)
+    ids: np.ndarray  # [N]
+    codes: np.ndarray  # int64 [N, layers] raw nearest-centroid codes
+    last_dist: np.ndarray  # float32 [N] squared residual norm after the last layer (per-item error)
+    layer_sse: np.ndarray  # float64 [layers] total squared residual after each layer
+    total_ss: float  # total sum of squares around the mean (of normalised embeddings)
 
 
-def encode_source(model: RQKMeans, source: EmbeddingSource, *, batch_rows: int | None = None,
-                  backend: str = "auto", show_progress: bool = True) -> EncodeResult:
+def encode_source(
+    model: RQKMeans,
+    source: EmbeddingSource,
+    *,
+    batch_rows: int | None = None,
+    backend: str = "auto",
+    show_progress: bool = True,
+) -> EncodeResult:
     """Stream all items of `source` through the tokenizer (batched); also accumulates reconstruction error.
 
     `backend`: see `encode_backend` (auto = the backend the tokenizer was trained with)."""
     from tqdm import tqdm
 
     if source.dim != model.meta.dim:
-        raise DataError(f"{source.path}: field 'embedding' has width {source.dim}, but the itemic tokenizer was "
-                        f"trained on width {model.meta.dim}")
+        raise DataError(
+            f"{source.path}: field 'embedding' has width {source.dim}, but the itemic tokenizer was "
+            f"trained on width {model.meta.dim}"
+        )
     backend = encode_backend(model, backend)
     batch_rows = batch_rows or default_batch_rows(source.dim)
     n = source.num_items
@@ -249,8 +298,8 @@ def encode_source(model: RQKMeans, source: EmbeddingSource, *, batch_rows: int |
         for start, ids, x in source.iter_batches(batch_rows):
             x = model.prepare(x, start, ids, source.path)
             c, err = model.encode_batch(x, backend, work)
-            codes[start:start + len(x)] = c
-            last[start:start + len(x)] = err[:, -1]
+            codes[start : start + len(x)] = c
+            last[start : start + len(x)] = err[:, -1]
             sse += err.sum(axis=0, dtype=np.float64)
             sum_x += x.sum(axis=0, dtype=np.float64)
             sum_sq += float(km.sq_norms(x).sum(dtype=np.float64))

@@ -6,6 +6,7 @@
 * relative_mse = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (fraction of variance left unexplained), on the normalised
   embeddings, after each k-means layer (cumulative).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def tuple_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(n, dtype=np.int64), np.array([n] if n else [], dtype=np.int64)
     lo = codes.min(axis=0)
     span = codes.max(axis=0).astype(np.int64) - lo + 1
-    if float(np.prod(span.astype(np.float64))) < 2.0 ** 62:
+    if float(np.prod(span.astype(np.float64))) < 2.0**62:
         key = np.zeros(n, dtype=np.int64)
         for j in range(m):
             key *= span[j]
@@ -38,21 +39,29 @@ def layer_usage(codes: np.ndarray, codebook_size: int) -> list[dict]:
     for j in range(codes.shape[1]):
         counts = np.bincount(codes[:, j], minlength=codebook_size)
         p = counts[counts > 0] / max(len(codes), 1)
-        out.append({
-            "layer": j + 1,
-            "used_codes": int((counts > 0).sum()),
-            "utilisation": float((counts > 0).sum() / codebook_size),
-            "perplexity": float(np.exp(-(p * np.log(p)).sum())) if len(p) else 0.0,
-            "max_items_per_code": int(counts.max()) if len(counts) else 0,
-        })
+        out.append(
+            {
+                "layer": j + 1,
+                "used_codes": int((counts > 0).sum()),
+                "utilisation": float((counts > 0).sum() / codebook_size),
+                "perplexity": float(np.exp(-(p * np.log(p)).sum())) if len(p) else 0.0,
+                "max_items_per_code": int(counts.max()) if len(counts) else 0,
+            }
+        )
     return out
 
 
 def collisions(codes: np.ndarray) -> dict:
     n = len(codes)
     if n == 0:
-        return {"items": 0, "unique_tuples": 0, "unique_tuple_rate": 1.0, "colliding_items": 0,
-                "collision_rate": 0.0, "largest_group": 0}
+        return {
+            "items": 0,
+            "unique_tuples": 0,
+            "unique_tuple_rate": 1.0,
+            "colliding_items": 0,
+            "collision_rate": 0.0,
+            "largest_group": 0,
+        }
     inv, counts = tuple_groups(codes)
     shared = counts[inv] > 1
     return {

@@ -1,4 +1,5 @@
 """`megarec init-model`: a randomly initialised Qwen3 HF checkpoint for a tokenizer (preset + overrides)."""
+
 from __future__ import annotations
 
 from megarec.common.outdir import FORCE_HELP, check_out_dir
@@ -8,11 +9,13 @@ def register(sub) -> None:
     from megarec.models.qwen3.presets import PRESETS
 
     p = sub.add_parser(
-        "init-model", help="Create a randomly initialised Qwen3 HF checkpoint for a tokenizer (from-scratch runs).",
+        "init-model",
+        help="Create a randomly initialised Qwen3 HF checkpoint for a tokenizer (from-scratch runs).",
         description="Write a Qwen3ForCausalLM with random weights (normal, std --init-std), the architecture of "
-                    "--preset with any overrides, and vocabulary size = the tokenizer's length, plus the "
-                    "tokenizer files. It plays the role of the pre-trained base model where none is available "
-                    "(the CPU demo, scaling-law runs from scratch); `megarec expand-vocab` then adds itemic tokens.")
+        "--preset with any overrides, and vocabulary size = the tokenizer's length, plus the "
+        "tokenizer files. It plays the role of the pre-trained base model where none is available "
+        "(the CPU demo, scaling-law runs from scratch); `megarec expand-vocab` then adds itemic tokens.",
+    )
     p.add_argument("--tokenizer", required=True, help="HF tokenizer directory (e.g. `megarec tokenizer build-qwen3`).")
     p.add_argument("--out", required=True, help="Output checkpoint directory (must be empty unless --force).")
     p.add_argument("--preset", default="qwen3-small", help=f"Architecture preset: {', '.join(PRESETS)}.")
@@ -36,10 +39,15 @@ def run_init_model(args) -> int:
     from megarec.models.qwen3.presets import get_preset
 
     arch = get_preset(args.preset).replace(
-        num_layers=args.num_layers, hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
-        head_dim=args.head_dim, max_position_embeddings=args.max_position_embeddings,
-        tie_word_embeddings=False if args.untied else None)
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        head_dim=args.head_dim,
+        max_position_embeddings=args.max_position_embeddings,
+        tie_word_embeddings=False if args.untied else None,
+    )
     info = init_hf_model(args.tokenizer, args.out, arch, seed=args.seed, init_std=args.init_std, force=args.force)
     print(f"wrote random Qwen3 ({info['parameters'] / 1e6:.2f}M parameters, vocab {info['vocab_size']}) to {args.out}")
     return 0

@@ -13,6 +13,7 @@ module gathers K and V over the context-parallel group (an "all-gather" CP, as T
 load-balanced pair of sequence chunks (r, 2·CP−1−r) — the slice `get_batch_on_this_cp_rank` makes —
 so the local queries sit at two separate ranges of global positions.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,13 +59,21 @@ class _GatherSequence(torch.autograd.Function):
         dist.all_reduce(grad, group=ctx.group)
         n = grad.shape[0] // dist.get_world_size(ctx.group)
         rank = dist.get_rank(ctx.group)
-        return grad[rank * n:(rank + 1) * n], None
+        return grad[rank * n : (rank + 1) * n], None
 
 
 class SDPACoreAttention(MegatronModule):
-    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
-                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
-                 cp_comm_type: Optional[str] = None, pg_collection=None):
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
@@ -89,8 +98,9 @@ class SDPACoreAttention(MegatronModule):
         k_pos = torch.arange(key.shape[0], device=key.device)
         return key, value, (k_pos[None, :] <= q_pos[:, None])[None, None]
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPACoreAttention supports neither packed_seq_params nor attention_bias")
         sq, b, heads, d = query.shape
@@ -103,8 +113,13 @@ class SDPACoreAttention(MegatronModule):
         k = key.permute(1, 2, 0, 3)
         v = value.permute(1, 2, 0, 3)
         dropout = self.dropout_p if self.training else 0.0
-        kwargs = dict(attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=self.softmax_scale,
-                      enable_gqa=k.shape[1] != heads)
+        kwargs = dict(
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=mask is None,
+            scale=self.softmax_scale,
+            enable_gqa=k.shape[1] != heads,
+        )
         if dropout > 0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 out = F.scaled_dot_product_attention(q, k, v, **kwargs)

@@ -4,21 +4,27 @@ A batch is a dict of [B, T] tensors: `input_ids`, `attention_mask`, `loss_mask` 
 training target; entry 0 is never one), plus algorithm-specific per-token tensors (advantages, old /
 reference log-probs, constraint mask ids) and, for constrained samples, a [U, V] `masks` table.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, per_token: Optional[dict] = None,
-              mask_ids: Optional[Sequence[Sequence[int]]] = None) -> dict:
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    per_token: Optional[dict] = None,
+    mask_ids: Optional[Sequence[Sequence[int]]] = None,
+) -> dict:
     """Right-pad token lists; `per_token` maps names to per-token float lists (same lengths as the
     sequences); `mask_ids` are per-token constraint rows (-1 = unconstrained)."""
     B, T = len(sequences), max(len(s) for s in sequences)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     attn = torch.zeros((B, T), dtype=torch.long)
     out = {"input_ids": ids, "attention_mask": attn}
-    for name in (per_token or {}):
+    for name in per_token or {}:
         out[name] = torch.zeros((B, T), dtype=torch.float32)
     if mask_ids is not None:
         out["mask_ids"] = torch.full((B, T), -1, dtype=torch.long)
@@ -46,7 +52,7 @@ def select_rows(batch: dict, rows) -> dict:
     width = int(out["attention_mask"].sum(1).max().item()) if out["attention_mask"].numel() else 0
     for k, v in out.items():
         if k != "masks" and v.dim() == 2:
-            out[k] = v[:, :max(width, 1)]
+            out[k] = v[:, : max(width, 1)]
     if "masks" in out and "mask_ids" in out:
         ids = out["mask_ids"]
         used = torch.unique(ids[ids >= 0])

@@ -8,6 +8,7 @@
 * Prompts (distillation, GRPO): messages up to the last user turn, rendered with the generation prompt;
   `enable_thinking=False` ends the prompt with the empty think block (answer without reasoning).
 """
+
 from __future__ import annotations
 
 import random
@@ -77,7 +78,7 @@ def prompt_messages(messages: list[dict], where: str = "sample") -> list[dict]:
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     if last_user is None:
         raise DataError(f"{where}: a prompt needs at least one user turn")
-    return messages[:last_user + 1]
+    return messages[: last_user + 1]
 
 
 def prompt_ids(tokenizer, messages: list[dict], enable_thinking: Optional[bool] = None) -> list[int]:

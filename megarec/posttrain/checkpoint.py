@@ -5,6 +5,7 @@ A step directory holds `hf/` (the policy as an fp32 HF checkpoint: config, safet
 `optimizer.pt` (unsharded AdamW state keyed by parameter names, so a run may resume on another number of ranks)
 and `trainer_state.pt` (step, LR schedule, data position, verb).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,16 @@ def save(root: str, step: int, policy, state: dict, keep_last: int) -> str:
     optim = sharding.full_optimizer_state(policy.model, policy.optimizer)
     if env.is_rank0:
         torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        torch.save({"format": FORMAT_VERSION, "step": step, "scheduler": policy.scheduler.state_dict(),
-                    "world_size": env.world_size, **state}, os.path.join(tmp, STATE_FILE))
+        torch.save(
+            {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "scheduler": policy.scheduler.state_dict(),
+                "world_size": env.world_size,
+                **state,
+            },
+            os.path.join(tmp, STATE_FILE),
+        )
         checkpoint_dir.commit(root, step, keep_last)
     dist_utils.barrier()
     return checkpoint_dir.step_dir(root, step)

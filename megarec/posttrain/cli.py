@@ -1,19 +1,31 @@
 """`megarec sft | distill | grpo`: the post-training stages on HF checkpoints (also under torchrun/srun,
 where the policy is sharded with FSDP2). Every verb resumes from its newest checkpoint and ends by
 writing an HF checkpoint that the next stage (model.path) and evaluation load."""
+
 from __future__ import annotations
 
-
 VERBS = {
-    "sft": ("SFTConfig", "megarec.posttrain.algorithms.sft", "SFTTrainer",
-            "Supervised fine-tuning on chat data (assistant tokens only; general + recommendation mixture).",
-            "configs/posttrain/sft.yaml"),
-    "distill": ("DistillConfig", "megarec.posttrain.algorithms.distill", "OnPolicyDistillationTrainer",
-                "On-policy distillation from the original base model on general-domain prompts.",
-                "configs/posttrain/distill.yaml"),
-    "grpo": ("GRPOConfig", "megarec.posttrain.algorithms.grpo", "GRPOTrainer",
-             "Rec-RL with GRPO: trie-constrained policy samples, hit reward, KL to the reference.",
-             "configs/posttrain/grpo.yaml"),
+    "sft": (
+        "SFTConfig",
+        "megarec.posttrain.algorithms.sft",
+        "SFTTrainer",
+        "Supervised fine-tuning on chat data (assistant tokens only; general + recommendation mixture).",
+        "configs/posttrain/sft.yaml",
+    ),
+    "distill": (
+        "DistillConfig",
+        "megarec.posttrain.algorithms.distill",
+        "OnPolicyDistillationTrainer",
+        "On-policy distillation from the original base model on general-domain prompts.",
+        "configs/posttrain/distill.yaml",
+    ),
+    "grpo": (
+        "GRPOConfig",
+        "megarec.posttrain.algorithms.grpo",
+        "GRPOTrainer",
+        "Rec-RL with GRPO: trie-constrained policy samples, hit reward, KL to the reference.",
+        "configs/posttrain/grpo.yaml",
+    ),
 }
 
 
@@ -24,10 +36,12 @@ def register(sub) -> None:
     for verb, (cfg_name, _, _, help_text, recipe) in VERBS.items():
         cfg_cls = getattr(pt_config, cfg_name)
         p = sub.add_parser(
-            verb, help=help_text,
+            verb,
+            help=help_text,
             description=f"{help_text} Values come from --config (e.g. {recipe}), then KEY=VALUE overrides in "
-                        f"dotted form. Multi-process: torchrun --nproc_per_node N -m megarec {verb} ...",
-            epilog="config keys:" + config_mod.describe(cfg_cls))
+            f"dotted form. Multi-process: torchrun --nproc_per_node N -m megarec {verb} ...",
+            epilog="config keys:" + config_mod.describe(cfg_cls),
+        )
         p.add_argument("--config", help="YAML recipe (may name a `base:` recipe it extends).")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted config overrides (see keys below).")
         p.set_defaults(func=run)

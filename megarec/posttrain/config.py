@@ -5,6 +5,7 @@ the training vocabulary every verb shares (`megarec.runtime.config`); each verb 
 algorithm sections. Values come from `configs/posttrain/*.yaml`, then from dotted `key=value` overrides (see
 `megarec.common.config`).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,14 @@ from megarec.runtime.config import CheckpointConfig, LoggingConfig, OptimizerCon
 # ----------------------------------------------------------------------------------------------- shared
 @dataclass
 class ModelSection:
-    path: Optional[str] = help_field(None, "HF checkpoint directory of the policy (config.json, safetensors, "
-                                     "tokenizer files, itemic.json). Required.")
+    path: Optional[str] = help_field(
+        None,
+        "HF checkpoint directory of the policy (config.json, safetensors, tokenizer files, itemic.json). Required.",
+    )
     tokenizer: Optional[str] = help_field(None, "Tokenizer directory (default: model.path).")
     dtype: Literal["auto", "fp32", "bf16"] = help_field(
-        "auto", "Compute dtype: auto = bf16 on GPU (fp32 master weights), fp32 on CPU.")
+        "auto", "Compute dtype: auto = bf16 on GPU (fp32 master weights), fp32 on CPU."
+    )
     attn_implementation: Literal["sdpa", "eager"] = help_field("sdpa", "Attention kernel of the HF model.")
     gradient_checkpointing: bool = help_field(False, "Recompute activations in the backward pass.")
 
@@ -39,6 +43,7 @@ class TrainSection(StepsConfig):
 @dataclass
 class OptimizerSection(OptimizerConfig):
     """Pre-training's AdamW keys with fine-tuning defaults."""
+
     lr: float = help_field(2e-5, "Peak learning rate.")
     min_lr: float = help_field(5e-6, "Final learning rate of the decay.")
     warmup_fraction: float = help_field(0.03, "Linear warm-up over this fraction of the optimizer steps.")
@@ -46,16 +51,20 @@ class OptimizerSection(OptimizerConfig):
 
 @dataclass
 class CheckpointSection(CheckpointConfig):
-    output: Optional[str] = help_field(None, "Final HF checkpoint that the next stage and evaluation load; "
-                                       "default <logging.run_dir>/hf.")
+    output: Optional[str] = help_field(
+        None, "Final HF checkpoint that the next stage and evaluation load; default <logging.run_dir>/hf."
+    )
     export_dtype: Literal["source", "fp32", "bf16"] = help_field(
-        "source", "dtype of the final HF weights (source = as in model.path). Step checkpoints are always fp32.")
+        "source", "dtype of the final HF weights (source = as in model.path). Step checkpoints are always fp32."
+    )
 
 
 @dataclass
 class LoggingSection(LoggingConfig):
-    run_dir: str = help_field("runs/posttrain", "Run directory: config.yaml, metrics.jsonl, checkpoints (by "
-                              "default) and the final HF checkpoint (by default).")
+    run_dir: str = help_field(
+        "runs/posttrain",
+        "Run directory: config.yaml, metrics.jsonl, checkpoints (by default) and the final HF checkpoint (by default).",
+    )
 
 
 # Keys of earlier releases, still read (with a one-line warning) in this one.
@@ -64,10 +73,12 @@ RENAMED = {"train.log_interval": "logging.log_interval"}
 
 @dataclass
 class ParallelSection:
-    reshard_after_forward: bool = help_field(True, "FSDP2: free gathered parameters after each forward "
-                                             "(less memory, one more all-gather in backward).")
-    shard_frozen: bool = help_field(True, "Also shard reference/teacher models over the ranks (else each rank "
-                                    "holds a full copy).")
+    reshard_after_forward: bool = help_field(
+        True, "FSDP2: free gathered parameters after each forward (less memory, one more all-gather in backward)."
+    )
+    shard_frozen: bool = help_field(
+        True, "Also shard reference/teacher models over the ranks (else each rank holds a full copy)."
+    )
 
 
 @dataclass
@@ -80,17 +91,23 @@ class SourceSpec:
 # ---------------------------------------------------------------------------------------------------- SFT
 @dataclass
 class SFTData:
-    sources: List[SourceSpec] = help_field(default_factory=list, help="Training mixture: list of {path, weight, "
-                                           "name}; chat rows {\"messages\": [...]} (report: 64.98% general / "
-                                           "35.02% recommendation).")
+    sources: List[SourceSpec] = help_field(
+        default_factory=list,
+        help="Training mixture: list of {path, weight, "
+        'name}; chat rows {"messages": [...]} (report: 64.98% general / '
+        "35.02% recommendation).",
+    )
     valid: List[SourceSpec] = help_field(default_factory=list, help="Held-out chat files for validation loss.")
     max_seq_length: int = help_field(4096, "Longest tokenised conversation.")
-    overlong: Literal["error", "skip"] = help_field("error", "A conversation longer than max_seq_length: stop "
-                                                    "with an error naming the row, or skip it (counted).")
+    overlong: Literal["error", "skip"] = help_field(
+        "error", "A conversation longer than max_seq_length: stop with an error naming the row, or skip it (counted)."
+    )
     think_flags: Literal["keep", "auto"] = help_field(
-        "keep", "Qwen3 soft switches: keep = messages as given; auto = append ' /think' to the last user turn "
-                "when the final answer has reasoning and ' /no_think' when it has none, with probability "
-                "data.think_flag_prob.")
+        "keep",
+        "Qwen3 soft switches: keep = messages as given; auto = append ' /think' to the last user turn "
+        "when the final answer has reasoning and ' /no_think' when it has none, with probability "
+        "data.think_flag_prob.",
+    )
     think_flag_prob: float = help_field(0.5, "Probability of adding the soft switch when think_flags=auto.")
     valid_samples: int = help_field(256, "At most this many held-out conversations per validation.")
 
@@ -110,12 +127,15 @@ class SFTConfig:
 # --------------------------------------------------------------------------------------- prompt datasets
 @dataclass
 class PromptData:
-    sources: List[SourceSpec] = help_field(default_factory=list, help="Prompt mixture: chat rows whose last "
-                                           "user turn is the prompt (a trailing assistant turn is dropped).")
+    sources: List[SourceSpec] = help_field(
+        default_factory=list,
+        help="Prompt mixture: chat rows whose last user turn is the prompt (a trailing assistant turn is dropped).",
+    )
     valid: List[SourceSpec] = help_field(default_factory=list, help="Held-out prompts for validation.")
     max_prompt_length: int = help_field(1024, "Longest prompt in tokens (after the chat template).")
-    overlong: Literal["error", "skip"] = help_field("error", "A prompt longer than max_prompt_length: stop with an "
-                                                    "error naming the row, or skip it (counted).")
+    overlong: Literal["error", "skip"] = help_field(
+        "error", "A prompt longer than max_prompt_length: stop with an error naming the row, or skip it (counted)."
+    )
     valid_samples: int = help_field(64, "At most this many held-out prompts per validation.")
 
 
@@ -152,23 +172,32 @@ class PPOSection:
 # --------------------------------------------------------------------------------------- distillation
 @dataclass
 class TeacherSection:
-    path: Optional[str] = help_field(None, "HF checkpoint of the teacher: the original base Qwen3 (its "
-                                     "vocabulary has no itemic tokens). Required.")
-    same_size: bool = help_field(True, "Require the teacher's architecture (layers, hidden, heads, ffn) to equal "
-                                 "the student's (the report distils from the original model of the same size).")
+    path: Optional[str] = help_field(
+        None, "HF checkpoint of the teacher: the original base Qwen3 (its vocabulary has no itemic tokens). Required."
+    )
+    same_size: bool = help_field(
+        True,
+        "Require the teacher's architecture (layers, hidden, heads, ffn) to equal "
+        "the student's (the report distils from the original model of the same size).",
+    )
 
 
 @dataclass
 class DistillAlgorithm:
-    advantage_min: float = help_field(-5.0, "Per-token advantage −(log p_student − log p_teacher) is clipped "
-                                      "below at this value.")
+    advantage_min: float = help_field(
+        -5.0, "Per-token advantage −(log p_student − log p_teacher) is clipped below at this value."
+    )
     advantage_max: float = help_field(5.0, "… and above at this value.")
-    itemic_teacher_logprob: float = help_field(-30.0, "Teacher log-prob given to an itemic token sampled in a "
-                                               "general answer (the teacher cannot produce it); the "
-                                               "trajectory ends at that token.")
+    itemic_teacher_logprob: float = help_field(
+        -30.0,
+        "Teacher log-prob given to an itemic token sampled in a "
+        "general answer (the teacher cannot produce it); the "
+        "trajectory ends at that token.",
+    )
     think_suffix_probs: List[float] = help_field(
         default_factory=lambda: [1 / 3, 1 / 3, 1 / 3],
-        help="Probabilities of appending ' /think', ' /no_think' or nothing to a prompt's last user turn.")
+        help="Probabilities of appending ' /think', ' /no_think' or nothing to a prompt's last user turn.",
+    )
     ppo: PPOSection = help_field(default_factory=PPOSection)
 
 
@@ -190,33 +219,44 @@ class DistillConfig:
 # ------------------------------------------------------------------------------------------------ GRPO
 @dataclass
 class RecPromptData(PromptData):
-    codes: Optional[str] = help_field(None, "Codes table of the real items (item_id, c1..cL; parquet or csv, as "
-                                      "written by `megarec itemic encode`): the decoding trie and the map from "
-                                      "target item ids to codes. Required.")
+    codes: Optional[str] = help_field(
+        None,
+        "Codes table of the real items (item_id, c1..cL; parquet or csv, as "
+        "written by `megarec itemic encode`): the decoding trie and the map from "
+        "target item ids to codes. Required.",
+    )
 
 
 @dataclass
 class ReferenceSection:
-    path: Optional[str] = help_field(None, "HF checkpoint of the KL reference (default: model.path, i.e. the "
-                                     "post-distillation model the run starts from). Loaded when "
-                                     "algorithm.kl_coef > 0, or when set explicitly (then the KL is logged even "
-                                     "with kl_coef 0).")
+    path: Optional[str] = help_field(
+        None,
+        "HF checkpoint of the KL reference (default: model.path, i.e. the "
+        "post-distillation model the run starts from). Loaded when "
+        "algorithm.kl_coef > 0, or when set explicitly (then the KL is logged even "
+        "with kl_coef 0).",
+    )
 
 
 @dataclass
 class GRPORollout(RolloutSection):
     samples_per_prompt: int = help_field(8, "Completions sampled per prompt: the group size G.")
     max_new_tokens: int = help_field(16, "Longest sampled completion (reasoning + item + end).")
-    reasoning: bool = help_field(False, "Sample a free-text <think> part first, then the item (constrained); "
-                                 "off: the prompt ends with the empty think block and only the item is sampled.")
+    reasoning: bool = help_field(
+        False,
+        "Sample a free-text <think> part first, then the item (constrained); "
+        "off: the prompt ends with the empty think block and only the item is sampled.",
+    )
     max_think_tokens: int = help_field(256, "Reasoning longer than this is closed with </think>.")
 
 
 @dataclass
 class RewardSection:
     kind: Literal["hit", "prefix"] = help_field(
-        "hit", "hit: 1 if a generated item is in the target set, else 0. prefix: hit, else prefix_weight × the "
-               "longest run of leading codes shared with a target / number of layers (shaped).")
+        "hit",
+        "hit: 1 if a generated item is in the target set, else 0. prefix: hit, else prefix_weight × the "
+        "longest run of leading codes shared with a target / number of layers (shaped).",
+    )
     prefix_weight: float = help_field(0.5, "Scale of the partial credit of reward.kind=prefix.")
 
 
@@ -254,8 +294,9 @@ def check_common(cfg, world_size: int, unit: str) -> None:
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
     if t.global_batch_size % world_size:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} {unit} cannot be split evenly over "
-                          f"{world_size} ranks")
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} {unit} cannot be split evenly over {world_size} ranks"
+        )
     if cfg.logging.log_interval < 1:
         raise ConfigError("logging.log_interval must be >= 1")
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
@@ -275,17 +316,25 @@ def check_export_dir(cfg) -> None:
     or an ancestor, a directory that is or holds an input or the run's own files, and a non-empty directory
     that is not an earlier export (an HF checkpoint with config.json, which a rerun replaces)."""
     run_dir = cfg.logging.run_dir
-    inputs = [("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer),
-              ("logging.run_dir", run_dir),
-              ("checkpoint.dir", checkpoint_dir(cfg.checkpoint, cfg.logging))]
+    inputs = [
+        ("model.path", cfg.model.path),
+        ("model.tokenizer", cfg.model.tokenizer),
+        ("logging.run_dir", run_dir),
+        ("checkpoint.dir", checkpoint_dir(cfg.checkpoint, cfg.logging)),
+    ]
     for section in ("teacher", "reference"):
         if hasattr(cfg, section):
             inputs.append((f"{section}.path", getattr(cfg, section).path))
     data = cfg.data
     inputs += [("data.sources", s.path) for s in data.sources] + [("data.valid", s.path) for s in data.valid]
     inputs.append(("data.codes", getattr(data, "codes", None)))
-    check_out_dir(export_dir(cfg), flag="checkpoint.output", inputs=inputs, own=has_entry("config.json"),
-                  hint="point checkpoint.output at a new or empty directory")
+    check_out_dir(
+        export_dir(cfg),
+        flag="checkpoint.output",
+        inputs=inputs,
+        own=has_entry("config.json"),
+        hint="point checkpoint.output at a new or empty directory",
+    )
 
 
 def check_sources(sources: List[SourceSpec], key: str, required: bool) -> None:

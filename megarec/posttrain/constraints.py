@@ -10,6 +10,7 @@ over the code tuples of real items). On top of it:
     `</think>` is forced to start.
 Token ids come from the tokenizer and itemic.json; nothing is hard-coded.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,8 +24,18 @@ from megarec.decoding.trie import ItemTrie
 class ReasoningThenItem:
     """Answer structure for sampled reasoning followed by one sampled item (see module docstring)."""
 
-    def __init__(self, prompt_length: int, *, think_id: int, think_end_id: int, separator_ids: Sequence[int],
-                 sid_begin_id: int, sid_end_id: int, eos_ids: Sequence[int], max_think_tokens: int):
+    def __init__(
+        self,
+        prompt_length: int,
+        *,
+        think_id: int,
+        think_end_id: int,
+        separator_ids: Sequence[int],
+        sid_begin_id: int,
+        sid_end_id: int,
+        eos_ids: Sequence[int],
+        max_think_tokens: int,
+    ):
         self.prompt_length = prompt_length
         self.think_id, self.think_end_id = think_id, think_end_id
         self.separator = list(separator_ids)
@@ -54,7 +65,7 @@ class ReasoningThenItem:
         return None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows = input_ids[:, self.prompt_length:].tolist()
+        rows = input_ids[:, self.prompt_length :].tolist()
         for r, resp in enumerate(rows):
             forced = self._forced(resp)
             if forced == "no_eos":  # the answer must follow the reasoning
@@ -70,19 +81,34 @@ def answer_processors(trie: ItemTrie, tokenizer, *, reasoning: bool, max_think_t
     """Factory (padded prompt width, rows) → processors for `rollout.SamplingSpec.processors`."""
     layout = trie.layout
     if not reasoning:
+
         def make(width: int, rows: int) -> list:
-            return [ItemConstraintLogitsProcessor([trie], prompt_length=width, force_item=True, after_item="stop",
-                                                  eos_token_ids=eos_ids)]
+            return [
+                ItemConstraintLogitsProcessor(
+                    [trie], prompt_length=width, force_item=True, after_item="stop", eos_token_ids=eos_ids
+                )
+            ]
+
         return make
     think_id = tokenizer.convert_tokens_to_ids("<think>")
     think_end_id = tokenizer.convert_tokens_to_ids("</think>")
     separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
 
     def make(width: int, rows: int) -> list:
-        return [ItemConstraintLogitsProcessor([trie], prompt_length=width, force_item=False, after_item="free"),
-                ReasoningThenItem(width, think_id=think_id, think_end_id=think_end_id, separator_ids=separator,
-                                  sid_begin_id=layout.sid_begin_id, sid_end_id=layout.sid_end_id, eos_ids=eos_ids,
-                                  max_think_tokens=max_think_tokens)]
+        return [
+            ItemConstraintLogitsProcessor([trie], prompt_length=width, force_item=False, after_item="free"),
+            ReasoningThenItem(
+                width,
+                think_id=think_id,
+                think_end_id=think_end_id,
+                separator_ids=separator,
+                sid_begin_id=layout.sid_begin_id,
+                sid_end_id=layout.sid_end_id,
+                eos_ids=eos_ids,
+                max_think_tokens=max_think_tokens,
+            ),
+        ]
+
     return make
 
 
@@ -92,4 +118,4 @@ def answer_tokens(response: Sequence[int], tokenizer, reasoning: bool) -> list[i
         return list(response)
     end = tokenizer.convert_tokens_to_ids("</think>")
     resp = list(response)
-    return resp[resp.index(end) + 1:] if end in resp else []
+    return resp[resp.index(end) + 1 :] if end in resp else []

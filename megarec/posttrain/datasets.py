@@ -5,6 +5,7 @@ Sampler: draw k goes to the source whose share is furthest below its weight (exa
 prefix, as Megatron's blended datasets do); inside a source rows follow a seeded permutation, reshuffled
 every epoch. The state is the number of draws per source, so resuming continues the same stream.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from megarec.common.io import read_records
 from megarec.common.errors import DataError
+from megarec.common.io import read_records
 from megarec.posttrain.config import SourceSpec
 
 
@@ -37,8 +38,9 @@ def source_name(spec: SourceSpec) -> str:
     return base
 
 
-def load_sources(specs: Sequence[SourceSpec], prepare: Callable[[dict, str], Any], overlong: str,
-                 limit: Optional[int] = None) -> list[Source]:
+def load_sources(
+    specs: Sequence[SourceSpec], prepare: Callable[[dict, str], Any], overlong: str, limit: Optional[int] = None
+) -> list[Source]:
     """Read every source; `prepare(record, where)` returns an example, or raises DataError. With
     overlong=skip, DataErrors flagged `overlong` are counted instead of raised."""
     out = []
@@ -100,8 +102,10 @@ class MixtureSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if list(state.get("sizes", [])) != self.sizes:
-            raise DataError(f"the data changed since the checkpoint (source sizes {state.get('sizes')} → "
-                            f"{self.sizes}); the data position cannot be restored")
+            raise DataError(
+                f"the data changed since the checkpoint (source sizes {state.get('sizes')} → "
+                f"{self.sizes}); the data position cannot be restored"
+            )
         self.counts = list(state["counts"])
 
 

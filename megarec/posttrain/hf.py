@@ -1,5 +1,6 @@
 """Hugging Face checkpoint I/O for post-training: load a causal LM, its tokenizer and item layout; write a
 checkpoint (config, safetensors, tokenizer, generation config, itemic.json) all-or-nothing."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 from megarec.common.dtypes import resolve_dtype
 from megarec.common.errors import ConfigError
 from megarec.common.itemic import ItemicLayout, find_itemic_json
+
 
 def check_hf_dir(path: Optional[str], key: str) -> str:
     if not path:
@@ -62,8 +64,15 @@ def tied_embeddings(config) -> bool:
     return bool(getattr(text, "tie_word_embeddings", False))
 
 
-def save_hf_checkpoint(out_dir: str, config, state_dict: dict, tokenizer, source_dirs: list[str],
-                       dtype: torch.dtype, max_shard_size: str = "5GB") -> str:
+def save_hf_checkpoint(
+    out_dir: str,
+    config,
+    state_dict: dict,
+    tokenizer,
+    source_dirs: list[str],
+    dtype: torch.dtype,
+    max_shard_size: str = "5GB",
+) -> str:
     """Write an HF checkpoint from a full (gathered, CPU) state dict; `out_dir` appears only when complete.
 
     Non-weight files (generation_config.json, chat template files, itemic.json, …) are copied from the

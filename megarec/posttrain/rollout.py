@@ -7,6 +7,7 @@ sampling distribution is softmax((logits masked by the processors) / temperature
 (those would make the samples and the importance ratios disagree). Every other generation default of
 the checkpoint (Qwen3 ships temperature 0.6, top-k 20, top-p 0.95) is overridden explicitly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,10 +36,11 @@ class SamplingSpec:
 @dataclass
 class Rollout:
     """Sampled completions of one rank. Row i = prompts[i] + responses[i]."""
+
     prompts: list[list[int]]
     responses: list[list[int]]
-    finished: list[bool]                               # ended on an EOS / stop token (else truncated)
-    mask_ids: Optional[list[list[int]]] = None         # per response token: row of mask_table, or -1
+    finished: list[bool]  # ended on an EOS / stop token (else truncated)
+    mask_ids: Optional[list[list[int]]] = None  # per response token: row of mask_table, or -1
     mask_table: list[np.ndarray] = field(default_factory=list)  # np.packbits of allowed-token masks
     vocab_size: int = 0
     sample_logprobs: Optional[list[list[float]]] = None  # per response token, as sampled
@@ -63,7 +65,7 @@ class _VocabLimit:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[-1] > self.limit:
             scores = scores.clone()
-            scores[:, self.limit:] = float("-inf")
+            scores[:, self.limit :] = float("-inf")
         return scores
 
 
@@ -76,7 +78,7 @@ class _MaskRecorder:
         self.steps: list[list[int]] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        allowed = torch.isfinite(scores[:, :self.vocab_size]).cpu().numpy()
+        allowed = torch.isfinite(scores[:, : self.vocab_size]).cpu().numpy()
         full = allowed.all(axis=1)
         ids = []
         for r in range(allowed.shape[0]):
@@ -134,12 +136,20 @@ class _StopOnTokens:
 def _cut(tokens: list[int], ends: set[int]) -> tuple[list[int], bool]:
     for i, t in enumerate(tokens):
         if t in ends:
-            return tokens[:i + 1], True
+            return tokens[: i + 1], True
     return tokens, False
 
 
-def sample(model, prompts: Sequence[Sequence[int]], spec: SamplingSpec, *, pad_token_id: int,
-           vocab_size: int, device: torch.device, seed: Optional[int] = None) -> Rollout:
+def sample(
+    model,
+    prompts: Sequence[Sequence[int]],
+    spec: SamplingSpec,
+    *,
+    pad_token_id: int,
+    vocab_size: int,
+    device: torch.device,
+    seed: Optional[int] = None,
+) -> Rollout:
     """Sample one completion per prompt row (repeat prompts for several samples per prompt)."""
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper
 
@@ -150,16 +160,35 @@ def sample(model, prompts: Sequence[Sequence[int]], spec: SamplingSpec, *, pad_t
     if spec.vocab_limit is not None:
         vocab_size = min(vocab_size, spec.vocab_limit)
     ends = set(int(t) for t in spec.eos_token_ids) | set(int(t) for t in spec.stop_token_ids)
-    out = Rollout(prompts=[list(map(int, p)) for p in prompts], responses=[], finished=[],
-                  mask_ids=[] if spec.record_masks else None, mask_table=table, vocab_size=vocab_size,
-                  sample_logprobs=[] if spec.record_logprobs else None)
+    out = Rollout(
+        prompts=[list(map(int, p)) for p in prompts],
+        responses=[],
+        finished=[],
+        mask_ids=[] if spec.record_masks else None,
+        mask_table=table,
+        vocab_size=vocab_size,
+        sample_logprobs=[] if spec.record_logprobs else None,
+    )
     gen_cfg = GenerationConfig(
-        do_sample=True, num_beams=1, max_new_tokens=spec.max_new_tokens, min_new_tokens=0,
-        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, pad_token_id=pad_token_id,
-        eos_token_id=[int(t) for t in spec.eos_token_ids] or None, use_cache=True)
+        do_sample=True,
+        num_beams=1,
+        max_new_tokens=spec.max_new_tokens,
+        min_new_tokens=0,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        pad_token_id=pad_token_id,
+        eos_token_id=[int(t) for t in spec.eos_token_ids] or None,
+        use_cache=True,
+    )
     for s in range(0, len(out.prompts), spec.batch_size):
-        batch = out.prompts[s:s + spec.batch_size]
+        batch = out.prompts[s : s + spec.batch_size]
         input_ids, attn = left_pad(batch, pad_token_id, device)
         width = input_ids.shape[1]
         procs = LogitsProcessorList([_VocabLimit(spec.vocab_limit)] if spec.vocab_limit is not None else [])
@@ -179,8 +208,13 @@ def sample(model, prompts: Sequence[Sequence[int]], spec: SamplingSpec, *, pad_t
         if spec.stop_token_ids:
             stops.append(_StopOnTokens(spec.stop_token_ids, device))
         with torch.no_grad():
-            seqs = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                  logits_processor=procs, stopping_criteria=stops)
+            seqs = model.generate(
+                input_ids=input_ids,
+                attention_mask=attn,
+                generation_config=gen_cfg,
+                logits_processor=procs,
+                stopping_criteria=stops,
+            )
         if lp_recorder is not None:
             lp_recorder.finish(seqs)
         new = seqs[:, width:].tolist()

@@ -9,6 +9,7 @@ preprocessing pipeline does:
   read document by document with Megatron-Core's `IndexedDataset`. Documents are never packed together here,
   so conversations cannot attend to each other.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,9 @@ class ChatEncoder:
         batch = self.encoder.encode([(row, {"messages": m}) for row, m in rows])
         out, start = [], 0
         for row, n in zip(batch.rows, batch.lengths.tolist()):
-            out.append((row, batch.ids[start:start + n].tolist(), batch.mask[start:start + n].astype(np.int64).tolist()))
+            out.append(
+                (row, batch.ids[start : start + n].tolist(), batch.mask[start : start + n].astype(np.int64).tolist())
+            )
             start += n
         return out, batch.rejects
 
@@ -74,8 +77,10 @@ class IndexedChatRows:
         d = int(self.keep[i])
         ids, mask = self.text[d], self.mask[d]
         if ids.size and int(ids.max()) >= self.vocab_size:
-            raise DataError(f"{self.prefix}: document {d} has token id {int(ids.max())} outside the model's "
-                            f"tokenizer ({self.vocab_size} tokens): preprocessed with another tokenizer?")
+            raise DataError(
+                f"{self.prefix}: document {d} has token id {int(ids.max())} outside the model's "
+                f"tokenizer ({self.vocab_size} tokens): preprocessed with another tokenizer?"
+            )
         return ids.tolist(), mask.astype(np.int64).tolist()
 
 
@@ -89,19 +94,25 @@ def _indexed_source(spec: SourceSpec, data, vocab_size: int) -> Source:
     except ValueError as e:
         raise DataError(str(e)) from None
     if not is_indexed_prefix(mask_prefix):
-        raise DataError(f"{mask_prefix}.bin/.idx not found: SFT needs the loss mask of {spec.path} "
-                        "(preprocess chat data with --kind messages, without --pack)")
+        raise DataError(
+            f"{mask_prefix}.bin/.idx not found: SFT needs the loss mask of {spec.path} "
+            "(preprocess chat data with --kind messages, without --pack)"
+        )
     text, mask = IndexedDataset(spec.path), IndexedDataset(mask_prefix)
     if mask.index.dtype != np.uint8 or not np.array_equal(text.sequence_lengths, mask.sequence_lengths):
         raise DataError(f"{mask_prefix}: not a uint8 loss mask with the lengths of {spec.path}")
     if len(text.document_indices) - 1 != len(text.sequence_lengths):
-        raise DataError(f"{spec.path}: packed dataset (several sequences per document); SFT reads one "
-                        "conversation per document — preprocess without --pack")
+        raise DataError(
+            f"{spec.path}: packed dataset (several sequences per document); SFT reads one "
+            "conversation per document — preprocess without --pack"
+        )
     lengths = np.asarray(text.sequence_lengths)
     long = np.flatnonzero(lengths > data.max_seq_length)
     if long.size and data.overlong != "skip":
-        raise DataError(f"{spec.path}: document {int(long[0])} has {int(lengths[long[0]])} tokens, more than "
-                        f"data.max_seq_length={data.max_seq_length}")
+        raise DataError(
+            f"{spec.path}: document {int(long[0])} has {int(lengths[long[0]])} tokens, more than "
+            f"data.max_seq_length={data.max_seq_length}"
+        )
     keep = np.flatnonzero(lengths <= data.max_seq_length)
     if not keep.size:
         raise DataError(f"{spec.path}: no usable documents")
@@ -117,8 +128,9 @@ def _chat_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit:
     for row, rec in read_records(spec.path):
         where = f"{spec.path}: row {row}"
         messages = chat.validate_messages(rec.get("messages"), where)
-        rows.append((row, chat.apply_think_flags(messages, data.think_flags, data.think_flag_prob,
-                                                 seeded_rng(seed, where))))
+        rows.append(
+            (row, chat.apply_think_flags(messages, data.think_flags, data.think_flag_prob, seeded_rng(seed, where)))
+        )
         if limit is not None and len(rows) >= limit:
             break
     done, rejects = encoder.encode(rows)
@@ -129,8 +141,10 @@ def _chat_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit:
     for row, ids, mask in done:
         if len(ids) > data.max_seq_length:
             if data.overlong != "skip":
-                raise DataError(f"{spec.path}: row {row}: conversation has {len(ids)} tokens, more than "
-                                f"data.max_seq_length={data.max_seq_length}")
+                raise DataError(
+                    f"{spec.path}: row {row}: conversation has {len(ids)} tokens, more than "
+                    f"data.max_seq_length={data.max_seq_length}"
+                )
             src.skipped += 1
             continue
         src.rows.append((ids, mask))
@@ -139,8 +153,9 @@ def _chat_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit:
     return src
 
 
-def load_sft_sources(specs: list[SourceSpec], data, tokenizer_dir: str, vocab_size: int, seed: int,
-                     limit: Optional[int] = None) -> list[Source]:
+def load_sft_sources(
+    specs: list[SourceSpec], data, tokenizer_dir: str, vocab_size: int, seed: int, limit: Optional[int] = None
+) -> list[Source]:
     encoder = None
     out = []
     for spec in specs:

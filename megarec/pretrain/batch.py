@@ -7,6 +7,7 @@ replica reads the same samples, then keeps 2 of 2·CP sequence chunks (r and 2·
 attention work is balanced) of tokens, labels, loss mask, position ids and the query rows of an explicit
 attention mask alike — through Megatron-Core's own `get_batch_on_this_cp_rank`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -34,9 +35,10 @@ def check_seq_length(seq_length: int, parallel: ParallelConfig) -> None:
         raise ConfigError(
             f"train.seq_length={seq_length} must be a multiple of {multiple} = 2 × context_parallel_size"
             f"{' × tensor_model_parallel_size (sequence_parallel)' if parallel.sequence_parallel else ''}"
-            if parallel.context_parallel_size > 1 else
-            f"train.seq_length={seq_length} must be a multiple of tensor_model_parallel_size={multiple} "
-            "with sequence_parallel")
+            if parallel.context_parallel_size > 1
+            else f"train.seq_length={seq_length} must be a multiple of tensor_model_parallel_size={multiple} "
+            "with sequence_parallel"
+        )
 
 
 def causal_mask(seq_len: int) -> torch.Tensor:
@@ -70,13 +72,18 @@ def to_thd(batch: dict) -> dict:
     out = {k: batch[k].reshape(1, total) for k in BATCH_KEYS}
     out["attention_mask"] = None
     out["packed_seq_params"] = PackedSeqParams(
-        qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens, cu_seqlens_q_padded=cu_seqlens,
-        cu_seqlens_kv_padded=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+        qkv_format="thd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        cu_seqlens_q_padded=cu_seqlens,
+        cu_seqlens_kv_padded=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_kv=max_seqlen,
+    )
     return out
 
 
-def make_batch_preparer(device: torch.device, explicit_causal_mask: bool, thd: bool = False
-                        ) -> Callable[[dict], dict]:
+def make_batch_preparer(device: torch.device, explicit_causal_mask: bool, thd: bool = False) -> Callable[[dict], dict]:
     """batch (from the DataLoader) → the tensors of this rank's forward pass, on `device`."""
     masks: dict[int, torch.Tensor] = {}
 

@@ -1,6 +1,6 @@
 """`megarec pretrain`: stage 1 / stage 2 pre-training on Megatron-Core (also under torchrun/srun)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 
 def register(sub) -> None:
@@ -11,9 +11,9 @@ def register(sub) -> None:
         "pretrain",
         help="Pre-train a Qwen3 model on Megatron-Core (TP/PP/DP; stage 1 or stage 2 recipes).",
         description="Pre-train on Megatron-Core. Values come from --config (a YAML recipe in configs/pretrain/), "
-                    "then from KEY=VALUE overrides in dotted form, e.g. parallel.tensor_model_parallel_size=2 "
-                    "train.steps=100 'data.data_path=[0.6, gen_text_document, 0.4, rec_text_document]'. "
-                    "Run multi-process with: torchrun --nproc_per_node N -m megarec pretrain ...",
+        "then from KEY=VALUE overrides in dotted form, e.g. parallel.tensor_model_parallel_size=2 "
+        "train.steps=100 'data.data_path=[0.6, gen_text_document, 0.4, rec_text_document]'. "
+        "Run multi-process with: torchrun --nproc_per_node N -m megarec pretrain ...",
         epilog="config keys:" + describe(PretrainConfig),
     )
     p.add_argument("--config", help="YAML recipe (may name a `base:` recipe it extends).")

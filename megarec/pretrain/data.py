@@ -1,6 +1,7 @@
 """Training data: Megatron-Core GPTDataset (or, for chat data, LossMaskedGPTDataset; for `--pack` output,
 PackedSequenceDataset) through BlendedMegatronDatasetBuilder (weighted blends, train/valid split, mock data),
 a tokenizer adapter, and deterministic resumable batch iteration."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ class TokenizerInfo:
         self.eod = eod
         self.pad = pad
         self.bos = None
-        self.unique_identifiers = {"class": "megarec.TokenizerInfo", "name": name, "vocab_size": vocab_size,
-                                   "eod": eod}
+        self.unique_identifiers = {"class": "megarec.TokenizerInfo", "name": name, "vocab_size": vocab_size, "eod": eod}
 
     def tokenize(self, text: str):  # GPTDataset never tokenises; kept for the interface
         raise ConfigError("TokenizerInfo carries ids only; tokenise text with `megarec preprocess`")
@@ -129,23 +129,30 @@ def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
         meta = read_preprocess_summary(prefix) or {}
         packed = meta.get("pack")
         if data.packed and packed is False:
-            raise ConfigError(f"data.packed=true but {prefix} was preprocessed without --pack; re-run "
-                              "`megarec preprocess --pack --seq-length S` or set data.packed=false")
+            raise ConfigError(
+                f"data.packed=true but {prefix} was preprocessed without --pack; re-run "
+                "`megarec preprocess --pack --seq-length S` or set data.packed=false"
+            )
         if not data.packed and packed:
-            raise ConfigError(f"{prefix} was written by `megarec preprocess --pack`: train it with data.packed=true "
-                              "(one pack per sequence, per-document positions, attention and loss), or "
-                              "preprocess without --pack for a GPTDataset stream")
+            raise ConfigError(
+                f"{prefix} was written by `megarec preprocess --pack`: train it with data.packed=true "
+                "(one pack per sequence, per-document positions, attention and loss), or "
+                "preprocess without --pack for a GPTDataset stream"
+            )
         if data.packed and meta.get("seq_length") and int(meta["seq_length"]) > seq_length:
-            raise ConfigError(f"{prefix} holds packs of up to {meta['seq_length']} tokens, more than "
-                              f"train.seq_length={seq_length}: raise train.seq_length or re-pack")
+            raise ConfigError(
+                f"{prefix} holds packs of up to {meta['seq_length']} tokens, more than "
+                f"train.seq_length={seq_length}: raise train.seq_length or re-pack"
+            )
         if data.loss_mask:
             try:
                 mask = sibling_loss_mask_prefix(prefix)
             except ValueError as e:
                 raise ConfigError(f"data.loss_mask: {e}") from None
             if not (os.path.isfile(mask + ".bin") and os.path.isfile(mask + ".idx")):
-                raise ConfigError(f"data.loss_mask: {mask}.bin/.idx not found (chat data is preprocessed with "
-                                  "--kind messages)")
+                raise ConfigError(
+                    f"data.loss_mask: {mask}.bin/.idx not found (chat data is preprocessed with --kind messages)"
+                )
         try:
             documents = read_index_header(prefix + ".idx")["documents"]
         except (OSError, ValueError, KeyError) as e:
@@ -156,9 +163,11 @@ def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
                 continue  # no valid weight in data.split: evaluation is skipped, as before
             begin, end = matrix[i] or (0.0, 0.0)
             if int(round(end * documents)) - int(round(begin * documents)) < 1:
-                raise ConfigError(f"data.split={data.split} leaves the {name} split of {prefix} without a document "
-                                  f"({documents} {'packs' if data.packed else 'documents'} in all): change "
-                                  f"data.split{' or set train.eval_interval=0' if name == 'valid' else ''}")
+                raise ConfigError(
+                    f"data.split={data.split} leaves the {name} split of {prefix} without a document "
+                    f"({documents} {'packs' if data.packed else 'documents'} in all): change "
+                    f"data.split{' or set train.eval_interval=0' if name == 'valid' else ''}"
+                )
 
 
 def _is_number(text: str) -> bool:
@@ -176,8 +185,7 @@ class Datasets:
     tokenizer: TokenizerInfo
 
 
-def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str,
-                   thd: bool = False) -> Datasets:
+def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_dir: str, thd: bool = False) -> Datasets:
     """Train/valid datasets sized for the whole run (steps × global batch). With `thd` (packed data
     under Transformer Engine) packs carry no S×S attention mask."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -191,8 +199,10 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
             raise ConfigError("data.tokenizer is required for real data (its EOD id and vocabulary size)")
         tokenizer = TokenizerInfo.synthetic(vocab_size)
     if tokenizer.vocab_size > vocab_size:
-        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} entries but the model vocabulary is "
-                          f"{vocab_size}: set model.vocab_size or use the expanded checkpoint's config")
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} entries but the model vocabulary is "
+            f"{vocab_size}: set model.vocab_size or use the expanded checkpoint's config"
+        )
     blend = None if data.mock else parse_blend(data.data_path)
     n_eval = (train.steps // train.eval_interval + 1) * train.eval_iters if train.eval_interval else 0
     sizes = [train.steps * train.global_batch_size, n_eval * train.global_batch_size, 0]
@@ -225,8 +235,9 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
     return Datasets(train_ds, valid_ds if n_eval else None, tokenizer)
 
 
-def microbatch_indices(consumed_samples: int, total_samples: int, global_batch_size: int,
-                       micro_batch_size: int, dp_rank: int, dp_size: int) -> Iterator[list[int]]:
+def microbatch_indices(
+    consumed_samples: int, total_samples: int, global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int
+) -> Iterator[list[int]]:
     """Sample indices of this DP rank's micro-batches, global batch after global batch, starting at
     `consumed_samples` (the resume point). Each global batch is split contiguously across DP ranks."""
     per_rank = global_batch_size // dp_size
@@ -243,10 +254,15 @@ def _collate(samples: list[dict]) -> dict:
     return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
 
 
-def make_loader(dataset, consumed_samples: int, total_samples: int, train: TrainConfig, dp_rank: int,
-                dp_size: int, num_workers: int):
+def make_loader(
+    dataset, consumed_samples: int, total_samples: int, train: TrainConfig, dp_rank: int, dp_size: int, num_workers: int
+):
     """A DataLoader yielding this rank's micro-batches in global order from `consumed_samples`."""
-    indices = list(microbatch_indices(consumed_samples, total_samples, train.global_batch_size,
-                                      train.micro_batch_size, dp_rank, dp_size))
-    return torch.utils.data.DataLoader(dataset, batch_sampler=indices, collate_fn=_collate,
-                                       num_workers=num_workers, persistent_workers=num_workers > 0)
+    indices = list(
+        microbatch_indices(
+            consumed_samples, total_samples, train.global_batch_size, train.micro_batch_size, dp_rank, dp_size
+        )
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=indices, collate_fn=_collate, num_workers=num_workers, persistent_workers=num_workers > 0
+    )

@@ -11,6 +11,7 @@ Mirrors Megatron-LM's `megatron/training/training.py`:
    succeeded (a bad load never spreads through the first all-gather), parameters are synced before
    every checkpoint save and evaluation, and at the end of training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,14 +29,20 @@ def wrap_model(chunks: list, tconfig, parallel: ParallelConfig) -> list:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=parallel.overlap_grad_reduce,
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
         align_param_gather=parallel.overlap_param_gather and bool(parallel.virtual_pipeline_model_parallel_size),
-        use_distributed_optimizer=parallel.use_distributed_optimizer)
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+    )
     if parallel.overlap_grad_reduce:
-        ddp_config.bucket_size = max(40_000_000, 1_000_000 * ps.get_data_parallel_world_size(with_context_parallel=True))
-    model = [DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=c, disable_bucketing=(i > 0))
-             for i, c in enumerate(chunks)]
+        ddp_config.bucket_size = max(
+            40_000_000, 1_000_000 * ps.get_data_parallel_world_size(with_context_parallel=True)
+        )
+    model = [
+        DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=c, disable_bucketing=(i > 0))
+        for i, c in enumerate(chunks)
+    ]
     # Sums partial grads of TP-replicated params (QK-norms), all-reduces DP×CP and embedding grads and
     # divides by the global token count.
     tconfig.finalize_model_grads_func = finalize_model_grads

@@ -7,6 +7,7 @@ With a zero gradient from step one, AdamW's moments stay zero and the update of 
 zero; together with no weight decay on these parameters, frozen rows stay bit-identical. Works on
 vocab-parallel shards: each TP rank masks the rows of its own slice of the vocabulary.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,13 +31,15 @@ def _local_row_mask(param: torch.Tensor, tp_rank: int, first_id: int, last_id: i
     return (ids >= first_id) & (ids <= last_id)
 
 
-def apply_itemic_freeze(chunks: list, first_id: int, last_id: int, train_output_rows: bool,
-                        tied: bool, tp_rank: int, padded_vocab: int) -> list[RowMask]:
+def apply_itemic_freeze(
+    chunks: list, first_id: int, last_id: int, train_output_rows: bool, tied: bool, tp_rank: int, padded_vocab: int
+) -> list[RowMask]:
     """Freeze every parameter of `chunks` (unwrapped GPTModels) except the embedding-like weights;
     returns the row masks to apply to their gradients each step."""
     if not 0 <= first_id <= last_id < padded_vocab:
-        raise ConfigError(f"itemic id range [{first_id}, {last_id}] is outside the vocabulary "
-                          f"(padded size {padded_vocab})")
+        raise ConfigError(
+            f"itemic id range [{first_id}, {last_id}] is outside the vocabulary (padded size {padded_vocab})"
+        )
     masks: list[RowMask] = []
     for chunk in chunks:
         for name, param in chunk.named_parameters():

@@ -1,5 +1,6 @@
 """AdamW through Megatron-Core's optimizer (DDP buffers, distributed optimizer, grad clipping) and the
 warm-up + cosine learning-rate schedule."""
+
 from __future__ import annotations
 
 import torch
@@ -14,14 +15,19 @@ def _no_weight_decay(row_frozen: set[str]):
     frozen rows must not drift."""
 
     def predicate(param: torch.nn.Parameter, name: str) -> bool:
-        return (param.dim() == 1 or name.endswith(".bias") or "word_embeddings" in name
-                or name.removeprefix("module.") in row_frozen)
+        return (
+            param.dim() == 1
+            or name.endswith(".bias")
+            or "word_embeddings" in name
+            or name.removeprefix("module.") in row_frozen
+        )
 
     return predicate
 
 
-def build_optimizer(chunks: list, opt: OptimizerConfig, dtype: torch.dtype, distributed: bool,
-                    row_frozen: set[str] = frozenset()):
+def build_optimizer(
+    chunks: list, opt: OptimizerConfig, dtype: torch.dtype, distributed: bool, row_frozen: set[str] = frozenset()
+):
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
     from megatron.core.optimizer.optimizer_config import ParamKey, ParamWithNamePredicate
@@ -42,8 +48,9 @@ def build_optimizer(chunks: list, opt: OptimizerConfig, dtype: torch.dtype, dist
         use_distributed_optimizer=distributed,
     )
     overrides = {
-        ParamKey(with_name_predicate=ParamWithNamePredicate(name="megarec_no_wd", fn=_no_weight_decay(row_frozen))):
-            ParamGroupOverride(wd_mult=0.0),
+        ParamKey(
+            with_name_predicate=ParamWithNamePredicate(name="megarec_no_wd", fn=_no_weight_decay(row_frozen))
+        ): ParamGroupOverride(wd_mult=0.0),
     }
     return get_megatron_optimizer(cfg, chunks, config_overrides=overrides)
 

@@ -1,5 +1,6 @@
 """The pre-training loop on Megatron-Core: builds the model for this pipeline rank, wraps it in
 Megatron DDP, trains with the pipeline schedule, logs, checkpoints and handles exit signals."""
+
 from __future__ import annotations
 
 import os
@@ -35,15 +36,19 @@ def validate(cfg: PretrainConfig, world_size: int):
     dp = world_size // cfg.parallel.model_parallel_size
     t = cfg.train
     if t.micro_batch_size < 1 or t.global_batch_size % (t.micro_batch_size * dp):
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} must be a multiple of "
-                          f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+            f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}"
+        )
     if t.steps < 0 or t.seq_length < 1:
         raise ConfigError("train.steps must be >= 0 and train.seq_length >= 1")
     check_seq_length(t.seq_length, cfg.parallel)
     p = cfg.parallel
     if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
-        raise ConfigError("parallel.overlap_param_gather needs parallel.use_distributed_optimizer=true and "
-                          "parallel.overlap_grad_reduce=true (as in Megatron-LM)")
+        raise ConfigError(
+            "parallel.overlap_param_gather needs parallel.use_distributed_optimizer=true and "
+            "parallel.overlap_grad_reduce=true (as in Megatron-LM)"
+        )
     if not cfg.data.mock and not cfg.data.data_path:
         raise ConfigError("no training data: set data.data_path=PREFIX (or a 'W1 P1 W2 P2' blend) or data.mock=true")
     if cfg.data.loss_mask and cfg.data.mock:
@@ -54,12 +59,16 @@ def validate(cfg: PretrainConfig, world_size: int):
     if impl == "transformer_engine" and cfg.data.reset_attention_mask:
         # TE's fused attention with the causal mask type ignores an explicit attention_mask, so documents
         # would silently attend to each other; per-document attention there is the THD path of packed data.
-        raise ConfigError("data.reset_attention_mask needs an explicit attention mask, which Transformer Engine "
-                          "ignores: preprocess with --pack and train with data.packed=true (THD), or use "
-                          "model.transformer_impl=local")
+        raise ConfigError(
+            "data.reset_attention_mask needs an explicit attention mask, which Transformer Engine "
+            "ignores: preprocess with --pack and train with data.packed=true (THD), or use "
+            "model.transformer_impl=local"
+        )
     if uses_thd(cfg, impl) and cfg.parallel.context_parallel_size > 1:
-        raise ConfigError("data.packed with context_parallel_size > 1 under Transformer Engine is not supported "
-                          "yet (THD packs would need per-document padding to 2 × CP); use CP=1 for packed data")
+        raise ConfigError(
+            "data.packed with context_parallel_size > 1 under Transformer Engine is not supported "
+            "yet (THD packs would need per-document padding to 2 × CP); use CP=1 for packed data"
+        )
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     return arch, impl
@@ -77,8 +86,10 @@ def itemic_range(cfg: PretrainConfig) -> tuple[int, int]:
         return f.first_id, f.last_id
     found = read_itemic_range(cfg.data)
     if found is None:
-        raise ConfigError("freeze.stage=itemic needs the itemic id range: set data.itemic (itemic.json), a "
-                          "data.tokenizer holding itemic.json, or freeze.first_id/freeze.last_id")
+        raise ConfigError(
+            "freeze.stage=itemic needs the itemic id range: set data.itemic (itemic.json), a "
+            "data.tokenizer holding itemic.json, or freeze.first_id/freeze.last_id"
+        )
     return found
 
 
@@ -90,8 +101,10 @@ def _padded_vocab(cfg: PretrainConfig, vocab_size: int, resume_from: Optional[st
         saved = ckpt.checkpoint_padded_vocab(resume_from)  # megarec's or Megatron-LM's record
         if saved is not None:
             if saved < vocab_size or saved % tp:
-                raise ConfigError(f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
-                                  f"smaller than the model vocabulary {vocab_size}")
+                raise ConfigError(
+                    f"checkpoint vocabulary ({saved} rows) cannot be split over TP={tp} or is "
+                    f"smaller than the model vocabulary {vocab_size}"
+                )
             return saved
     return qwen3.padded_vocab_size(vocab_size, cfg.model.make_vocab_size_divisible_by, tp)
 
@@ -105,14 +118,18 @@ def _checkpoint_source(cfg: PretrainConfig) -> tuple[Optional[str], bool]:
     c = cfg.checkpoint
     roots = [c.resume_from, checkpoint_root(c, cfg.logging)] if c.resume else []
     for root in roots:
-        if root and (checkpoint_dir.read_latest(root) is not None or
-                     os.path.isfile(os.path.join(root, "metadata.json"))):
+        if root and (
+            checkpoint_dir.read_latest(root) is not None or os.path.isfile(os.path.join(root, "metadata.json"))
+        ):
             if ckpt.has_optimizer_state(root):
                 megatron_lm_compat.refuse_resume(ckpt.read_common_state(ckpt.resolve_checkpoint_dir(root)), root)
                 return root, True
             if dist.get_rank() == 0:
-                print(f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
-                      "starting from its weights at iteration 0, as checkpoint.init_from does", flush=True)
+                print(
+                    f"megarec: {ckpt.resolve_checkpoint_dir(root)} holds weights only (no optimizer state): "
+                    "starting from its weights at iteration 0, as checkpoint.init_from does",
+                    flush=True,
+                )
             return root, False
     if c.resume_from:
         raise ConfigError(f"checkpoint.resume_from={c.resume_from} holds no checkpoint")
@@ -138,8 +155,13 @@ def _make_forward_step(device: torch.device, explicit_mask: bool, thd: bool):
     def forward_step(data_iterator, model):
         batch = prepare(next(data_iterator))
         with cpu_shims.suspended():
-            output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"],
-                           packed_seq_params=batch.get("packed_seq_params"))
+            output = model(
+                batch["tokens"],
+                batch["position_ids"],
+                batch["attention_mask"],
+                labels=batch["labels"],
+                packed_seq_params=batch.get("packed_seq_params"),
+            )
         return output, partial(_loss_func, batch["loss_mask"])
 
     return forward_step
@@ -172,8 +194,14 @@ def _run_schedule(chunks, forward_step, loader_iter, num_microbatches, cfg, forw
     else:
         data = loader_iter
     return get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=data, model=chunks, num_microbatches=num_microbatches,
-        seq_length=cfg.train.seq_length, micro_batch_size=cfg.train.micro_batch_size, forward_only=forward_only)
+        forward_step_func=forward_step,
+        data_iterator=data,
+        model=chunks,
+        num_microbatches=num_microbatches,
+        seq_length=cfg.train.seq_length,
+        micro_batch_size=cfg.train.micro_batch_size,
+        forward_only=forward_only,
+    )
 
 
 def run_pretrain(cfg: PretrainConfig) -> RunSummary:
@@ -199,8 +227,9 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     source, is_resume = _checkpoint_source(cfg)
     padded_vocab = _padded_vocab(cfg, arch.vocab_size, source)
     tconfig = qwen3.build_transformer_config(arch, cfg.model, cfg.parallel, impl)
-    chunks = qwen3.build_model_chunks(arch, tconfig, impl, padded_vocab, cfg.train.seq_length,
-                                      cfg.model.local_attention)
+    chunks = qwen3.build_model_chunks(
+        arch, tconfig, impl, padded_vocab, cfg.train.seq_length, cfg.model.local_attention
+    )
     if torch.cuda.is_available():
         for c in chunks:
             c.cuda(torch.cuda.current_device())
@@ -210,26 +239,45 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
         train_output = cfg.freeze.train_output_rows
         if train_output is None:
             train_output = not arch.tie_word_embeddings
-        row_masks = apply_itemic_freeze(chunks, *freeze_range, train_output, arch.tie_word_embeddings,
-                                        ps.get_tensor_model_parallel_rank(), padded_vocab)
+        row_masks = apply_itemic_freeze(
+            chunks,
+            *freeze_range,
+            train_output,
+            arch.tie_word_embeddings,
+            ps.get_tensor_model_parallel_rank(),
+            padded_vocab,
+        )
 
     model = wrap_model(chunks, tconfig, cfg.parallel)
-    optimizer = build_optimizer(model, cfg.optimizer, tconfig.params_dtype, cfg.parallel.use_distributed_optimizer,
-                                row_frozen_param_names(row_masks))
+    optimizer = build_optimizer(
+        model,
+        cfg.optimizer,
+        tconfig.params_dtype,
+        cfg.parallel.use_distributed_optimizer,
+        row_frozen_param_names(row_masks),
+    )
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.train)
 
     vp = cfg.parallel.virtual_pipeline_model_parallel_size
     iteration, consumed, optimizer_loaded, resumed_from = 0, 0, False, None
     if source and is_resume:
-        state = ckpt.load_checkpoint(source, chunks, None if cfg.checkpoint.no_load_optim else optimizer,
-                                     scheduler, vp, load_rng=not cfg.checkpoint.no_load_rng)
+        state = ckpt.load_checkpoint(
+            source,
+            chunks,
+            None if cfg.checkpoint.no_load_optim else optimizer,
+            scheduler,
+            vp,
+            load_rng=not cfg.checkpoint.no_load_rng,
+        )
         iteration, consumed, optimizer_loaded = state.iteration, state.consumed_samples, state.optimizer_loaded
         resumed_from = state.path
         if rank0:
-            print(f"megarec: resumed from {state.path} at iteration {iteration} "
-                  f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'}"
-                  f"{'' if optimizer_loaded else ', no optimizer state: fresh optimizer from the loaded weights'})",
-                  flush=True)
+            print(
+                f"megarec: resumed from {state.path} at iteration {iteration} "
+                f"({consumed} samples consumed{'' if state.rng_restored else ', RNG not restored: new layout'}"
+                f"{'' if optimizer_loaded else ', no optimizer state: fresh optimizer from the loaded weights'})",
+                flush=True,
+            )
     elif source:
         path = ckpt.load_model_weights(source, chunks)
         if rank0:
@@ -245,8 +293,9 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     thd = uses_thd(cfg, impl)
     datasets = build_datasets(cfg.data, cfg.train, arch.vocab_size, run_dir, thd)
     total_samples = cfg.train.steps * cfg.train.global_batch_size
-    loader_iter = iter(make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size,
-                                   cfg.data.num_workers))
+    loader_iter = iter(
+        make_loader(datasets.train, consumed, total_samples, cfg.train, dp_rank, dp_size, cfg.data.num_workers)
+    )
     num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
     forward_step = _make_forward_step(device, needs_explicit_causal_mask(impl, cfg.model.local_attention), thd)
     tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_length
@@ -273,9 +322,16 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
         dt = time.perf_counter() - started  # the training step only: evaluation and saving are timed apart
         samples["consumed"] += cfg.train.global_batch_size
         tflops = flops_token * tokens_per_step / dt / dist.get_world_size() / 1e12
-        record = {"loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "loss_tokens": int(n_tokens),
-                  "consumed_samples": samples["consumed"], "tflops_per_device": tflops}
+        record = {
+            "loss": loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_step / dt,
+            "step_time_s": dt,
+            "loss_tokens": int(n_tokens),
+            "consumed_samples": samples["consumed"],
+            "tflops_per_device": tflops,
+        }
         if peak_tflops is not None:
             record["mfu"] = tflops / peak_tflops[1]
             record["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -283,21 +339,39 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
 
     def validate_fn(step: int) -> dict:
         with param_gather.hooks_off():
-            return {"valid_loss": _evaluate(model, datasets.valid, forward_step, cfg, dp_rank, dp_size,
-                                            num_microbatches, device)}
+            return {
+                "valid_loss": _evaluate(
+                    model, datasets.valid, forward_step, cfg, dp_rank, dp_size, num_microbatches, device
+                )
+            }
 
     def save(step: int) -> str:
         param_gather.sync()  # overlapped param gathering leaves non-owned shards stale until the next forward
-        return ckpt.save_checkpoint(save_root, step, chunks, optimizer, scheduler, samples["consumed"],
-                                    padded_vocab, vp, extra={"config": to_dict(cfg)},
-                                    keep_last=cfg.checkpoint.keep_last)
+        return ckpt.save_checkpoint(
+            save_root,
+            step,
+            chunks,
+            optimizer,
+            scheduler,
+            samples["consumed"],
+            padded_vocab,
+            vp,
+            extra={"config": to_dict(cfg)},
+            keep_last=cfg.checkpoint.keep_last,
+        )
 
-    cadence = Cadence(cfg.train.steps, cfg.logging.log_interval, cfg.train.eval_interval,
-                      cfg.checkpoint.save_interval, cfg.train.exit_interval)
+    cadence = Cadence(
+        cfg.train.steps,
+        cfg.logging.log_interval,
+        cfg.train.eval_interval,
+        cfg.checkpoint.save_interval,
+        cfg.train.exit_interval,
+    )
     with open_run(cfg, cfg.logging, rank0, cfg.train.steps, iteration, cfg.train.exit_signals) as run:
         loop = StepLoop(cadence, run.logger, run.signals, "pretrain", rank0)
-        summary = loop.run(iteration, train_step, save,
-                           validate_fn if datasets.valid is not None else None, resumed_from)
+        summary = loop.run(
+            iteration, train_step, save, validate_fn if datasets.valid is not None else None, resumed_from
+        )
         if summary.final_step == iteration == cfg.train.steps and not resumed_from:
             summary.checkpoint = save(iteration)  # nothing to train: keep the starting point as a checkpoint
         param_gather.finish()
@@ -315,8 +389,11 @@ def _mfu_peak(cfg: PretrainConfig) -> Optional[tuple[str, float]]:
     peak = ("fp8", cfg.logging.gpu_peak_tflops_fp8) if fp8 else ("bf16", cfg.logging.gpu_peak_tflops)
     if dist.get_rank() == 0:
         key = "logging.gpu_peak_tflops_fp8" if fp8 else "logging.gpu_peak_tflops"
-        print(f"megarec: MFU is model TFLOP/s per GPU (causal attention counted as half of S²) over the dense "
-              f"{peak[0]} peak of {peak[1]:g} TFLOP/s ({key})", flush=True)
+        print(
+            f"megarec: MFU is model TFLOP/s per GPU (causal attention counted as half of S²) over the dense "
+            f"{peak[0]} peak of {peak[1]:g} TFLOP/s ({key})",
+            flush=True,
+        )
     return peak
 
 

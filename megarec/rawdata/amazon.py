@@ -8,6 +8,7 @@ with "meta" are metadata and the other .json/.jsonl(.gz) files are reviews.
 Ratings >= 4 → purchase + like, <= 2 → purchase + dislike, else purchase; the review text becomes the
 interaction's explanation.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,9 +17,9 @@ import json
 import os
 from collections import defaultdict
 
+from megarec.common.errors import DataError
 from megarec.common.io import open_text
 from megarec.rawdata.schema import DropReport, RecLog, ViolationPolicy, validate
-from megarec.common.errors import DataError
 
 DOMAIN = "product"
 MAX_EXPLANATION_CHARS = 600
@@ -29,8 +30,9 @@ def find_files(data_dir: str) -> tuple[list[str], list[str]]:
     """(review files, metadata files) in a directory."""
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: Amazon data directory not found")
-    files = sorted(f for pat in ("*.json", "*.jsonl", "*.json.gz", "*.jsonl.gz")
-                   for f in glob.glob(os.path.join(data_dir, pat)))
+    files = sorted(
+        f for pat in ("*.json", "*.jsonl", "*.json.gz", "*.jsonl.gz") for f in glob.glob(os.path.join(data_dir, pat))
+    )
     meta = [f for f in files if os.path.basename(f).lower().startswith("meta")]
     reviews = [f for f in files if f not in meta]
     if not reviews:
@@ -122,8 +124,11 @@ def load_amazon(data_dir: str, *, on_error: str = "fail") -> RecLog:
             m = meta.get(asin)
             caption = _caption(m[2]) if m else None
             attrs = {"title": _text(m[2].get("title"))} if m else {}
-            yield (m[0], m[1], {"item_id": asin, "domain": DOMAIN, "caption": caption, "attributes": attrs}) if m \
+            yield (
+                (m[0], m[1], {"item_id": asin, "domain": DOMAIN, "caption": caption, "attributes": attrs})
+                if m
                 else (path, row, {"item_id": asin, "domain": DOMAIN, "caption": None})
+            )
 
     def users():
         for user, (path, row) in first.items():

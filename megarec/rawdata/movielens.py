@@ -4,6 +4,7 @@
 so it is never committed). Items are movies described by title, year and genres; ratings >= 4 count as
 "like", <= 2 as "dislike"; the builder's leave-one-out split is the usual protocol for this data.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,10 @@ import shutil
 import zipfile
 from collections import defaultdict
 
-from megarec.common.io import atomic_open
-from megarec.rawdata.schema import DropReport, RecLog, ViolationPolicy, validate
 from megarec.common.cache import cache_root, pip_download_wheel, temp_dir
 from megarec.common.errors import DataError
+from megarec.common.io import atomic_open
+from megarec.rawdata.schema import DropReport, RecLog, ViolationPolicy, validate
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 MEMBER_DIR = "recbole/dataset_example/ml-100k/"
@@ -72,13 +73,25 @@ def load_ml100k(data_dir: str | None = None, *, cache_dir: str | None = None, on
         caption = f"{title} ({year})" if year else title
         if genres:
             caption += ". Genres: " + ", ".join(genres) + "."
-        items.append((item_path, row, {"item_id": rec.get("item_id"), "domain": DOMAIN, "caption": caption or None,
-                                       "attributes": {"title": title, "year": year, "genres": genres}}))
+        items.append(
+            (
+                item_path,
+                row,
+                {
+                    "item_id": rec.get("item_id"),
+                    "domain": DOMAIN,
+                    "caption": caption or None,
+                    "attributes": {"title": title, "year": year, "genres": genres},
+                },
+            )
+        )
 
     profiles = {}
-    for row, rec in _table(user_path):
+    for _row, rec in _table(user_path):
         gender = GENDER.get(rec.get("gender", ""), "person")
-        profiles[rec.get("user_id")] = f"A {rec.get('age', '?')}-year-old {gender}, occupation: {rec.get('occupation', 'unknown')}."
+        profiles[rec.get("user_id")] = (
+            f"A {rec.get('age', '?')}-year-old {gender}, occupation: {rec.get('occupation', 'unknown')}."
+        )
 
     events = defaultdict(list)
     first_row = {}

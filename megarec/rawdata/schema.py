@@ -23,6 +23,7 @@ time order, unknown behaviour label, duplicate id) raise `DataError` naming file
 `on_error="fail"`; with `on_error="drop"` the offending interaction (unknown/mismatched item, bad label)
 or row (everything else) is dropped and counted in a `DropReport`.
 """
+
 from __future__ import annotations
 
 import json
@@ -117,8 +118,11 @@ class DropReport:
         return sum(self.counts.values())
 
     def to_dict(self) -> dict:
-        return {"total": self.total, "counts": dict(sorted(self.counts.items())),
-                "examples": {k: v for k, v in sorted(self.examples.items())}}
+        return {
+            "total": self.total,
+            "counts": dict(sorted(self.counts.items())),
+            "examples": {k: v for k, v in sorted(self.examples.items())},
+        }
 
     def summary(self) -> str:
         if not self.counts:
@@ -174,7 +178,9 @@ def _as_mapping(value: Any) -> Any:
     return value
 
 
-def _require_str(rec: dict, key: str, path: str, row: int, policy: ViolationPolicy, *, optional: bool = False) -> Optional[str]:
+def _require_str(
+    rec: dict, key: str, path: str, row: int, policy: ViolationPolicy, *, optional: bool = False
+) -> Optional[str]:
     value = rec.get(key)
     if value is None:
         if not optional:
@@ -194,6 +200,7 @@ class _Skip(Exception):
 
 def parse_item(rec: dict, path: str, row: int, policy: ViolationPolicy) -> Optional[Item]:
     """Validate one item row; None when dropped."""
+
     def need(value):
         if value is None:
             raise _Skip
@@ -208,8 +215,11 @@ def parse_item(rec: dict, path: str, row: int, policy: ViolationPolicy) -> Optio
             raise _Skip
         codes = _as_json(rec.get("codes"))
         if codes is not None:
-            if not isinstance(codes, (list, tuple)) or not codes or not all(
-                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in codes):
+            if (
+                not isinstance(codes, (list, tuple))
+                or not codes
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in codes)
+            ):
                 policy.violation(path, row, "codes", "wrong type", "expected a non-empty list of non-negative ints")
                 raise _Skip
             codes = tuple(int(c) for c in codes)
@@ -293,12 +303,22 @@ def parse_user(rec: dict, path: str, row: int, policy: ViolationPolicy, items: d
                     policy.violation(path, row, efld + ".item_id", "missing required field", "missing item_id")
                     raise _Skip
                 if ts is None:
-                    policy.violation(path, row, efld + ".ts", "missing required field",
-                                     f"expected an integer timestamp, got {ev.get('ts')!r}")
+                    policy.violation(
+                        path,
+                        row,
+                        efld + ".ts",
+                        "missing required field",
+                        f"expected an integer timestamp, got {ev.get('ts')!r}",
+                    )
                     raise _Skip
                 if last_ts is not None and ts < last_ts:
-                    policy.violation(path, row, efld + ".ts", "history not in time order",
-                                     f"timestamp {ts} is earlier than the previous {last_ts}")
+                    policy.violation(
+                        path,
+                        row,
+                        efld + ".ts",
+                        "history not in time order",
+                        f"timestamp {ts} is earlier than the previous {last_ts}",
+                    )
                     raise _Skip
                 last_ts = ts
                 item = items.get(item_id)
@@ -306,13 +326,23 @@ def parse_user(rec: dict, path: str, row: int, policy: ViolationPolicy, items: d
                     policy.violation(path, row, efld + ".item_id", "unknown item id", f"unknown item id {item_id!r}")
                     continue
                 if item.domain != domain:
-                    policy.violation(path, row, efld + ".item_id", "item of another domain",
-                                     f"item {item_id!r} belongs to domain {item.domain!r}")
+                    policy.violation(
+                        path,
+                        row,
+                        efld + ".item_id",
+                        "item of another domain",
+                        f"item {item_id!r} belongs to domain {item.domain!r}",
+                    )
                     continue
                 labels = _normalise_labels(ev.get("labels"))
                 if labels is None:
-                    policy.violation(path, row, efld + ".labels", "unknown behaviour label",
-                                     f"labels {ev.get('labels')!r} not within {BEHAVIOUR_LABELS}")
+                    policy.violation(
+                        path,
+                        row,
+                        efld + ".labels",
+                        "unknown behaviour label",
+                        f"labels {ev.get('labels')!r} not within {BEHAVIOUR_LABELS}",
+                    )
                     continue
                 expl = ev.get("explanation")
                 if expl is not None and not isinstance(expl, str):
@@ -333,8 +363,13 @@ def parse_user(rec: dict, path: str, row: int, policy: ViolationPolicy, items: d
             ids = [str(x) for x in (s.get("item_ids") or [])]
             known = tuple(x for x in ids if x in items)
             if len(known) != len(ids):
-                policy.violation(path, row, sfld + ".item_ids", "unknown item id",
-                                 f"unknown item ids {sorted(set(ids) - set(known))[:3]}")
+                policy.violation(
+                    path,
+                    row,
+                    sfld + ".item_ids",
+                    "unknown item id",
+                    f"unknown item ids {sorted(set(ids) - set(known))[:3]}",
+                )
                 if not known:
                     continue
             searches.append(Search(s["query"], _as_int(s["ts"]), known))
@@ -344,8 +379,14 @@ def parse_user(rec: dict, path: str, row: int, policy: ViolationPolicy, items: d
     return User(user_id, histories, split, profile or None, searches)
 
 
-def validate(items: Iterable[tuple[str, int, dict]], users: Iterable[tuple[str, int, dict]], *,
-             on_error: str = "fail", name: str = "log", report: Optional[DropReport] = None) -> RecLog:
+def validate(
+    items: Iterable[tuple[str, int, dict]],
+    users: Iterable[tuple[str, int, dict]],
+    *,
+    on_error: str = "fail",
+    name: str = "log",
+    report: Optional[DropReport] = None,
+) -> RecLog:
     """Build a RecLog from (path, row, record) triples of items then users, applying the schema.
 
     Items are consumed completely before users (users are checked against the catalogue)."""

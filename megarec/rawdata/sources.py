@@ -1,4 +1,5 @@
 """`--source` names → RecLog loaders: synthetic, ml-100k, amazon:<dir>, raw:<dir> (schema JSONL/parquet)."""
+
 from __future__ import annotations
 
 import glob
@@ -6,19 +7,26 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from megarec.rawdata.schema import RecLog, load_reclog
 from megarec.common.errors import ConfigError, DataError
+from megarec.rawdata.schema import RecLog, load_reclog
 
 
 @dataclass
 class SourceResult:
     log: RecLog
-    codes: Optional[dict]          # item codes the source provides (synthetic), else None
-    default_split: str             # "user" or "loo"
+    codes: Optional[dict]  # item codes the source provides (synthetic), else None
+    default_split: str  # "user" or "loo"
 
 
-def load_source(spec: str, *, seed: int = 0, num_users: int | None = None, num_items: int | None = None,
-                cache_dir: str | None = None, on_error: str = "fail") -> SourceResult:
+def load_source(
+    spec: str,
+    *,
+    seed: int = 0,
+    num_users: int | None = None,
+    num_items: int | None = None,
+    cache_dir: str | None = None,
+    on_error: str = "fail",
+) -> SourceResult:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         from megarec.rawdata.synthetic import SyntheticConfig, generate_synthetic

@@ -7,14 +7,15 @@ Markov walk over the user's topics; behaviour labels depend on how much the user
 Item codes mirror the structure (c1 = topic, c2 = keyword within the topic, c3 = running index), so a
 model can learn that items sharing a prefix are alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from megarec.rawdata.schema import DropReport, Interaction, Item, RecLog, Search, User
 from megarec.common.errors import ConfigError
+from megarec.rawdata.schema import DropReport, Interaction, Item, RecLog, Search, User
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "cooking": ("pasta", "baking", "street food", "knife skills", "spicy recipes"),
@@ -35,8 +36,20 @@ TOPICS: dict[str, tuple[str, ...]] = {
     "crafts": ("knitting", "woodworking", "pottery", "origami", "painting"),
 }
 DOMAIN_NOUNS = {"video": "short video", "ad": "advert", "product": "product"}
-ADJECTIVES = ("quick", "relaxing", "surprising", "beginner-friendly", "expert", "funny", "cozy", "epic",
-              "minimal", "colourful", "budget", "premium")
+ADJECTIVES = (
+    "quick",
+    "relaxing",
+    "surprising",
+    "beginner-friendly",
+    "expert",
+    "funny",
+    "cozy",
+    "epic",
+    "minimal",
+    "colourful",
+    "budget",
+    "premium",
+)
 DOMAIN_LABELS = {
     "video": ("like", "follow", "comment", "long_view"),
     "ad": ("click", "like"),
@@ -60,8 +73,9 @@ class SyntheticConfig:
         if not 1 <= self.num_topics <= len(TOPICS):
             raise ConfigError(f"num_topics must be in 1..{len(TOPICS)}")
         if self.num_items < len(self.domains) * self.num_topics:
-            raise ConfigError(f"num_items={self.num_items} is too small for {len(self.domains)} domains x "
-                              f"{self.num_topics} topics")
+            raise ConfigError(
+                f"num_items={self.num_items} is too small for {len(self.domains)} domains x {self.num_topics} topics"
+            )
         if self.num_users < 1 or not 2 <= self.min_history <= self.max_history:
             raise ConfigError("need num_users >= 1 and 2 <= min_history <= max_history")
         unknown = [d for d in self.domains if d not in DOMAIN_NOUNS]
@@ -102,8 +116,10 @@ def generate_synthetic(cfg: SyntheticConfig | None = None) -> tuple[RecLog, dict
     rng = np.random.default_rng(cfg.seed)
     topics = list(TOPICS)[: cfg.num_topics]
     items, codes, by_cell = _items(cfg, rng, topics)
-    popularity = {cell: (1.0 / np.arange(1, len(ids) + 1)) / (1.0 / np.arange(1, len(ids) + 1)).sum()
-                  for cell, ids in by_cell.items()}
+    popularity = {
+        cell: (1.0 / np.arange(1, len(ids) + 1)) / (1.0 / np.arange(1, len(ids) + 1)).sum()
+        for cell, ids in by_cell.items()
+    }
     users: list[User] = []
     n_topics = len(topics)
     for u in range(cfg.num_users):
@@ -127,8 +143,10 @@ def generate_synthetic(cfg: SyntheticConfig | None = None) -> tuple[RecLog, dict
                 labels = _labels(domain, float(affinity[t]), rng)
                 explanation = None
                 if "like" in labels and rng.random() < 0.5:
-                    explanation = (f"The user keeps coming back to {topics[t]} content, and this "
-                                   f"{DOMAIN_NOUNS[domain]} about {items[item_id].attributes['keyword']} fits that taste.")
+                    explanation = (
+                        f"The user keeps coming back to {topics[t]} content, and this "
+                        f"{DOMAIN_NOUNS[domain]} about {items[item_id].attributes['keyword']} fits that taste."
+                    )
                 events.append(Interaction(item_id, ts, labels, explanation))
                 ts += int(rng.integers(60, 86_400))
             histories[domain] = events
@@ -139,8 +157,9 @@ def generate_synthetic(cfg: SyntheticConfig | None = None) -> tuple[RecLog, dict
             keyword = TOPICS[topics[t]][int(rng.integers(5))]
             ids = by_cell[(domain, t)]
             picked = rng.choice(len(ids), size=min(len(ids), int(rng.integers(1, 4))), replace=False)
-            searches.append(Search(keyword, clock + int(rng.integers(0, 30 * 86_400)),
-                                   tuple(ids[int(i)] for i in sorted(picked))))
+            searches.append(
+                Search(keyword, clock + int(rng.integers(0, 30 * 86_400)), tuple(ids[int(i)] for i in sorted(picked)))
+            )
         searches.sort(key=lambda s: s.ts)
         users.append(User(f"u{u:06d}", histories, None, profile, searches))
     return RecLog(items, users, DropReport(), name="synthetic"), dict(codes)
@@ -148,8 +167,14 @@ def generate_synthetic(cfg: SyntheticConfig | None = None) -> tuple[RecLog, dict
 
 def _labels(domain: str, affinity: float, rng: np.random.Generator) -> tuple[str, ...]:
     """Behaviour labels whose probabilities follow the user's affinity to the item's topic."""
-    p = {"like": 0.05 + 0.75 * affinity, "long_view": 0.15 + 0.7 * affinity, "comment": 0.02 + 0.25 * affinity,
-         "follow": 0.01 + 0.2 * affinity, "click": 0.05 + 0.6 * affinity, "purchase": 0.02 + 0.4 * affinity}
+    p = {
+        "like": 0.05 + 0.75 * affinity,
+        "long_view": 0.15 + 0.7 * affinity,
+        "comment": 0.02 + 0.25 * affinity,
+        "follow": 0.01 + 0.2 * affinity,
+        "click": 0.05 + 0.6 * affinity,
+        "purchase": 0.02 + 0.4 * affinity,
+    }
     out = [lab for lab in DOMAIN_LABELS[domain] if rng.random() < p[lab]]
     if not out and rng.random() < 0.6 * (1.0 - affinity):
         out.append("dislike")

@@ -6,6 +6,7 @@ step and `<root>/latest_checkpointed_iteration.txt` naming the newest. A save wr
 file, fsynced, renamed) and prunes older steps beyond `keep_last` (`commit`). What goes inside a step
 directory is the stage's business (a Megatron dist checkpoint; an HF checkpoint plus optimizer state).
 """
+
 from __future__ import annotations
 
 import os

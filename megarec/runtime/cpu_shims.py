@@ -8,6 +8,7 @@ optimizer's checkpoint loading with plain torch AdamW (no apex / Transformer Eng
 CPU run) trips over Adam's `step` state.
 `enable()` patches exactly those points; on a machine with CUDA it does nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,9 +73,9 @@ def _patch_cp_rotary_slice() -> None:
     def get_pos_emb_on_this_cp_rank(pos_emb, seq_dim, cp_group):
         cp_size, cp_rank = cp_group.size(), cp_group.rank()
         index = torch.tensor([cp_rank, 2 * cp_size - cp_rank - 1], device=pos_emb.device)
-        pos_emb = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp_size, -1, *pos_emb.shape[seq_dim + 1:])
+        pos_emb = pos_emb.view(*pos_emb.shape[:seq_dim], 2 * cp_size, -1, *pos_emb.shape[seq_dim + 1 :])
         pos_emb = pos_emb.index_select(seq_dim, index)
-        return pos_emb.view(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 2:])
+        return pos_emb.view(*pos_emb.shape[:seq_dim], -1, *pos_emb.shape[seq_dim + 2 :])
 
     rope_utils.get_pos_emb_on_this_cp_rank = get_pos_emb_on_this_cp_rank
     rotary_pos_embedding.get_pos_emb_on_this_cp_rank = get_pos_emb_on_this_cp_rank
@@ -102,8 +103,11 @@ def _patch_torch_adam_distributed_optimizer() -> None:
         if is_loading and isinstance(inner, torch.optim.Adam) and not inner.state:
             for group in inner.param_groups:
                 for p in group["params"]:
-                    inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
-                                      "exp_avg_sq": torch.zeros_like(p)}
+                    inner.state[p] = {
+                        "step": torch.tensor(0.0),
+                        "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
         return original_sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, *args, **kwargs)
 
     def set_main_param_and_optimizer_states(self, model_param, tensors):

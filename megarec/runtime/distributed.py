@@ -2,6 +2,7 @@
 default process group (NCCL with CUDA, gloo on CPUs) with a configurable timeout, its device, and the few
 collectives the loops use (no-ops in a single process). Megatron-Core's model-parallel groups are built on top
 of it by `megarec.runtime.megatron_parallel`."""
+
 from __future__ import annotations
 
 import datetime
@@ -48,13 +49,24 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; `srun python -m megarec` sets SLURM_* only."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
+        return LaunchEnv(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", 29500)),
+            "torchrun",
+        )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
-                         env.get("MASTER_ADDR") or first_slurm_host(nodelist),
-                         int(env.get("MASTER_PORT", 29500)), "slurm")
+        return LaunchEnv(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            int(env.get("MASTER_PORT", 29500)),
+            "slurm",
+        )
     return LaunchEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or _free_port(), "single")
 
 
@@ -97,8 +109,9 @@ def init_process_group(timeout_minutes: Optional[int] = None, always: bool = Fal
             os.environ["MASTER_ADDR"] = launch.master_addr
             os.environ["MASTER_PORT"] = str(launch.master_port)
             timeout = datetime.timedelta(minutes=timeout_minutes) if timeout_minutes else None
-            dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                                    **({"timeout": timeout} if timeout else {}))
+            dist.init_process_group(
+                backend, rank=launch.rank, world_size=launch.world_size, **({"timeout": timeout} if timeout else {})
+            )
     return DistEnv(launch.rank, launch.world_size, launch.local_rank, device)
 
 

@@ -8,6 +8,7 @@ and at the last; 0 = never) → exit on a signal any rank received (SLURM pre-em
 steps of this run → save (every `save_interval` steps, on exit and at the last step) → leave if exiting.
 Every record goes to the metrics logger (metrics.jsonl, stdout, wandb) with its step.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,11 +50,11 @@ class Cadence:
 class RunSummary:
     start_step: int
     final_step: int
-    history: list = field(default_factory=list)        # the record of every step
-    validations: list = field(default_factory=list)    # one dict per validation
-    exit_reason: str = "finished"                      # finished | signal | exit_interval
-    checkpoint: Optional[str] = None                   # newest checkpoint (written by this run or resumed from)
-    output: Optional[str] = None                       # the stage's final export, when it writes one
+    history: list = field(default_factory=list)  # the record of every step
+    validations: list = field(default_factory=list)  # one dict per validation
+    exit_reason: str = "finished"  # finished | signal | exit_interval
+    checkpoint: Optional[str] = None  # newest checkpoint (written by this run or resumed from)
+    output: Optional[str] = None  # the stage's final export, when it writes one
 
     @property
     def losses(self) -> list[float]:
@@ -61,8 +62,15 @@ class RunSummary:
 
 
 class StepLoop:
-    def __init__(self, cadence: Cadence, logger: MetricsLogger, signals: ExitSignalHandler, verb: str,
-                 is_rank0: bool, hint: str = "lower optimizer.lr or inspect the data"):
+    def __init__(
+        self,
+        cadence: Cadence,
+        logger: MetricsLogger,
+        signals: ExitSignalHandler,
+        verb: str,
+        is_rank0: bool,
+        hint: str = "lower optimizer.lr or inspect the data",
+    ):
         self.cadence = cadence
         self.logger = logger
         self.signals = signals
@@ -70,9 +78,14 @@ class StepLoop:
         self.is_rank0 = is_rank0
         self.hint = hint
 
-    def run(self, start_step: int, train_step: Callable[[int], dict],
-            save: Optional[Callable[[int], str]] = None, validate: Optional[Callable[[int], dict]] = None,
-            last_checkpoint: Optional[str] = None) -> RunSummary:
+    def run(
+        self,
+        start_step: int,
+        train_step: Callable[[int], dict],
+        save: Optional[Callable[[int], str]] = None,
+        validate: Optional[Callable[[int], dict]] = None,
+        last_checkpoint: Optional[str] = None,
+    ) -> RunSummary:
         """Steps start_step + 1 .. total. `train_step(step)` returns the step's record (with `loss`; may add
         `step_time_s`, otherwise the loop times the call); `save(step)` writes a checkpoint and returns its path
         (None: nothing is saved); `validate(step)` returns validation metrics."""
@@ -93,7 +106,8 @@ class StepLoop:
             except NonFinite as e:
                 raise TrainingDivergedError(
                     f"step {step}: {e.name} is {e.value}{' ' + e.detail if e.detail else ''} — stopping without "
-                    f"saving (last checkpoint: {summary.checkpoint or 'none'}); {self.hint}") from None
+                    f"saving (last checkpoint: {summary.checkpoint or 'none'}); {self.hint}"
+                ) from None
             record = {"step": step, **record}
             record.setdefault("step_time_s", time.perf_counter() - started)
             summary.history.append(record)
@@ -114,8 +128,11 @@ class StepLoop:
                 break
         if summary.exit_reason == "signal" and self.is_rank0:
             saved = summary.checkpoint if save is not None else "nothing (no checkpoint directory)"
-            print(f"megarec {self.verb}: received {self.signals.received or 'an exit signal on another rank'}; "
-                  f"saved {saved} at step {summary.final_step}; exiting", flush=True)
+            print(
+                f"megarec {self.verb}: received {self.signals.received or 'an exit signal on another rank'}; "
+                f"saved {saved} at step {summary.final_step}; exiting",
+                flush=True,
+            )
         return summary
 
     def _validate(self, validate: Callable[[int], dict], step: int, summary: RunSummary) -> None:

@@ -5,6 +5,7 @@ save never looks complete) holds one dist checkpoint: model chunks, optimizer (r
 LR scheduler, RNG (restored only at the same layout), iteration and consumed samples, and the fields
 Megatron-LM's loader reads (`megatron_lm_compat`).
 """
+
 from __future__ import annotations
 
 import os
@@ -77,9 +78,13 @@ def _rng_sharded_object():
         "tracker": get_cuda_rng_tracker().get_states(),
     }
     pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
-    return ShardedObject("rng_state", state, (pp, tp),
-                         (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
-                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
+    return ShardedObject(
+        "rng_state",
+        state,
+        (pp, tp),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(with_context_parallel=True),
+    )
 
 
 def _restore_rng(state: dict) -> None:
@@ -96,9 +101,18 @@ def _restore_rng(state: dict) -> None:
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
-def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, consumed_samples: int,
-                    padded_vocab_size: int, vp: Optional[int], extra: Optional[dict] = None,
-                    keep_last: int = 0) -> str:
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    chunks: list,
+    optimizer,
+    scheduler,
+    consumed_samples: int,
+    padded_vocab_size: int,
+    vp: Optional[int],
+    extra: Optional[dict] = None,
+    keep_last: int = 0,
+) -> str:
     """Collective: every rank calls it. Returns the final iteration directory."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
@@ -121,8 +135,15 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
         megarec=extra or {},
         # Read by Megatron-LM's load_checkpoint, not by megarec: checkpoint_version, args, opt_param_scheduler.
         **megatron_lm_compat.common_state_fields(
-            chunks, padded_vocab_size, consumed_samples, optimizer is not None,
-            scheduler.state_dict() if scheduler is not None else None, state["rng_state"].data, extra, vp),
+            chunks,
+            padded_vocab_size,
+            consumed_samples,
+            optimizer is not None,
+            scheduler.state_dict() if scheduler is not None else None,
+            state["rng_state"].data,
+            extra,
+            vp,
+        ),
     )
     dist_checkpointing.save(state, tmp, content_metadata=OPTIMIZER_METADATA)
     dist.barrier()
@@ -149,8 +170,9 @@ def _load_model_state(chunks: list, loaded: dict) -> None:
             raise ConfigError(f"checkpoint lacks model weights: {missing[:3]}")
 
 
-def load_checkpoint(path: str, chunks: list, optimizer=None, scheduler=None, vp: Optional[int] = None,
-                    load_rng: bool = True) -> LoadedState:
+def load_checkpoint(
+    path: str, chunks: list, optimizer=None, scheduler=None, vp: Optional[int] = None, load_rng: bool = True
+) -> LoadedState:
     """Resume everything from a checkpoint root or iteration directory (collective)."""
 
     ckpt_dir = resolve_checkpoint_dir(path)
@@ -170,8 +192,13 @@ def load_checkpoint(path: str, chunks: list, optimizer=None, scheduler=None, vp:
         scheduler.load_state_dict(common["scheduler"])
     if restore_rng:
         _restore_rng(loaded["rng_state"])
-    return LoadedState(int(common.get("iteration", 0)), int(common.get("consumed_samples", 0)), restore_rng,
-                       ckpt_dir, "optimizer" in state)
+    return LoadedState(
+        int(common.get("iteration", 0)),
+        int(common.get("consumed_samples", 0)),
+        restore_rng,
+        ckpt_dir,
+        "optimizer" in state,
+    )
 
 
 def load_model_weights(path: str, chunks: list) -> str:
@@ -203,8 +230,11 @@ def _load_tolerating_extra_state(sharded_state: dict, ckpt_dir: str) -> dict:
         raise ConfigError(f"{ckpt_dir}: checkpoint lacks {len(other)} entries the model needs, e.g. {other[:3]}")
     if extra and ckpt_dir not in _announced_extra_state and (not dist.is_initialized() or dist.get_rank() == 0):
         _announced_extra_state.add(ckpt_dir)
-        print(f"megarec: {ckpt_dir} has no Transformer Engine extra state for {len(extra)} modules (e.g. "
-              f"{extra[0]}); they start with fresh FP8 scaling metadata", flush=True)
+        print(
+            f"megarec: {ckpt_dir} has no Transformer Engine extra state for {len(extra)} modules (e.g. "
+            f"{extra[0]}); they start with fresh FP8 scaling metadata",
+            flush=True,
+        )
     return loaded
 
 
@@ -232,9 +262,11 @@ def flags_for_checkpoint(path: str, mode: str = "weights") -> list[str]:
     ckpt_dir = resolve_checkpoint_dir(path)
     common = read_common_state(ckpt_dir)
     if "args" not in common:
-        raise ConfigError(f"{ckpt_dir} has no Megatron-LM args (saved by an older megarec): write the flags by "
-                          "hand (docs/convert.md, 'Moving checkpoints to and from Megatron-LM') and load it with "
-                          "--finetune, or save it again with this version")
+        raise ConfigError(
+            f"{ckpt_dir} has no Megatron-LM args (saved by an older megarec): write the flags by "
+            "hand (docs/convert.md, 'Moving checkpoints to and from Megatron-LM') and load it with "
+            "--finetune, or save it again with this version"
+        )
     root = os.path.dirname(os.path.abspath(ckpt_dir))
     flags = megatron_lm_compat.megatron_lm_flags(common["args"], common.get("opt_param_scheduler"), root, mode)
     if checkpoint_dir.read_latest(root) != int(common["iteration"]):
@@ -258,5 +290,4 @@ def read_full_tensors(path: str, optimizer: bool = False) -> dict:
 
     ensure_single_process_group()
     tensors = dist_checkpointing.load_plain_tensors(resolve_checkpoint_dir(path))
-    return {k: v for k, v in tensors.items()
-            if isinstance(v, torch.Tensor) and k.startswith("optimizer.") == optimizer}
+    return {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) and k.startswith("optimizer.") == optimizer}

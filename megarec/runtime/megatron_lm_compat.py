@@ -25,6 +25,7 @@ The way back: a Megatron-LM checkpoint gives megarec its weights (`checkpoint.in
 vocabulary read from its `args.padded_vocab_size`. Resuming a megarec run from one is refused in one line:
 megarec would not find its scheduler state and data position in it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,34 +44,70 @@ CKPT_FORMAT = "torch_dist"
 COMMON_KEYS_READ = ("iteration", "checkpoint_version", "args", "opt_param_scheduler")
 # args attributes load_checkpoint reads (with a default, except where check_checkpoint_args has none).
 ARGS_READ_ON_LOAD = (
-    "tensor_model_parallel_size", "pipeline_model_parallel_size",  # RNG / optimizer-reshard decisions
-    "world_size", "data_parallel_size",  # rerun-state decision
-    "no_save_rng", "no_save_optim",
-    "num_layers", "hidden_size", "num_attention_heads",  # check_checkpoint_args: no default
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",  # RNG / optimizer-reshard decisions
+    "world_size",
+    "data_parallel_size",  # rerun-state decision
+    "no_save_rng",
+    "no_save_optim",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",  # check_checkpoint_args: no default
     "add_position_embedding",
-    "max_position_embeddings", "make_vocab_size_divisible_by", "tokenizer_type",  # compared with --vocab-file
-    "consumed_train_samples", "skipped_train_samples", "consumed_valid_samples",
+    "max_position_embeddings",
+    "make_vocab_size_divisible_by",
+    "tokenizer_type",  # compared with --vocab-file
+    "consumed_train_samples",
+    "skipped_train_samples",
+    "consumed_valid_samples",
 )
 # args attributes `--use-checkpoint-args` copies into the run (load_args_from_checkpoint); MoE, Mamba,
 # heterogeneous-layer and tokenizer-model ones are left out (None there means "not set").
 ARGS_FOR_USE_CHECKPOINT_ARGS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads", "num_query_groups",
-    "group_query_attention", "kv_channels", "max_position_embeddings", "position_embedding_type",
-    "add_position_embedding", "use_rotary_position_embeddings", "rotary_base", "rotary_percent",
-    "rotary_interleaved", "add_bias_linear", "add_qkv_bias", "squared_relu", "swiglu",
-    "untie_embeddings_and_output_weights", "apply_layernorm_1p", "normalization", "apply_query_key_layer_scaling",
-    "attention_dropout", "hidden_dropout", "padded_vocab_size", "ckpt_format", "tensor_model_parallel_size",
-    "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size", "expert_model_parallel_size",
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "seq_length",
+    "num_attention_heads",
+    "num_query_groups",
+    "group_query_attention",
+    "kv_channels",
+    "max_position_embeddings",
+    "position_embedding_type",
+    "add_position_embedding",
+    "use_rotary_position_embeddings",
+    "rotary_base",
+    "rotary_percent",
+    "rotary_interleaved",
+    "add_bias_linear",
+    "add_qkv_bias",
+    "squared_relu",
+    "swiglu",
+    "untie_embeddings_and_output_weights",
+    "apply_layernorm_1p",
+    "normalization",
+    "apply_query_key_layer_scaling",
+    "attention_dropout",
+    "hidden_dropout",
+    "padded_vocab_size",
+    "ckpt_format",
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "expert_model_parallel_size",
 )
 # Megatron-LM's per-rank RNG dict (megatron/training/checkpointing.py get_rng_state).
-MEGATRON_LM_RNG_KEYS = ("random_rng_state", "np_rng_state", "torch_rng_state", "cuda_rng_state",
-                        "rng_tracker_states")
+MEGATRON_LM_RNG_KEYS = ("random_rng_state", "np_rng_state", "torch_rng_state", "cuda_rng_state", "rng_tracker_states")
 
 
 def rng_state_readable(data: Any) -> bool:
     """True when an rng_state object has Megatron-LM's layout: a list of per-DP-rank dicts with its keys."""
-    return (isinstance(data, (list, tuple)) and len(data) > 0 and isinstance(data[0], dict)
-            and all(k in data[0] for k in MEGATRON_LM_RNG_KEYS))
+    return (
+        isinstance(data, (list, tuple))
+        and len(data) > 0
+        and isinstance(data[0], dict)
+        and all(k in data[0] for k in MEGATRON_LM_RNG_KEYS)
+    )
 
 
 def run_settings(extra: Optional[dict]) -> dict:
@@ -81,8 +118,9 @@ def run_settings(extra: Optional[dict]) -> dict:
     train, model = cfg.get("train") or {}, cfg.get("model") or {}
     data, parallel = cfg.get("data") or {}, cfg.get("parallel") or {}
     return {
-        "make_vocab_size_divisible_by": model.get("make_vocab_size_divisible_by",
-                                                  conv.get("make_vocab_size_divisible_by")),
+        "make_vocab_size_divisible_by": model.get(
+            "make_vocab_size_divisible_by", conv.get("make_vocab_size_divisible_by")
+        ),
         "seq_length": train.get("seq_length"),
         "micro_batch_size": train.get("micro_batch_size"),
         "global_batch_size": train.get("global_batch_size"),
@@ -93,17 +131,30 @@ def run_settings(extra: Optional[dict]) -> dict:
     }
 
 
-def checkpoint_args(model, *, padded_vocab_size: int, tp: int, pp: int, vp: Optional[int], world_size: int,
-                    data_parallel_size: int, consumed_samples: int, saved_optimizer: bool, saved_rng: bool,
-                    settings: Optional[dict] = None) -> argparse.Namespace:
+def checkpoint_args(
+    model,
+    *,
+    padded_vocab_size: int,
+    tp: int,
+    pp: int,
+    vp: Optional[int],
+    world_size: int,
+    data_parallel_size: int,
+    consumed_samples: int,
+    saved_optimizer: bool,
+    saved_rng: bool,
+    settings: Optional[dict] = None,
+) -> argparse.Namespace:
     """Megatron-LM's checkpoint `args` for a megarec GPTModel chunk (its TransformerConfig and attributes)."""
     import torch
 
     c = model.config
     s = dict(settings or {})
     if c.num_moe_experts or int(model.vocab_size) != int(padded_vocab_size):
-        raise RuntimeError(f"internal: Megatron-LM args are written for dense models whose vocabulary is the "
-                           f"checkpoint's ({model.vocab_size} rows vs padded_vocab_size={padded_vocab_size})")
+        raise RuntimeError(
+            f"internal: Megatron-LM args are written for dense models whose vocabulary is the "
+            f"checkpoint's ({model.vocab_size} rows vs padded_vocab_size={padded_vocab_size})"
+        )
     activation = getattr(c.activation_func, "__name__", "")
     kv_heads = c.num_query_groups or c.num_attention_heads
     tokenizer = s.get("tokenizer_model")
@@ -185,9 +236,16 @@ def scheduler_state_in_samples(state: dict, global_batch_size: int) -> dict:
     return {**state, **{k: state[k] * global_batch_size for k in SCHEDULER_STEP_FIELDS}}
 
 
-def common_state_fields(chunks: list, padded_vocab_size: int, consumed_samples: int, optimizer_saved: bool,
-                        scheduler_state: Optional[dict], rng_data: Any, extra: Optional[dict],
-                        vp: Optional[int]) -> dict:
+def common_state_fields(
+    chunks: list,
+    padded_vocab_size: int,
+    consumed_samples: int,
+    optimizer_saved: bool,
+    scheduler_state: Optional[dict],
+    rng_data: Any,
+    extra: Optional[dict],
+    vp: Optional[int],
+) -> dict:
     """The keys save_checkpoint adds to the common state for Megatron-LM (needs Megatron's groups):
     checkpoint_version, args, and opt_param_scheduler when the run's global batch size is known."""
     import torch.distributed as dist
@@ -195,10 +253,18 @@ def common_state_fields(chunks: list, padded_vocab_size: int, consumed_samples: 
 
     settings = run_settings(extra)
     args = checkpoint_args(
-        chunks[0], padded_vocab_size=padded_vocab_size, tp=ps.get_tensor_model_parallel_world_size(),
-        pp=ps.get_pipeline_model_parallel_world_size(), vp=vp, world_size=dist.get_world_size(),
-        data_parallel_size=ps.get_data_parallel_world_size(), consumed_samples=consumed_samples,
-        saved_optimizer=optimizer_saved, saved_rng=rng_state_readable(rng_data), settings=settings)
+        chunks[0],
+        padded_vocab_size=padded_vocab_size,
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        vp=vp,
+        world_size=dist.get_world_size(),
+        data_parallel_size=ps.get_data_parallel_world_size(),
+        consumed_samples=consumed_samples,
+        saved_optimizer=optimizer_saved,
+        saved_rng=rng_state_readable(rng_data),
+        settings=settings,
+    )
     fields = {"checkpoint_version": CHECKPOINT_VERSION, "args": args}
     if scheduler_state and settings["global_batch_size"]:
         fields["opt_param_scheduler"] = scheduler_state_in_samples(scheduler_state, settings["global_batch_size"])
@@ -224,9 +290,11 @@ def padded_vocab_size(common: dict) -> Optional[int]:
 def refuse_resume(common: dict, path: str) -> None:
     """One-line refusal to resume a megarec run from a Megatron-LM checkpoint (weights only)."""
     if is_megatron_lm_checkpoint(common):
-        raise ConfigError(f"{path} is a Megatron-LM checkpoint: start from its weights with "
-                          "checkpoint.init_from=<it> (its optimizer, LR scheduler and data position do not carry "
-                          "over to megarec)")
+        raise ConfigError(
+            f"{path} is a Megatron-LM checkpoint: start from its weights with "
+            "checkpoint.init_from=<it> (its optimizer, LR scheduler and data position do not carry "
+            "over to megarec)"
+        )
 
 
 # ---------------------------------------------------------------- Megatron-LM command line
@@ -236,8 +304,9 @@ def _num(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def megatron_lm_flags(args: argparse.Namespace, scheduler: Optional[dict] = None, load: Optional[str] = None,
-                      mode: str = "weights") -> list[str]:
+def megatron_lm_flags(
+    args: argparse.Namespace, scheduler: Optional[dict] = None, load: Optional[str] = None, mode: str = "weights"
+) -> list[str]:
     """Megatron-LM (core_v0.16.1) flags for the model, vocabulary and checkpoint described by a checkpoint's
     `args`. mode="weights": --finetune (weights only, iteration 0). mode="resume": the iteration, consumed
     samples, optimizer and, given the checkpoint's opt_param_scheduler, the LR-schedule flags its values need."""
@@ -246,21 +315,45 @@ def megatron_lm_flags(args: argparse.Namespace, scheduler: Optional[dict] = None
     a = args
     if a.position_embedding_type != "rope" or a.normalization != "RMSNorm" or not a.swiglu or a.add_bias_linear:
         raise ConfigError("these flags are for Qwen3-style checkpoints (RoPE, RMSNorm, SwiGLU, no biases)")
-    flags = ["--num-layers", _num(a.num_layers), "--hidden-size", _num(a.hidden_size),
-             "--ffn-hidden-size", _num(a.ffn_hidden_size), "--num-attention-heads", _num(a.num_attention_heads)]
+    flags = [
+        "--num-layers",
+        _num(a.num_layers),
+        "--hidden-size",
+        _num(a.hidden_size),
+        "--ffn-hidden-size",
+        _num(a.ffn_hidden_size),
+        "--num-attention-heads",
+        _num(a.num_attention_heads),
+    ]
     if a.group_query_attention:
         flags += ["--group-query-attention", "--num-query-groups", _num(a.num_query_groups)]
     flags += ["--kv-channels", _num(a.kv_channels)]
     if a.qk_layernorm:
         flags.append("--qk-layernorm")
-    flags += ["--normalization", a.normalization, "--norm-epsilon", _num(a.layernorm_epsilon), "--swiglu",
-              "--disable-bias-linear", "--position-embedding-type", "rope", "--rotary-base", _num(a.rotary_base)]
+    flags += [
+        "--normalization",
+        a.normalization,
+        "--norm-epsilon",
+        _num(a.layernorm_epsilon),
+        "--swiglu",
+        "--disable-bias-linear",
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        _num(a.rotary_base),
+    ]
     if a.rotary_percent != 1.0:
         flags += ["--rotary-percent", _num(a.rotary_percent)]
     if a.untie_embeddings_and_output_weights:
         flags.append("--untie-embeddings-and-output-weights")
-    flags += ["--max-position-embeddings", _num(a.max_position_embeddings),
-              "--attention-dropout", _num(a.attention_dropout), "--hidden-dropout", _num(a.hidden_dropout)]
+    flags += [
+        "--max-position-embeddings",
+        _num(a.max_position_embeddings),
+        "--attention-dropout",
+        _num(a.attention_dropout),
+        "--hidden-dropout",
+        _num(a.hidden_dropout),
+    ]
     if a.make_vocab_size_divisible_by:
         flags += ["--make-vocab-size-divisible-by", _num(a.make_vocab_size_divisible_by)]
     flags += ["--padded-vocab-size", _num(a.padded_vocab_size)]
@@ -284,10 +377,20 @@ def megatron_lm_flags(args: argparse.Namespace, scheduler: Optional[dict] = None
         gbs = a.global_batch_size
         if not gbs:
             raise ConfigError("the checkpoint args have no global_batch_size to convert the LR schedule with")
-        flags += ["--train-iters", _num(scheduler["lr_decay_steps"] // gbs),
-                  "--lr-warmup-iters", _num(scheduler["lr_warmup_steps"] // gbs),
-                  "--lr", _num(scheduler["max_lr"]), "--min-lr", _num(scheduler["min_lr"]),
-                  "--lr-decay-style", scheduler["lr_decay_style"],
-                  "--weight-decay", _num(scheduler["start_wd"]),
-                  "--weight-decay-incr-style", scheduler["wd_incr_style"]]
+        flags += [
+            "--train-iters",
+            _num(scheduler["lr_decay_steps"] // gbs),
+            "--lr-warmup-iters",
+            _num(scheduler["lr_warmup_steps"] // gbs),
+            "--lr",
+            _num(scheduler["max_lr"]),
+            "--min-lr",
+            _num(scheduler["min_lr"]),
+            "--lr-decay-style",
+            scheduler["lr_decay_style"],
+            "--weight-decay",
+            _num(scheduler["start_wd"]),
+            "--weight-decay-incr-style",
+            scheduler["wd_incr_style"],
+        ]
     return flags

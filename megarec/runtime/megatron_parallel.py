@@ -1,5 +1,6 @@
 """Megatron-Core's model-parallel groups (TP, PP, VP, CP and the data-parallel rest) on top of the default
 process group, and the seeding Megatron-LM does for them. Used by pre-training, conversion and the GPU check."""
+
 from __future__ import annotations
 
 import torch

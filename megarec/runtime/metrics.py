@@ -1,5 +1,6 @@
 """Run observability: metrics.jsonl, stdout lines, wandb (offline unless configured) and a progress bar.
 Only global rank 0 writes."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,19 @@ import sys
 from typing import Optional
 
 
-
 class MetricsLogger:
-    def __init__(self, run_dir: str, enabled: bool, wandb_mode: str, wandb_project: str,
-                 wandb_name: Optional[str], config: dict, total_steps: int, start_step: int, progress: bool):
+    def __init__(
+        self,
+        run_dir: str,
+        enabled: bool,
+        wandb_mode: str,
+        wandb_project: str,
+        wandb_name: Optional[str],
+        config: dict,
+        total_steps: int,
+        start_step: int,
+        progress: bool,
+    ):
         self.enabled = enabled
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._wandb = None
@@ -24,15 +34,22 @@ class MetricsLogger:
             try:
                 import wandb
 
-                self._wandb = wandb.init(project=wandb_project, name=wandb_name or os.path.basename(
-                    os.path.abspath(run_dir)), dir=run_dir, mode=wandb_mode, config=config, resume="allow")
+                self._wandb = wandb.init(
+                    project=wandb_project,
+                    name=wandb_name or os.path.basename(os.path.abspath(run_dir)),
+                    dir=run_dir,
+                    mode=wandb_mode,
+                    config=config,
+                    resume="allow",
+                )
             except Exception as e:  # wandb is an extra sink; the run must not die with it
                 print(f"megarec: wandb disabled ({type(e).__name__}: {e})", file=sys.stderr)
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                             dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+            )
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -47,8 +64,10 @@ class MetricsLogger:
         else:
             print(line, flush=True)
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
-                            step=record.get("step"))
+            self._wandb.log(
+                {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                step=record.get("step"),
+            )
 
     def advance(self, n: int = 1, **postfix) -> None:
         if self._bar is not None:

@@ -1,5 +1,6 @@
 """Exit signals (SLURM pre-emption sends SIGTERM or, with --signal, SIGUSR1): remember that one
 arrived; the training loop agrees across ranks, saves a checkpoint and exits cleanly."""
+
 from __future__ import annotations
 
 import signal
@@ -24,8 +25,9 @@ class ExitSignalHandler:
         """Collective: True on every rank if any rank got a signal."""
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
+        flag = torch.tensor(
+            [1 if self.received else 0], dtype=torch.int32, device="cuda" if torch.cuda.is_available() else "cpu"
+        )
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

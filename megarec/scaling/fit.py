@@ -1,6 +1,7 @@
 """Fitting L(N, D) = E + A/N^α + B/D^β to (N, D, loss) runs, as in Hoffmann et al. (2022), approach 3:
 minimise Σ Huber_δ(LSE(a − α log N, b − β log D, e) − log L) over (a, b, e, α, β) with A = e^a,
 B = e^b, E = e^e, by L-BFGS-B (scipy) from every point of a grid of initialisations, keeping the best."""
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,11 @@ import numpy as np
 from megarec.common.errors import ConfigError, DataError
 from megarec.scaling.law import ScalingLaw
 
-COLUMN_ALIASES = {"N": ("params", "n", "n_params", "num_params", "parameters"),
-                  "D": ("tokens", "d", "n_tokens", "num_tokens", "data"),
-                  "L": ("loss", "l", "final_loss", "eval_loss", "val_loss")}
+COLUMN_ALIASES = {
+    "N": ("params", "n", "n_params", "num_params", "parameters"),
+    "D": ("tokens", "d", "n_tokens", "num_tokens", "data"),
+    "L": ("loss", "l", "final_loss", "eval_loss", "val_loss"),
+}
 
 DEFAULT_GRID = {
     "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
@@ -24,8 +27,13 @@ DEFAULT_GRID = {
     "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
     "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
 }
-SMALL_GRID = {"alpha": (0.25, 0.75), "beta": (0.25, 0.75), "e": (-1.0, 0.0, 1.0),
-              "a": (0.0, 5.0, 10.0, 20.0), "b": (0.0, 5.0, 10.0, 20.0)}
+SMALL_GRID = {
+    "alpha": (0.25, 0.75),
+    "beta": (0.25, 0.75),
+    "e": (-1.0, 0.0, 1.0),
+    "a": (0.0, 5.0, 10.0, 20.0),
+    "b": (0.0, 5.0, 10.0, 20.0),
+}
 
 
 @dataclass
@@ -38,9 +46,15 @@ class FitResult:
     rmse_log: float  # RMS of log-space residuals at the optimum
 
     def to_dict(self) -> dict:
-        return {**self.law.to_dict(), "objective": self.objective, "num_runs": self.num_runs,
-                "num_inits": self.num_inits, "huber_delta": self.huber_delta, "rmse_log": self.rmse_log,
-                "form": "L(N, D) = E + A / N^alpha + B / D^beta; C = 6 N D"}
+        return {
+            **self.law.to_dict(),
+            "objective": self.objective,
+            "num_runs": self.num_runs,
+            "num_inits": self.num_inits,
+            "huber_delta": self.huber_delta,
+            "rmse_log": self.rmse_log,
+            "form": "L(N, D) = E + A / N^alpha + B / D^beta; C = 6 N D",
+        }
 
 
 def read_runs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,8 +100,9 @@ def _objective(theta: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.n
     absr = np.abs(r)
     loss = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)).sum()
     g = np.clip(r, -delta, delta)
-    grad = np.array([(g * w[0]).sum(), (g * w[1]).sum(), (g * w[2]).sum(),
-                     -(g * w[0] * logn).sum(), -(g * w[1] * logd).sum()])
+    grad = np.array(
+        [(g * w[0]).sum(), (g * w[1]).sum(), (g * w[2]).sum(), -(g * w[0] * logn).sum(), -(g * w[1] * logd).sum()]
+    )
     return float(loss), grad
 
 
@@ -103,8 +118,9 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def fit_scaling_law(n, d, loss, *, delta: float = 1e-3, grid: dict | None = None, maxiter: int = 1000,
-                    progress: bool = False) -> FitResult:
+def fit_scaling_law(
+    n, d, loss, *, delta: float = 1e-3, grid: dict | None = None, maxiter: int = 1000, progress: bool = False
+) -> FitResult:
     """Best Huber fit over a grid of L-BFGS initialisations (default: Hoffmann et al.'s 4,500-point grid)."""
     from scipy.optimize import minimize
 
@@ -129,8 +145,15 @@ def fit_scaling_law(n, d, loss, *, delta: float = 1e-3, grid: dict | None = None
     best = None
     with _single_threaded_blas():
         for x0 in inits:
-            res = minimize(_objective, np.asarray(x0, dtype=np.float64), args=(logn, logd, logl, delta), jac=True,
-                           method="L-BFGS-B", bounds=bounds, options={"maxiter": maxiter})
+            res = minimize(
+                _objective,
+                np.asarray(x0, dtype=np.float64),
+                args=(logn, logd, logl, delta),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"maxiter": maxiter},
+            )
             if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
                 best = res
     if best is None:

@@ -3,6 +3,7 @@
 Minimising L(N, C/(6N)) over N gives N_opt = G (C/6)^a and D_opt = (C/6)^b / G with
 a = β/(α+β), b = α/(α+β) and G = (αA / (βB))^{1/(α+β)}.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ class ScalingLaw:
 
     def loss(self, n, d):
         """Predicted loss (works on floats and numpy arrays)."""
-        return self.E + self.A / n ** self.alpha + self.B / d ** self.beta
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
 
     @property
     def a(self) -> float:

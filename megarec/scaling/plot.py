@@ -1,5 +1,6 @@
 """Iso-loss contours of a fitted scaling law over (FLOPs, parameters), with the efficient frontier
 N_opt(C) and the fitted runs; written as a PNG with matplotlib's Agg backend."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ def plot_scaling_law(law: ScalingLaw, path: str, runs: tuple | None = None, flop
             flops_range = (1e18, 1e25)
     lo, hi = np.log10(flops_range[0]), np.log10(flops_range[1])
     logc = np.linspace(lo, hi, 200)
-    c_opt = 10 ** logc
+    c_opt = 10**logc
     n_opt = np.array([law.optimal(c)["params"] for c in c_opt])
     n_lo, n_hi = np.log10(n_opt.min()) - 2, np.log10(n_opt.max()) + 2
     if runs is not None:
@@ -32,14 +33,19 @@ def plot_scaling_law(law: ScalingLaw, path: str, runs: tuple | None = None, flop
         n_hi = max(n_hi, np.log10(np.max(runs[0])) + 0.5)
     logn = np.linspace(n_lo, n_hi, 200)
     CC, NN = np.meshgrid(logc, logn)
-    DD = 10 ** CC / (6.0 * 10 ** NN)
-    LL = law.loss(10 ** NN, DD)
+    DD = 10**CC / (6.0 * 10**NN)
+    LL = law.loss(10**NN, DD)
     fig, ax = plt.subplots(figsize=(7, 5))
     levels = np.quantile(LL, np.linspace(0.02, 0.9, 14))
     cs = ax.contour(CC, NN, LL, levels=np.unique(levels), cmap="viridis", linewidths=0.8)
     ax.clabel(cs, fmt="%.3f", fontsize=7)
-    ax.plot(logc, np.log10(n_opt), color="crimson", lw=2,
-            label=f"efficient frontier N_opt ∝ C^{law.a:.3f} (D_opt ∝ C^{law.b:.3f})")
+    ax.plot(
+        logc,
+        np.log10(n_opt),
+        color="crimson",
+        lw=2,
+        label=f"efficient frontier N_opt ∝ C^{law.a:.3f} (D_opt ∝ C^{law.b:.3f})",
+    )
     if runs is not None:
         n, d, loss = (np.asarray(x) for x in runs)
         sc = ax.scatter(np.log10(6 * n * d), np.log10(n), c=loss, cmap="viridis", edgecolor="k", s=25, zorder=3)

@@ -5,6 +5,7 @@ The byte-level BPE ranks come from `qwen.tiktoken`, which the `dashscope` wheel 
 from the ranks (one merge per multi-byte token, found by replaying BPE below that token's rank);
 Qwen3's 26 added tokens follow at ids N..N+25, exactly as in the published Qwen3 tokenizers.
 """
+
 from __future__ import annotations
 
 import base64
@@ -84,8 +85,19 @@ def ensure_qwen_tiktoken(cache_dir: str | os.PathLike | None = None) -> str:
         return str(target)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="megarec-dashscope-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "dashscope", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "dashscope",
+            "-d",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(Path(tmp).glob("dashscope-*.whl"))
         if proc.returncode != 0 or not wheels:
@@ -93,7 +105,8 @@ def ensure_qwen_tiktoken(cache_dir: str | os.PathLike | None = None) -> str:
             raise MegarecError(
                 "could not download the dashscope wheel that carries qwen.tiktoken "
                 f"({' '.join(cmd[2:])}): {' | '.join(tail) or 'no wheel produced'}; "
-                "pass --tiktoken PATH to use a local copy")
+                "pass --tiktoken PATH to use a local copy"
+            )
         with zipfile.ZipFile(wheels[-1]) as zf:
             if TIKTOKEN_MEMBER not in zf.namelist():
                 raise MegarecError(f"{wheels[-1].name} has no member {TIKTOKEN_MEMBER}")
@@ -146,7 +159,7 @@ def byte_to_unicode() -> dict[int, str]:
 
 def _final_split(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     """Replay BPE on `token` using only merges ranked below `rank`; the two pieces left are its merge."""
-    parts = [token[i:i + 1] for i in range(len(token))]
+    parts = [token[i : i + 1] for i in range(len(token))]
     while len(parts) > 2:
         best_rank, best_at = rank, -1
         for i in range(len(parts) - 1):
@@ -155,7 +168,7 @@ def _final_split(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[byte
                 best_rank, best_at = r, i
         if best_at < 0:
             break
-        parts[best_at:best_at + 2] = [parts[best_at] + parts[best_at + 1]]
+        parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
     if len(parts) != 2:
         raise DataError(f"token {token!r} (rank {rank}) is not reachable by BPE merges of lower rank")
     return parts[0], parts[1]
@@ -206,13 +219,26 @@ def _tokenizer_json(tiktoken_path: str, bpe_ranks: int | None = None) -> str:
 
     ranks = truncate_ranks(load_tiktoken_ranks(tiktoken_path), bpe_ranks)
     vocab, merges = vocab_and_merges(ranks)
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
-                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    tok = Tokenizer(
+        BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            unk_token=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+            ignore_merges=False,
+        )
+    )
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     for content, special in QWEN3_ADDED_TOKENS:
@@ -221,13 +247,15 @@ def _tokenizer_json(tiktoken_path: str, bpe_ranks: int | None = None) -> str:
         (tok.add_special_tokens if special else tok.add_tokens)([added])
     for i, (content, _) in enumerate(QWEN3_ADDED_TOKENS):
         if tok.token_to_id(content) != len(ranks) + i:
-            raise MegarecError(f"added token {content} landed at id {tok.token_to_id(content)}, "
-                               f"expected {len(ranks) + i}")
+            raise MegarecError(
+                f"added token {content} landed at id {tok.token_to_id(content)}, expected {len(ranks) + i}"
+            )
     return tok.to_str()
 
 
-def _cached_tokenizer_json(tiktoken_path: str, cache_dir: str | os.PathLike | None,
-                           bpe_ranks: int | None = None) -> str:
+def _cached_tokenizer_json(
+    tiktoken_path: str, cache_dir: str | os.PathLike | None, bpe_ranks: int | None = None
+) -> str:
     """tokenizer.json text, built once per tiktoken file content (sha256) and rank limit, kept in the cache."""
     key = f"{_file_sha256(tiktoken_path)[:16]}-v{_BUILD_FORMAT}" + (f"-r{bpe_ranks}" if bpe_ranks else "")
     cached = cache_root(cache_dir) / "qwen3_tokenizer" / key / "tokenizer.json"
@@ -245,8 +273,14 @@ def _cached_tokenizer_json(tiktoken_path: str, cache_dir: str | os.PathLike | No
 def _tokenizer_config(num_ranks: int, model_max_length: int) -> dict:
     decoder = {}
     for i, (content, special) in enumerate(QWEN3_ADDED_TOKENS):
-        decoder[str(num_ranks + i)] = {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-                                       "single_word": False, "special": special}
+        decoder[str(num_ranks + i)] = {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": special,
+        }
     extra = [c for c, special in QWEN3_ADDED_TOKENS if special and c != PAD_TOKEN]
     return {
         "add_bos_token": False,
@@ -266,10 +300,15 @@ def _tokenizer_config(num_ranks: int, model_max_length: int) -> dict:
     }
 
 
-def build_qwen3_tokenizer(out_dir: str | os.PathLike, tiktoken_path: str | os.PathLike | None = None, *,
-                          cache_dir: str | os.PathLike | None = None,
-                          model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, bpe_ranks: int | None = None,
-                          force: bool = False) -> str:
+def build_qwen3_tokenizer(
+    out_dir: str | os.PathLike,
+    tiktoken_path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    bpe_ranks: int | None = None,
+    force: bool = False,
+) -> str:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json for a Qwen3-layout tokenizer.
 
     `bpe_ranks` keeps only the first N BPE ranks (a smaller vocabulary with the same algorithm, regex,

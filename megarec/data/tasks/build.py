@@ -10,6 +10,7 @@ Output directory layout::
     rl/train.jsonl         prompts of the 5 recommendation tasks with target item sets
     build_report.json      counts per task/file, split summary, what was dropped and why
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,17 +21,17 @@ from dataclasses import asdict
 
 import numpy as np
 
+from megarec.common.errors import DataError
 from megarec.common.io import write_json, write_jsonl
 from megarec.common.itemic import write_codes_table
 from megarec.data.placeholder_codes import placeholder_codes
-from megarec.rawdata.schema import RecLog, User
 from megarec.data.tasks import pretrain, sft
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.context import TaskContext, informative_labels
 from megarec.data.tasks.rl import rl_prompts
 from megarec.data.tasks.split import split_log, verify_no_leakage
 from megarec.data.tasks.templates import Templates
-from megarec.common.errors import DataError
+from megarec.rawdata.schema import RecLog, User
 
 PLACEHOLDER_LAYERS = 3
 PLACEHOLDER_CODEBOOK = 256
@@ -62,7 +63,8 @@ def attach_codes(log: RecLog, codes: dict[str, tuple[int, ...]]) -> RecLog:
 
 def _holdout(item_ids: list[str], frac: float, seed: int) -> set[str]:
     def unit(i: str) -> float:
-        return int.from_bytes(hashlib.blake2b(f"{seed}|caption|{i}".encode(), digest_size=8).digest(), "little") / 2 ** 64
+        return int.from_bytes(hashlib.blake2b(f"{seed}|caption|{i}".encode(), digest_size=8).digest(), "little") / 2**64
+
     return {i for i in item_ids if unit(i) < frac}
 
 
@@ -106,10 +108,16 @@ def build_tasks(log: RecLog, codes: dict[str, tuple[int, ...]], cfg: BuildConfig
     shuffle.shuffle(pre)
     shuffle.shuffle(sft_train)
     shuffle.shuffle(rl)
-    return {"pretrain": pre, "sft_train": sft_train,
-            "sft_test": [s for s in evals if s["metadata"]["split"] == "test"],
-            "sft_valid": [s for s in evals if s["metadata"]["split"] == "valid"],
-            "rl_train": rl, "split": split, "log": log, "holdout_items": no_caption_training}
+    return {
+        "pretrain": pre,
+        "sft_train": sft_train,
+        "sft_test": [s for s in evals if s["metadata"]["split"] == "test"],
+        "sft_valid": [s for s in evals if s["metadata"]["split"] == "valid"],
+        "rl_train": rl,
+        "split": split,
+        "log": log,
+        "holdout_items": no_caption_training,
+    }
 
 
 def resolve_codes(log: RecLog, source_codes: dict | None, codes_path: str | None, seed: int) -> tuple[dict, str]:
@@ -120,8 +128,9 @@ def resolve_codes(log: RecLog, source_codes: dict | None, codes_path: str | None
         return read_codes_table(codes_path).as_dict(), f"table:{codes_path}"
     if source_codes:
         return source_codes, "source"
-    return placeholder_codes(sorted(log.items), PLACEHOLDER_LAYERS, PLACEHOLDER_CODEBOOK, seed), \
-        f"placeholder-hash ({PLACEHOLDER_LAYERS}x{PLACEHOLDER_CODEBOOK}; pass --codes from the itemic tokenizer)"
+    return placeholder_codes(
+        sorted(log.items), PLACEHOLDER_LAYERS, PLACEHOLDER_CODEBOOK, seed
+    ), f"placeholder-hash ({PLACEHOLDER_LAYERS}x{PLACEHOLDER_CODEBOOK}; pass --codes from the itemic tokenizer)"
 
 
 def write_build(out_dir: str, built: dict, codes: dict, cfg: BuildConfig, codes_source: str, source: str) -> dict:
@@ -140,13 +149,20 @@ def write_build(out_dir: str, built: dict, codes: dict, cfg: BuildConfig, codes_
         write_jsonl(os.path.join(out_dir, rel), samples)
         counts[rel] = dict(sorted(Counter(s["metadata"]["task"] for s in samples).items()))
     item_codes = {i: codes[i] for i in log.items}
-    write_jsonl(os.path.join(out_dir, "items.jsonl"),
-                ({**it.to_record(), "codes": list(item_codes[i])} for i, it in log.items.items()))
+    write_jsonl(
+        os.path.join(out_dir, "items.jsonl"),
+        ({**it.to_record(), "codes": list(item_codes[i])} for i, it in log.items.items()),
+    )
     write_codes_table(os.path.join(out_dir, "codes.csv"), list(item_codes), np.array(list(item_codes.values())))
     report = {
-        "source": source, "codes": codes_source, "config": asdict(cfg),
-        "items": len(log.items), "users": len(log.users), "split": built["split"].summary(),
-        "caption_holdout_items": len(built["holdout_items"]), "samples": counts,
+        "source": source,
+        "codes": codes_source,
+        "config": asdict(cfg),
+        "items": len(log.items),
+        "users": len(log.users),
+        "split": built["split"].summary(),
+        "caption_holdout_items": len(built["holdout_items"]),
+        "samples": counts,
         "dropped": log.report.to_dict(),
     }
     write_json(os.path.join(out_dir, "build_report.json"), report)

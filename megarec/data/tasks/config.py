@@ -1,4 +1,5 @@
 """Options of a task build (split, history lengths, sampling, caption hold-out, language, seed)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,18 +10,18 @@ from megarec.common.errors import ConfigError
 @dataclass
 class BuildConfig:
     seed: int = 0
-    lang: str = "en"                     # template language (en, zh) or a YAML path
-    split: str = "auto"                  # "user" (held-out users), "loo" (leave-one-out), "auto" (source default)
-    test_frac: float = 0.1               # user split: fraction of users held out for test
-    min_history: int = 2                 # shortest context of a recommendation sample
-    max_history: int = 20                # longest context shown in a prompt (most recent items)
-    rec_targets: int = 1                 # user split: items to predict per recommendation sample
-    samples_per_user: int = 2            # training cut points per user, domain and task
-    caption_holdout_frac: float = 0.05   # items whose captions are held out for item-understanding eval
+    lang: str = "en"  # template language (en, zh) or a YAML path
+    split: str = "auto"  # "user" (held-out users), "loo" (leave-one-out), "auto" (source default)
+    test_frac: float = 0.1  # user split: fraction of users held out for test
+    min_history: int = 2  # shortest context of a recommendation sample
+    max_history: int = 20  # longest context shown in a prompt (most recent items)
+    rec_targets: int = 1  # user split: items to predict per recommendation sample
+    samples_per_user: int = 2  # training cut points per user, domain and task
+    caption_holdout_frac: float = 0.05  # items whose captions are held out for item-understanding eval
     test_target_captions: str = "include"  # "exclude": captions of test/valid target items never in training
-    max_sequence_items: int = 100        # pre-training behaviour sequences: most recent items kept
-    max_persona_events: int = 60         # pre-training persona text: most recent events kept
-    system_prompt: bool = True           # prepend the template's system message to chat samples
+    max_sequence_items: int = 100  # pre-training behaviour sequences: most recent items kept
+    max_persona_events: int = 60  # pre-training persona text: most recent events kept
+    system_prompt: bool = True  # prepend the template's system message to chat samples
 
     def validate(self) -> None:
         if self.split not in ("auto", "user", "loo"):

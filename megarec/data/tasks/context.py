@@ -1,4 +1,5 @@
 """What every task builder needs: templates, item codes, seeded RNGs, and item/history rendering."""
+
 from __future__ import annotations
 
 import random
@@ -6,14 +7,22 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from megarec.common.itemic import item_string
-from megarec.rawdata.schema import BEHAVIOUR_LABELS, Interaction, Item
 from megarec.data.tasks.config import BuildConfig
 from megarec.data.tasks.templates import Templates
+from megarec.rawdata.schema import BEHAVIOUR_LABELS, Interaction, Item
 
 REC_TASK_NAMES = {"video": "short_video_rec", "ad": "ad_rec", "product": "product_rec"}
 POSITIVE_LABELS = tuple(lab for lab in BEHAVIOUR_LABELS if lab != "dislike")
-SFT_TASKS = ("short_video_rec", "ad_rec", "product_rec", "label_conditional_rec", "interactive_rec",
-             "label_prediction", "item_understanding", "explanation")
+SFT_TASKS = (
+    "short_video_rec",
+    "ad_rec",
+    "product_rec",
+    "label_conditional_rec",
+    "interactive_rec",
+    "label_prediction",
+    "item_understanding",
+    "explanation",
+)
 
 
 def rec_task_name(domain: str) -> str:
@@ -27,7 +36,7 @@ class TaskContext:
     templates: Templates
     items: dict[str, Item]
     codes: dict[str, tuple[int, ...]]
-    informative_labels: dict[str, tuple[str, ...]]   # per domain: labels worth asking about
+    informative_labels: dict[str, tuple[str, ...]]  # per domain: labels worth asking about
 
     def rng(self, *key: object) -> random.Random:
         """An RNG that depends only on the seed and the key (stable across runs and orderings)."""
@@ -40,7 +49,7 @@ class TaskContext:
         return "".join(self.item(i) for i in item_ids)
 
     def history(self, events: Sequence[Interaction]) -> str:
-        return self.items_text(x.item_id for x in events[-self.cfg.max_history:])
+        return self.items_text(x.item_id for x in events[-self.cfg.max_history :])
 
     def system(self) -> list[dict]:
         if self.cfg.system_prompt and self.templates.system:

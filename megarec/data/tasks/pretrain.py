@@ -1,5 +1,6 @@
 """Pre-training samples ({"segments": [{"type": "text", "text": ...}]}): item↔caption alignment,
 sequential behaviour per domain, and interleaved user persona (profile + behaviour + searches)."""
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -20,10 +21,16 @@ def item_caption_samples(ctx: TaskContext, item_ids: list[str]) -> Iterator[dict
             continue
         item = ctx.item(item_id)
         rng = ctx.rng("item_caption", item_id)
-        yield _sample(ctx.templates.render("pretrain.item_caption", rng, item=item, caption=caption),
-                      task="item_caption", item_ids=[item_id])
-        yield _sample(ctx.templates.render("pretrain.caption_item", rng, item=item, caption=caption),
-                      task="caption_item", item_ids=[item_id])
+        yield _sample(
+            ctx.templates.render("pretrain.item_caption", rng, item=item, caption=caption),
+            task="item_caption",
+            item_ids=[item_id],
+        )
+        yield _sample(
+            ctx.templates.render("pretrain.caption_item", rng, item=item, caption=caption),
+            task="caption_item",
+            item_ids=[item_id],
+        )
 
 
 def sequence_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
@@ -33,10 +40,15 @@ def sequence_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]
             if len(hist) < 2:
                 continue
             rng = ctx.rng("user_sequence", tu.user.user_id, domain)
-            text = ctx.templates.render("pretrain.sequence", rng, domain=ctx.templates.domain(domain),
-                                        items=ctx.items_text(x.item_id for x in hist[-ctx.cfg.max_sequence_items:]))
-            yield _sample(text, task="user_sequence", user_id=tu.user.user_id, domain=domain,
-                          max_pos={domain: len(hist) - 1})
+            text = ctx.templates.render(
+                "pretrain.sequence",
+                rng,
+                domain=ctx.templates.domain(domain),
+                items=ctx.items_text(x.item_id for x in hist[-ctx.cfg.max_sequence_items :]),
+            )
+            yield _sample(
+                text, task="user_sequence", user_id=tu.user.user_id, domain=domain, max_pos={domain: len(hist) - 1}
+            )
 
 
 def persona_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
@@ -51,7 +63,7 @@ def persona_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
         for pos, s in enumerate(tu.searches):
             events.append((s.ts, 1, SEARCHES, pos, s))
         events.sort(key=lambda e: (e[0], e[1], e[2], e[3]))
-        events = events[-ctx.cfg.max_persona_events:]
+        events = events[-ctx.cfg.max_persona_events :]
         if len(events) < 2 and not tu.user.profile:
             continue
         parts = []
@@ -61,9 +73,18 @@ def persona_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
         for _, _, domain, pos, ev in events:
             max_pos[domain] = max(max_pos.get(domain, -1), pos)
             if domain == SEARCHES:
-                parts.append(t.render("pretrain.persona_search", rng, query=ev.query, items=ctx.items_text(ev.item_ids)))
+                parts.append(
+                    t.render("pretrain.persona_search", rng, query=ev.query, items=ctx.items_text(ev.item_ids))
+                )
             else:
                 label = ev.labels[0] if ev.labels else "none"
-                parts.append(t.render("pretrain.persona_event", rng, domain=t.domain(domain), action=t.past(label),
-                                      item=ctx.item(ev.item_id)))
+                parts.append(
+                    t.render(
+                        "pretrain.persona_event",
+                        rng,
+                        domain=t.domain(domain),
+                        action=t.past(label),
+                        item=ctx.item(ev.item_id),
+                    )
+                )
         yield _sample(" ".join(parts), task="user_persona", user_id=tu.user.user_id, max_pos=max_pos)

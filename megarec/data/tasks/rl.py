@@ -1,5 +1,6 @@
 """RL prompts: the SFT recommendation samples of training users without the assistant turn, each with
 its target item set (reward 1 when a generated item is in it)."""
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator

@@ -5,13 +5,14 @@ domain); evaluation samples come from the held-out cases of the split. Every sam
 the task, the user and domain, the target item ids (for recommendation metrics) or the reference text /
 answer, and the positions it used (for the leakage check).
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from megarec.rawdata.schema import Interaction, User
 from megarec.data.tasks.context import POSITIVE_LABELS, TaskContext, rec_task_name
 from megarec.data.tasks.split import SEARCHES, EvalCase, SearchCase, TrainUser
+from megarec.rawdata.schema import Interaction, User
 
 
 def _cut_points(ctx: TaskContext, n: int, k: int, *key) -> list[int]:
@@ -32,35 +33,48 @@ def _train_md(task: str, user: User, domain: str, max_pos: dict, **extra) -> dic
 
 # --- recommendation ----------------------------------------------------------------------------------
 
-def rec_sample(ctx: TaskContext, user: User, domain: str, context: list[Interaction], targets: list[Interaction],
-               rng_key: tuple) -> Optional[dict]:
+
+def rec_sample(
+    ctx: TaskContext, user: User, domain: str, context: list[Interaction], targets: list[Interaction], rng_key: tuple
+) -> Optional[dict]:
     if not context or not targets:
         return None
     t = ctx.templates
     rng = ctx.rng("rec", *rng_key)
     prompt = t.render("sft.rec.user", rng, domain=t.domain(domain), history=ctx.history(context))
     answer = t.render("sft.rec.assistant", rng, targets=ctx.items_text(x.item_id for x in targets))
-    return {"messages": ctx.chat(prompt, answer),
-            "metadata": {"task": rec_task_name(domain), "target_item_ids": [x.item_id for x in targets]}}
+    return {
+        "messages": ctx.chat(prompt, answer),
+        "metadata": {"task": rec_task_name(domain), "target_item_ids": [x.item_id for x in targets]},
+    }
 
 
-def label_conditional_sample(ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction,
-                             rng_key: tuple) -> Optional[dict]:
+def label_conditional_sample(
+    ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction, rng_key: tuple
+) -> Optional[dict]:
     labels = [lab for lab in target.labels if lab in POSITIVE_LABELS]
     if not context or not labels:
         return None
     t = ctx.templates
     rng = ctx.rng("label_conditional_rec", *rng_key)
     label = labels[rng.randrange(len(labels))]
-    prompt = t.render("sft.label_conditional_rec.user", rng, domain=t.domain(domain), action=t.action(label),
-                      history=ctx.history(context))
+    prompt = t.render(
+        "sft.label_conditional_rec.user",
+        rng,
+        domain=t.domain(domain),
+        action=t.action(label),
+        history=ctx.history(context),
+    )
     answer = t.render("sft.label_conditional_rec.assistant", rng, targets=ctx.item(target.item_id))
-    return {"messages": ctx.chat(prompt, answer),
-            "metadata": {"task": "label_conditional_rec", "label": label, "target_item_ids": [target.item_id]}}
+    return {
+        "messages": ctx.chat(prompt, answer),
+        "metadata": {"task": "label_conditional_rec", "label": label, "target_item_ids": [target.item_id]},
+    }
 
 
-def label_prediction_sample(ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction,
-                            rng_key: tuple) -> Optional[dict]:
+def label_prediction_sample(
+    ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction, rng_key: tuple
+) -> Optional[dict]:
     vocab = ctx.informative_labels.get(domain, ())
     if not context or not vocab:
         return None
@@ -71,38 +85,73 @@ def label_prediction_sample(ctx: TaskContext, domain: str, context: list[Interac
     positive = bool(present) and (not absent or rng.random() < 0.5)
     pool = present if positive else absent
     label = pool[rng.randrange(len(pool))]
-    prompt = t.render("sft.label_prediction.user", rng, domain=t.domain(domain), action=t.action(label),
-                      item=ctx.item(target.item_id), history=ctx.history(context))
+    prompt = t.render(
+        "sft.label_prediction.user",
+        rng,
+        domain=t.domain(domain),
+        action=t.action(label),
+        item=ctx.item(target.item_id),
+        history=ctx.history(context),
+    )
     answer = t.answer(positive)
-    return {"messages": ctx.chat(prompt, t.render("sft.label_prediction.assistant", rng, answer=answer)),
-            "metadata": {"task": "label_prediction", "label": label, "answer": answer,
-                         "answer_choices": {"positive": t.answer(True), "negative": t.answer(False)},
-                         "target_item_ids": [target.item_id]}}
+    return {
+        "messages": ctx.chat(prompt, t.render("sft.label_prediction.assistant", rng, answer=answer)),
+        "metadata": {
+            "task": "label_prediction",
+            "label": label,
+            "answer": answer,
+            "answer_choices": {"positive": t.answer(True), "negative": t.answer(False)},
+            "target_item_ids": [target.item_id],
+        },
+    }
 
 
-def explanation_sample(ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction,
-                       rng_key: tuple) -> Optional[dict]:
+def explanation_sample(
+    ctx: TaskContext, domain: str, context: list[Interaction], target: Interaction, rng_key: tuple
+) -> Optional[dict]:
     if not target.explanation:
         return None
     t = ctx.templates
     rng = ctx.rng("explanation", *rng_key)
-    prompt = t.render("sft.explanation.user", rng, domain=t.domain(domain), item=ctx.item(target.item_id),
-                      history=ctx.history(context))
-    return {"messages": ctx.chat(prompt, t.render("sft.explanation.assistant", rng, explanation=target.explanation)),
-            "metadata": {"task": "explanation", "reference": target.explanation, "target_item_ids": [target.item_id]}}
+    prompt = t.render(
+        "sft.explanation.user",
+        rng,
+        domain=t.domain(domain),
+        item=ctx.item(target.item_id),
+        history=ctx.history(context),
+    )
+    return {
+        "messages": ctx.chat(prompt, t.render("sft.explanation.assistant", rng, explanation=target.explanation)),
+        "metadata": {"task": "explanation", "reference": target.explanation, "target_item_ids": [target.item_id]},
+    }
 
 
-def interactive_sample(ctx: TaskContext, user: User, domain: str, context: list[Interaction], query: str,
-                       target_ids: tuple[str, ...], rng_key: tuple) -> Optional[dict]:
+def interactive_sample(
+    ctx: TaskContext,
+    user: User,
+    domain: str,
+    context: list[Interaction],
+    query: str,
+    target_ids: tuple[str, ...],
+    rng_key: tuple,
+) -> Optional[dict]:
     if not target_ids:
         return None
     t = ctx.templates
     rng = ctx.rng("interactive_rec", *rng_key)
-    prompt = t.render("sft.interactive_rec.user", rng, domain=t.domain(domain), query=query,
-                      profile=user.profile or "", history=ctx.history(context))
+    prompt = t.render(
+        "sft.interactive_rec.user",
+        rng,
+        domain=t.domain(domain),
+        query=query,
+        profile=user.profile or "",
+        history=ctx.history(context),
+    )
     answer = t.render("sft.interactive_rec.assistant", rng, targets=ctx.items_text(target_ids))
-    return {"messages": ctx.chat(prompt, answer),
-            "metadata": {"task": "interactive_rec", "query": query, "target_item_ids": list(target_ids)}}
+    return {
+        "messages": ctx.chat(prompt, answer),
+        "metadata": {"task": "interactive_rec", "query": query, "target_item_ids": list(target_ids)},
+    }
 
 
 def item_understanding_sample(ctx: TaskContext, item_id: str) -> Optional[dict]:
@@ -112,11 +161,14 @@ def item_understanding_sample(ctx: TaskContext, item_id: str) -> Optional[dict]:
     t = ctx.templates
     rng = ctx.rng("item_understanding", item_id)
     prompt = t.render("sft.item_understanding.user", rng, item=ctx.item(item_id))
-    return {"messages": ctx.chat(prompt, t.render("sft.item_understanding.assistant", rng, caption=caption)),
-            "metadata": {"task": "item_understanding", "reference": caption, "target_item_ids": [item_id]}}
+    return {
+        "messages": ctx.chat(prompt, t.render("sft.item_understanding.assistant", rng, caption=caption)),
+        "metadata": {"task": "item_understanding", "reference": caption, "target_item_ids": [item_id]},
+    }
 
 
 # --- training ------------------------------------------------------------------------------------------
+
 
 def train_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
     """Training samples of the user-derived tasks (all but item understanding)."""
@@ -125,12 +177,15 @@ def train_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
         uid = tu.user.user_id
         for domain, hist in sorted(tu.histories.items()):
             for i in _cut_points(ctx, len(hist), k, "rec", uid, domain):
-                s = rec_sample(ctx, tu.user, domain, hist[:i], hist[i:i + k], (uid, domain, i))
+                s = rec_sample(ctx, tu.user, domain, hist[:i], hist[i : i + k], (uid, domain, i))
                 if s:
                     s["metadata"].update(_train_md(s["metadata"]["task"], tu.user, domain, {domain: i + k - 1}))
                     yield s
-            positive = [i for i in range(ctx.cfg.min_history, len(hist))
-                        if any(lab in POSITIVE_LABELS for lab in hist[i].labels)]
+            positive = [
+                i
+                for i in range(ctx.cfg.min_history, len(hist))
+                if any(lab in POSITIVE_LABELS for lab in hist[i].labels)
+            ]
             for i in _pick(ctx, positive, "lcr", uid, domain):
                 s = label_conditional_sample(ctx, domain, hist[:i], hist[i], (uid, domain, i))
                 if s:
@@ -168,27 +223,32 @@ def _pick(ctx: TaskContext, positions: list[int], *key) -> list[int]:
 
 # --- evaluation ------------------------------------------------------------------------------------------
 
+
 def eval_samples(ctx: TaskContext, cases: list[EvalCase], search_cases: list[SearchCase]) -> Iterator[dict]:
     """Evaluation samples of every user-derived task from the held-out cases."""
     for c in cases:
         uid = c.user.user_id
         base = {"split": c.split, "user_id": uid, "domain": c.domain, "target_pos": c.target_pos}
         key = (c.split, uid, c.domain)
-        samples = [rec_sample(ctx, c.user, c.domain, c.context, c.targets, key),
-                   label_conditional_sample(ctx, c.domain, c.context, c.targets[0], key),
-                   label_prediction_sample(ctx, c.domain, c.context, c.targets[0], key),
-                   explanation_sample(ctx, c.domain, c.context, c.targets[0], key)]
+        samples = [
+            rec_sample(ctx, c.user, c.domain, c.context, c.targets, key),
+            label_conditional_sample(ctx, c.domain, c.context, c.targets[0], key),
+            label_prediction_sample(ctx, c.domain, c.context, c.targets[0], key),
+            explanation_sample(ctx, c.domain, c.context, c.targets[0], key),
+        ]
         for s in samples:
             if s:
                 s["metadata"].update(base)
                 yield s
     for c in search_cases:
         uid = c.user.user_id
-        s = interactive_sample(ctx, c.user, c.domain, c.context, c.search.query, c.search.item_ids,
-                               (c.split, uid, c.search_pos))
+        s = interactive_sample(
+            ctx, c.user, c.domain, c.context, c.search.query, c.search.item_ids, (c.split, uid, c.search_pos)
+        )
         if s:
-            s["metadata"].update({"split": c.split, "user_id": uid, "domain": c.domain, "pos_key": SEARCHES,
-                                  "target_pos": c.search_pos})
+            s["metadata"].update(
+                {"split": c.split, "user_id": uid, "domain": c.domain, "pos_key": SEARCHES, "target_pos": c.search_pos}
+            )
             yield s
 
 

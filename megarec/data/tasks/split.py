@@ -11,6 +11,7 @@ Every sample records what it used: training samples `max_pos` {domain or "search
 evaluation samples `user_id`, `domain` and `target_pos`. `verify_no_leakage` checks that, per user and
 domain, everything training used lies strictly before every evaluation target.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from megarec.rawdata.schema import Interaction, RecLog, Search, User
-from megarec.data.tasks.config import BuildConfig
 from megarec.common.errors import DataError
+from megarec.data.tasks.config import BuildConfig
+from megarec.rawdata.schema import Interaction, RecLog, Search, User
 
 SEARCHES = "searches"
 
@@ -28,14 +29,14 @@ SEARCHES = "searches"
 @dataclass
 class TrainUser:
     user: User
-    histories: dict[str, list[Interaction]]   # prefixes of the full histories (indices preserved)
-    searches: list[Search]                    # prefix of the user's searches
+    histories: dict[str, list[Interaction]]  # prefixes of the full histories (indices preserved)
+    searches: list[Search]  # prefix of the user's searches
 
 
 @dataclass
 class EvalCase:
     user: User
-    split: str                                # "test" or "valid"
+    split: str  # "test" or "valid"
     domain: str
     context: list[Interaction]
     targets: list[Interaction]
@@ -64,13 +65,18 @@ class Split:
         by_split = defaultdict(int)
         for c in self.cases:
             by_split[c.split] += 1
-        return {"mode": self.mode, "train_users": len(self.train), "test_users": len(self.test_users),
-                "eval_cases": dict(by_split), "search_cases": len(self.search_cases)}
+        return {
+            "mode": self.mode,
+            "train_users": len(self.train),
+            "test_users": len(self.test_users),
+            "eval_cases": dict(by_split),
+            "search_cases": len(self.search_cases),
+        }
 
 
 def _hash_unit(seed: int, key: str) -> float:
     h = hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2.0 ** 64
+    return int.from_bytes(h, "little") / 2.0**64
 
 
 def is_test_user(user: User, cfg: BuildConfig) -> bool:
@@ -102,17 +108,25 @@ def split_log(log: RecLog, cfg: BuildConfig, mode: str) -> Split:
             if user.searches:
                 s = user.searches[-1]
                 domain = _search_domain(s, log.items)
-                out.search_cases.append(SearchCase(user, "test", domain, _context_before(user.histories.get(domain, []), s.ts),
-                                                   s, len(user.searches) - 1))
+                out.search_cases.append(
+                    SearchCase(
+                        user,
+                        "test",
+                        domain,
+                        _context_before(user.histories.get(domain, []), s.ts),
+                        s,
+                        len(user.searches) - 1,
+                    )
+                )
         elif mode == "loo":
             train_hist = {}
             cutoff = None
             for domain, hist in user.histories.items():
                 n = len(hist)
                 if n >= cfg.min_history + 2:
-                    out.cases.append(EvalCase(user, "valid", domain, hist[:n - 2], [hist[n - 2]], n - 2))
-                    out.cases.append(EvalCase(user, "test", domain, hist[:n - 1], [hist[n - 1]], n - 1))
-                    train_hist[domain] = hist[:n - 2]
+                    out.cases.append(EvalCase(user, "valid", domain, hist[: n - 2], [hist[n - 2]], n - 2))
+                    out.cases.append(EvalCase(user, "test", domain, hist[: n - 1], [hist[n - 1]], n - 1))
+                    train_hist[domain] = hist[: n - 2]
                     cutoff = hist[n - 2].ts if cutoff is None else min(cutoff, hist[n - 2].ts)
                 else:
                     train_hist[domain] = list(hist)
@@ -120,8 +134,16 @@ def split_log(log: RecLog, cfg: BuildConfig, mode: str) -> Split:
             if searches:
                 s = searches[-1]
                 domain = _search_domain(s, log.items)
-                out.search_cases.append(SearchCase(user, "test", domain, _context_before(user.histories.get(domain, []), s.ts),
-                                                   s, len(searches) - 1))
+                out.search_cases.append(
+                    SearchCase(
+                        user,
+                        "test",
+                        domain,
+                        _context_before(user.histories.get(domain, []), s.ts),
+                        s,
+                        len(searches) - 1,
+                    )
+                )
                 searches = searches[:-1]
             if cutoff is not None:
                 searches = [s for s in searches if s.ts < cutoff]
@@ -150,6 +172,8 @@ def verify_no_leakage(train_records: Iterable[dict], eval_records: Iterable[dict
         for domain, pos in (md.get("max_pos") or {}).items():
             limit = first_target.get((user, domain))
             if limit is not None and pos >= limit:
-                raise DataError(f"leak: training sample of task {md.get('task')} uses position {pos} of user "
-                                f"{user} domain {domain}, but evaluation targets start at {limit}")
+                raise DataError(
+                    f"leak: training sample of task {md.get('task')} uses position {pos} of user "
+                    f"{user} domain {domain}, but evaluation targets start at {limit}"
+                )
     return len(first_target)

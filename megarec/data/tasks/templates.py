@@ -3,6 +3,7 @@
 Loading checks that every template the builders need exists and uses only the placeholders the builder
 fills (and all the required ones), so a broken template fails at load time, not mid-build.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,10 @@ class Templates:
             for i, variant in enumerate(self._variants(path)):
                 names = {f for _, f, _, _ in string.Formatter().parse(variant) if f is not None}
                 if names - allowed:
-                    raise ConfigError(f"{source}: {path}[{i}] uses unknown placeholders {sorted(names - allowed)} "
-                                      f"(allowed: {sorted(allowed)})")
+                    raise ConfigError(
+                        f"{source}: {path}[{i}] uses unknown placeholders {sorted(names - allowed)} "
+                        f"(allowed: {sorted(allowed)})"
+                    )
                 if required - names:
                     raise ConfigError(f"{source}: {path}[{i}] lacks placeholders {sorted(required - names)}")
 
@@ -79,8 +82,10 @@ class Templates:
         else:
             res = resources.files("megarec.data").joinpath("templates", f"{lang_or_path}.yaml")
             if not res.is_file():
-                raise ConfigError(f"no templates for language {lang_or_path!r} "
-                                  f"(available: {', '.join(available_languages())}, or give a YAML path)")
+                raise ConfigError(
+                    f"no templates for language {lang_or_path!r} "
+                    f"(available: {', '.join(available_languages())}, or give a YAML path)"
+                )
             text, source = res.read_text("utf-8"), f"templates/{lang_or_path}.yaml"
         try:
             data = yaml.safe_load(text)

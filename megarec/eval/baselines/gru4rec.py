@@ -1,4 +1,5 @@
 """GRU4Rec (Hidasi et al., 2016) in its common full-softmax form: item embeddings → GRU → tied output."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Pop: rank every item by its number of training interactions (the same list for every user)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ class PopRecommender:
     def fit(self, train_sequences: Sequence[np.ndarray]) -> "PopRecommender":
         if train_sequences:
             flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in train_sequences])
-            self.counts = torch.from_numpy(np.bincount(flat, minlength=self.num_items + 1)[: self.num_items + 1]).float()
+            self.counts = torch.from_numpy(
+                np.bincount(flat, minlength=self.num_items + 1)[: self.num_items + 1]
+            ).float()
         return self
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:

@@ -4,6 +4,7 @@ Pre-LayerNorm blocks (multi-head attention via `scaled_dot_product_attention`, G
 embeddings tied with the output layer, left-padded inputs (index 0). A padded key is never attended
 to; every position may attend to itself, so no attention row is empty.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,9 @@ class SelfAttentionBlock(nn.Module):
 class SASRec(nn.Module):
     """Hidden states [B, T, H] for left-padded item-index sequences [B, T]; `logits` scores all items."""
 
-    def __init__(self, num_items: int, hidden: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50,
-                 dropout: float = 0.2):
+    def __init__(
+        self, num_items: int, hidden: int = 64, layers: int = 2, heads: int = 2, max_len: int = 50, dropout: float = 0.2
+    ):
         super().__init__()
         self.num_items, self.max_len = num_items, max_len
         self.item_emb = nn.Embedding(num_items + 1, hidden, padding_idx=0)
@@ -58,11 +60,11 @@ class SASRec(nn.Module):
         valid = seq > 0
         # positions count from the first real item, so left padding does not shift them
         pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-        x = self.drop(self.item_emb(seq) * self.item_emb.embedding_dim ** 0.5 + self.pos_emb(pos))
+        x = self.drop(self.item_emb(seq) * self.item_emb.embedding_dim**0.5 + self.pos_emb(pos))
         causal = torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()
         eye = torch.eye(T, dtype=torch.bool, device=seq.device)
         allowed = (causal & valid[:, None, :]) | eye  # [B, T, T]: key j visible from query i
-        allowed = allowed[:, None]                    # broadcast over heads
+        allowed = allowed[:, None]  # broadcast over heads
         for block in self.blocks:
             x = block(x, allowed)
         return self.ln(x)

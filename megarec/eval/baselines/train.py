@@ -1,6 +1,7 @@
 """Training loop shared by the neural sequential baselines: next-item prediction at every position with
 full-softmax cross-entropy over all items, Adam, validation NDCG@10 after every epoch, early stopping
 (best weights restored), then full-ranking test metrics."""
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,7 @@ class SeqTrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 5            # epochs without a better validation NDCG@10 before stopping
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     time_budget_s: float | None = None  # stop after this much training time (best weights still restored)
     seed: int = 0
 
@@ -72,23 +73,24 @@ def _left_pad(rows: Sequence[np.ndarray], width: int) -> torch.Tensor:
     for i, r in enumerate(rows):
         r = r[-width:]
         if len(r):
-            out[i, width - len(r):] = r
+            out[i, width - len(r) :] = r
     return torch.from_numpy(out)
 
 
 def score_function(model: torch.nn.Module, max_len: int):
     """histories → [B, num_items + 1] scores from the hidden state at the last position."""
+
     def score(histories: list[np.ndarray]) -> torch.Tensor:
         model.eval()
         with torch.inference_mode():
             width = max(1, min(max_len, max(len(h) for h in histories)))
             hidden = model(_left_pad(histories, width))[:, -1]
             return model.logits(hidden)
+
     return score
 
 
-def train_sequential(kind: str, data: SeqRecData, cfg: SeqTrainConfig, *, progress: bool = True,
-                     log=print) -> dict:
+def train_sequential(kind: str, data: SeqRecData, cfg: SeqTrainConfig, *, progress: bool = True, log=print) -> dict:
     """Train a baseline with early stopping; returns {"valid": metrics, "test": metrics, "epochs", ...}."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -112,7 +114,7 @@ def train_sequential(kind: str, data: SeqRecData, cfg: SeqTrainConfig, *, progre
         order = rng.permutation(len(windows))
         total, count = 0.0, 0
         for s in range(0, len(order), cfg.batch_size):
-            batch = [windows[i] for i in order[s:s + cfg.batch_size]]
+            batch = [windows[i] for i in order[s : s + cfg.batch_size]]
             width = max(len(x) for x, _ in batch)
             inp = _left_pad([x for x, _ in batch], width)
             tgt = _left_pad([y for _, y in batch], width)
@@ -145,6 +147,10 @@ def train_sequential(kind: str, data: SeqRecData, cfg: SeqTrainConfig, *, progre
     return {
         "valid": evaluate_full_ranking(score, v_hist, v_tgt, data.num_items),
         "test": evaluate_full_ranking(score, t_hist, t_tgt, data.num_items),
-        "best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": time.perf_counter() - t0,
-        "config": asdict(cfg), "history": history, "model": model,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "train_seconds": time.perf_counter() - t0,
+        "config": asdict(cfg),
+        "history": history,
+        "model": model,
     }

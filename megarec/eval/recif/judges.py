@@ -6,6 +6,7 @@
   * `LexicalOverlapJudge`: the offline fallback — ROUGE-L F1 on lower-cased word tokens (reported with
     unigram F1). It measures wording overlap, not quality; reports label it as such.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,11 +96,19 @@ class OpenAIJudge(Judge):
 
     is_llm = True
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 2):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 2,
+    ):
         if not base_url or not model:
             raise ConfigError("the OpenAI-compatible judge needs --judge-url and --judge-model")
-        self.url = base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
+        self.url = base_url.rstrip("/") + (
+            "" if base_url.rstrip("/").endswith("/chat/completions") else "/chat/completions"
+        )
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = timeout
@@ -107,8 +116,14 @@ class OpenAIJudge(Judge):
         self.name = f"LLM judge {model} at {base_url}"
 
     def _request(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0.0, "max_tokens": 8,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": 0.0,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
@@ -135,8 +150,9 @@ class OpenAIJudge(Judge):
         return self.parse(self._request(JUDGE_PROMPT.format(question=question, reference=reference, answer=answer)))
 
 
-def make_judge(kind: str, *, url: str | None = None, model: str | None = None,
-               api_key_env: str = "OPENAI_API_KEY") -> Judge:
+def make_judge(
+    kind: str, *, url: str | None = None, model: str | None = None, api_key_env: str = "OPENAI_API_KEY"
+) -> Judge:
     if kind == "lexical":
         return LexicalOverlapJudge()
     if kind == "openai":

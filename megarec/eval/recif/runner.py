@@ -1,6 +1,7 @@
 """Orchestration of `megarec evaluate`: load the model once, run each requested task, save its result to
 `OUT/tasks/<task>.json` as soon as it is done (a rerun with the same settings skips finished tasks), then
 write results.json, report.md and the plots."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from megarec.common.errors import ConfigError
 from megarec.common.atomic import atomic_write_text
+from megarec.common.errors import ConfigError
 
 
 @dataclass
@@ -18,7 +19,7 @@ class EvalOptions:
     model: str
     data: str
     out: str
-    tasks: list[str] = field(default_factory=list)   # empty = every task present in the data
+    tasks: list[str] = field(default_factory=list)  # empty = every task present in the data
     split: str = "test"
     codes: str | None = None
     itemic: str | None = None
@@ -52,8 +53,15 @@ class EvalOptions:
 
 
 def _fingerprint(opts: EvalOptions, task: str, kind: str, judge_desc: str) -> str:
-    keys = {"model": os.path.abspath(opts.model), "data": os.path.abspath(opts.data), "split": opts.split,
-            "codes": opts.codes, "task": task, "max_samples": opts.max_samples, "seed": opts.seed}
+    keys = {
+        "model": os.path.abspath(opts.model),
+        "data": os.path.abspath(opts.data),
+        "split": opts.split,
+        "codes": opts.codes,
+        "task": task,
+        "max_samples": opts.max_samples,
+        "seed": opts.seed,
+    }
     if kind == "rec":
         keys.update(num_beams=opts.num_beams, ks=sorted(opts.ks))
     if kind == "text":
@@ -89,8 +97,14 @@ def run_evaluation(opts: EvalOptions, log=print) -> dict:
     os.makedirs(os.path.join(opts.out, "tasks"), exist_ok=True)
     loaded = load_hf_model(opts.model, itemic=opts.itemic, dtype=opts.dtype)
     catalogue = tries = None
-    results: dict = {"model": os.path.abspath(opts.model), "data": os.path.abspath(opts.data), "split": opts.split,
-                     "num_beams": opts.num_beams, "options": asdict(opts), "tasks": {}}
+    results: dict = {
+        "model": os.path.abspath(opts.model),
+        "data": os.path.abspath(opts.data),
+        "split": opts.split,
+        "num_beams": opts.num_beams,
+        "options": asdict(opts),
+        "tasks": {},
+    }
     for task in tasks:
         kind = kinds[task]
         fp = _fingerprint(opts, task, kind, judge.describe())
@@ -108,8 +122,15 @@ def run_evaluation(opts: EvalOptions, log=print) -> dict:
             if catalogue is None:
                 catalogue = load_catalogue(opts.data, opts.codes)
                 tries = build_tries(catalogue, loaded.layout)
-            res = evaluate_rec_task(loaded, samples, catalogue, tries, num_beams=opts.num_beams,
-                                    ks=sorted(opts.ks), batch_size=opts.batch_size)
+            res = evaluate_rec_task(
+                loaded,
+                samples,
+                catalogue,
+                tries,
+                num_beams=opts.num_beams,
+                ks=sorted(opts.ks),
+                batch_size=opts.batch_size,
+            )
         elif kind == "label":
             from megarec.eval.recif.label_task import evaluate_label_task
 
@@ -117,12 +138,15 @@ def run_evaluation(opts: EvalOptions, log=print) -> dict:
         else:
             from megarec.eval.recif.text_tasks import evaluate_text_task
 
-            res = evaluate_text_task(loaded, samples, judge, max_new_tokens=opts.max_new_tokens,
-                                     batch_size=opts.batch_size)
+            res = evaluate_text_task(
+                loaded, samples, judge, max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size
+            )
         res["seconds"] = time.perf_counter() - t0
         atomic_write_text(path, json.dumps({"fingerprint": fp, "result": res}, indent=1, default=float) + "\n")
         name, value = report.headline(res)
-        log(f"{task}: {name} = {'n/a' if value is None else f'{value:.4f}'} ({res['n']} samples, {res['seconds']:.1f}s)")
+        log(
+            f"{task}: {name} = {'n/a' if value is None else f'{value:.4f}'} ({res['n']} samples, {res['seconds']:.1f}s)"
+        )
         results["tasks"][task] = res
     general: dict = {}
     if opts.general:
@@ -133,7 +157,9 @@ def run_evaluation(opts: EvalOptions, log=print) -> dict:
     results["general"] = general
     results["plots"] = report.write_plots(results, opts.out)
     summary = {t: {k: v for k, v in r.items() if k != "samples"} for t, r in results["tasks"].items()}
-    atomic_write_text(os.path.join(opts.out, "results.json"),
-                      json.dumps({**results, "tasks": summary}, indent=2, default=float) + "\n")
+    atomic_write_text(
+        os.path.join(opts.out, "results.json"),
+        json.dumps({**results, "tasks": summary}, indent=2, default=float) + "\n",
+    )
     atomic_write_text(os.path.join(opts.out, "report.md"), report.render_markdown(results) + "\n")
     return results

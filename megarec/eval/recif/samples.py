@@ -7,6 +7,7 @@ reference is that turn. Recommendation tasks carry `target_item_ids` (ordered, f
 `reference`. `DIR/codes.csv` (item_id,c1..cL) and optionally `DIR/items.jsonl` (item_id, domain) give
 the catalogue; `DIR/sft/train.jsonl` targets, when present, give item popularity for collisions.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ ALL_TASKS = REC_TASKS + LABEL_TASKS + TEXT_TASKS
 
 
 def task_kind(task: str) -> str:
-    """"rec", "label" or "text" (other `<domain>_rec` names count as recommendation tasks)."""
+    """ "rec", "label" or "text" (other `<domain>_rec` names count as recommendation tasks)."""
     if task in LABEL_TASKS:
         return "label"
     if task in TEXT_TASKS:

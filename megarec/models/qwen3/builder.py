@@ -1,5 +1,6 @@
 """Qwen3 on Megatron-Core: architecture resolution, layout validation, TransformerConfig and the
 GPTModel chunks of this pipeline rank."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,19 +13,24 @@ import torch.nn.functional as F
 from megarec.common.dtypes import resolve_dtype
 from megarec.common.errors import ConfigError
 from megarec.models.config import ModelConfig
-from megarec.runtime.config import ParallelConfig
-from megarec.models.qwen3.specs import get_layer_spec, resolve_transformer_impl
 from megarec.models.qwen3.hf_config import arch_from_hf_config
 from megarec.models.qwen3.presets import Qwen3Arch, get_preset
+from megarec.models.qwen3.specs import get_layer_spec, resolve_transformer_impl
+from megarec.runtime.config import ParallelConfig
 
 
 def resolve_arch(cfg: ModelConfig) -> Qwen3Arch:
     """Preset or HF config.json, then explicit overrides."""
     arch = arch_from_hf_config(cfg.hf_config) if cfg.hf_config else get_preset(cfg.preset)
     return arch.replace(
-        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.ffn_hidden_size,
-        num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_query_groups,
-        head_dim=cfg.head_dim, vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_word_embeddings,
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        head_dim=cfg.head_dim,
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=cfg.tie_word_embeddings,
         rope_theta=cfg.rope_theta,
     )
 
@@ -35,41 +41,59 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
-def validate_layout(arch: Qwen3Arch, parallel: ParallelConfig, impl: str, world_size: int | None = None,
-                    fp8: str | None = None, local_attention: str = "sdpa") -> None:
+def validate_layout(
+    arch: Qwen3Arch,
+    parallel: ParallelConfig,
+    impl: str,
+    world_size: int | None = None,
+    fp8: str | None = None,
+    local_attention: str = "sdpa",
+) -> None:
     """Reject layouts Megatron-Core cannot run, with one clear sentence each."""
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     vp, cp = parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size
-    for name, value in [("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
-                        ("context_parallel_size", cp),
-                        ("distributed_timeout_minutes", parallel.distributed_timeout_minutes)]:
+    for name, value in [
+        ("tensor_model_parallel_size", tp),
+        ("pipeline_model_parallel_size", pp),
+        ("context_parallel_size", cp),
+        ("distributed_timeout_minutes", parallel.distributed_timeout_minutes),
+    ]:
         if value < 1:
             raise ConfigError(f"parallel.{name} must be >= 1, got {value}")
     if arch.num_attention_heads % tp:
-        raise ConfigError(f"num_attention_heads={arch.num_attention_heads} is not divisible by "
-                          f"tensor_model_parallel_size={tp}")
+        raise ConfigError(
+            f"num_attention_heads={arch.num_attention_heads} is not divisible by tensor_model_parallel_size={tp}"
+        )
     if arch.num_query_groups % tp:
-        raise ConfigError(f"num_query_groups (KV heads)={arch.num_query_groups} is not divisible by "
-                          f"tensor_model_parallel_size={tp}")
+        raise ConfigError(
+            f"num_query_groups (KV heads)={arch.num_query_groups} is not divisible by tensor_model_parallel_size={tp}"
+        )
     if arch.num_attention_heads % arch.num_query_groups:
-        raise ConfigError(f"num_attention_heads={arch.num_attention_heads} is not a multiple of "
-                          f"num_query_groups={arch.num_query_groups}")
+        raise ConfigError(
+            f"num_attention_heads={arch.num_attention_heads} is not a multiple of "
+            f"num_query_groups={arch.num_query_groups}"
+        )
     if arch.ffn_hidden_size % tp:
         raise ConfigError(f"ffn_hidden_size={arch.ffn_hidden_size} is not divisible by TP={tp}")
     chunks = pp * (vp or 1)
     if arch.num_layers % chunks:
-        raise ConfigError(f"num_layers={arch.num_layers} is not divisible by pipeline stages × virtual "
-                          f"chunks = {pp}×{vp or 1}")
+        raise ConfigError(
+            f"num_layers={arch.num_layers} is not divisible by pipeline stages × virtual chunks = {pp}×{vp or 1}"
+        )
     if vp and pp < 2:
         raise ConfigError("virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size > 1")
     if parallel.sequence_parallel and impl != "transformer_engine":
-        raise ConfigError("sequence_parallel needs the Transformer Engine layer spec (CUDA + "
-                          "transformer_engine); the local spec does not support it")
+        raise ConfigError(
+            "sequence_parallel needs the Transformer Engine layer spec (CUDA + "
+            "transformer_engine); the local spec does not support it"
+        )
     if parallel.sequence_parallel and tp < 2:
         raise ConfigError("sequence_parallel needs tensor_model_parallel_size > 1")
     if cp > 1 and impl != "transformer_engine" and local_attention != "sdpa":
-        raise ConfigError("context_parallel_size > 1 needs the Transformer Engine layer spec (ring attention) "
-                          "or model.local_attention=sdpa (all-gather attention, the fallback without TE)")
+        raise ConfigError(
+            "context_parallel_size > 1 needs the Transformer Engine layer spec (ring attention) "
+            "or model.local_attention=sdpa (all-gather attention, the fallback without TE)"
+        )
     if fp8 and impl != "transformer_engine":
         raise ConfigError("model.fp8 needs the Transformer Engine layer spec on a CUDA GPU")
     if world_size is not None and world_size % parallel.model_parallel_size:
@@ -81,8 +105,9 @@ def fused_wgrad_kernel_available() -> bool:
     return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
 
 
-def transformer_config_kwargs(arch: Qwen3Arch, model: ModelConfig, parallel: ParallelConfig, impl: str,
-                              on_gpu: bool | None = None) -> dict[str, Any]:
+def transformer_config_kwargs(
+    arch: Qwen3Arch, model: ModelConfig, parallel: ParallelConfig, impl: str, on_gpu: bool | None = None
+) -> dict[str, Any]:
     """Keyword arguments for megatron.core TransformerConfig (kept separate so the GPU/FP8 plumbing
     can be checked without constructing GPU-only objects)."""
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
@@ -131,9 +156,13 @@ def transformer_config_kwargs(arch: Qwen3Arch, model: ModelConfig, parallel: Par
     if model.recompute_activations:
         kwargs.update(recompute_granularity="selective")
     if model.fp8:
-        kwargs.update(fp8=model.fp8, fp8_recipe="delayed", fp8_margin=0,
-                      fp8_amax_history_len=model.fp8_amax_history_len,
-                      fp8_amax_compute_algo=model.fp8_amax_compute_algo)
+        kwargs.update(
+            fp8=model.fp8,
+            fp8_recipe="delayed",
+            fp8_margin=0,
+            fp8_amax_history_len=model.fp8_amax_history_len,
+            fp8_amax_compute_algo=model.fp8_amax_compute_algo,
+        )
     return kwargs
 
 
@@ -143,8 +172,9 @@ def build_transformer_config(arch: Qwen3Arch, model: ModelConfig, parallel: Para
     return TransformerConfig(**transformer_config_kwargs(arch, model, parallel, impl))
 
 
-def build_model_chunks(arch: Qwen3Arch, tconfig, impl: str, vocab_size_padded: int, seq_length: int,
-                       local_attention: str = "sdpa") -> list:
+def build_model_chunks(
+    arch: Qwen3Arch, tconfig, impl: str, vocab_size_padded: int, seq_length: int, local_attention: str = "sdpa"
+) -> list:
     """GPTModel chunk(s) held by this pipeline rank (one per virtual stage)."""
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel

@@ -1,4 +1,5 @@
 """Model FLOPs of Qwen3 training, counted as Megatron-LM counts them (for throughput and MFU)."""
+
 from __future__ import annotations
 
 from megarec.models.qwen3.presets import Qwen3Arch

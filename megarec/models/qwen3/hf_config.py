@@ -1,6 +1,7 @@
 """Reading a Qwen3 architecture from an HF `config.json`, strictly: every value comes from the file (later
 Qwen3 refreshes change RoPE theta and context length), and configs whose numerics the Megatron model would
 not reproduce are refused."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def arch_from_hf_config(path: str) -> Qwen3Arch:
     model_type = cfg.get("model_type")
     archs = cfg.get("architectures") or []
     if model_type != "qwen3":
-        raise ConfigError(f"{cfg_path}: model_type is '{model_type}', expected 'qwen3' "
-                          f"(architectures: {archs or 'unset'})")
+        raise ConfigError(
+            f"{cfg_path}: model_type is '{model_type}', expected 'qwen3' (architectures: {archs or 'unset'})"
+        )
     required = ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"]
     missing = [k for k in required if k not in cfg]
     if missing:
@@ -61,8 +63,10 @@ def read_qwen3_config(hf_dir: str):
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
     if rope_type not in (None, "default"):
-        raise ConfigError(f"{path}: RoPE scaling type '{rope_type}' is not supported by the conversion "
-                          "(the Megatron model uses plain RoPE)")
+        raise ConfigError(
+            f"{path}: RoPE scaling type '{rope_type}' is not supported by the conversion "
+            "(the Megatron model uses plain RoPE)"
+        )
     if cfg.get("use_sliding_window"):
         raise ConfigError(f"{path}: use_sliding_window=true is not supported (full attention only)")
     if cfg.get("hidden_act", "silu") != "silu":

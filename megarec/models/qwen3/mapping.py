@@ -10,6 +10,7 @@ Each rule names its HF tensor(s), its Megatron tensor and a transform that knows
 sides and how to go forward (HF → Megatron) and back. Transforms are exact inverses of each other
 (pure reshapes, concatenations and row padding), so a round trip is bit-exact.
 """
+
 from __future__ import annotations
 
 import re
@@ -157,16 +158,23 @@ _M = LAYER_PREFIX + "{i}."
 QWEN3_RULES: tuple[Rule, ...] = (
     Rule(("model.embed_tokens.weight",), "embedding.word_embeddings.weight", VocabRows()),
     Rule((_L + "input_layernorm.weight",), _M + "self_attention.linear_qkv.layer_norm_weight", _HIDDEN),
-    Rule((_L + "self_attn.q_proj.weight", _L + "self_attn.k_proj.weight", _L + "self_attn.v_proj.weight"),
-         _M + "self_attention.linear_qkv.weight", FusedQKV()),
+    Rule(
+        (_L + "self_attn.q_proj.weight", _L + "self_attn.k_proj.weight", _L + "self_attn.v_proj.weight"),
+        _M + "self_attention.linear_qkv.weight",
+        FusedQKV(),
+    ),
     Rule((_L + "self_attn.q_norm.weight",), _M + "self_attention.q_layernorm.weight", _HEAD),
     Rule((_L + "self_attn.k_norm.weight",), _M + "self_attention.k_layernorm.weight", _HEAD),
-    Rule((_L + "self_attn.o_proj.weight",), _M + "self_attention.linear_proj.weight",
-         Copy(lambda a: (a.hidden_size, a.num_attention_heads * a.head_dim))),
+    Rule(
+        (_L + "self_attn.o_proj.weight",),
+        _M + "self_attention.linear_proj.weight",
+        Copy(lambda a: (a.hidden_size, a.num_attention_heads * a.head_dim)),
+    ),
     Rule((_L + "post_attention_layernorm.weight",), _M + "mlp.linear_fc1.layer_norm_weight", _HIDDEN),
     Rule((_L + "mlp.gate_proj.weight", _L + "mlp.up_proj.weight"), _M + "mlp.linear_fc1.weight", FusedGLU()),
-    Rule((_L + "mlp.down_proj.weight",), _M + "mlp.linear_fc2.weight",
-         Copy(lambda a: (a.hidden_size, a.ffn_hidden_size))),
+    Rule(
+        (_L + "mlp.down_proj.weight",), _M + "mlp.linear_fc2.weight", Copy(lambda a: (a.hidden_size, a.ffn_hidden_size))
+    ),
     Rule(("model.norm.weight",), "decoder.final_layernorm.weight", _HIDDEN),
     Rule(("lm_head.weight",), "output_layer.weight", VocabRows(), when=_untied),
 )
@@ -192,8 +200,9 @@ def bound_rules(arch: Qwen3Arch, rules: tuple[Rule, ...] = QWEN3_RULES) -> list[
             continue
         layers = range(arch.num_layers) if rule.per_layer else [None]
         for i in layers:
-            fmt = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)
-            out.append(BoundRule(tuple(fmt(n) for n in rule.hf), fmt(rule.mcore), rule.transform))
+            hf = tuple(n if i is None else n.format(i=i) for n in rule.hf)
+            mcore = rule.mcore if i is None else rule.mcore.format(i=i)
+            out.append(BoundRule(hf, mcore, rule.transform))
     return out
 
 
@@ -213,8 +222,9 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: Shape, side: str) ->
         raise ConfigError(f"{side} tensor {name} has shape {list(tensor.shape)}, config.json implies {list(expected)}")
 
 
-def hf_to_mcore(get_hf: Callable[[str], torch.Tensor], arch: Qwen3Arch,
-                padded_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
+def hf_to_mcore(
+    get_hf: Callable[[str], torch.Tensor], arch: Qwen3Arch, padded_vocab: int
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(Megatron name, tensor) for every rule, reading HF tensors one rule at a time."""
     for r in bound_rules(arch):
         tensors = [get_hf(n) for n in r.hf]
@@ -223,8 +233,9 @@ def hf_to_mcore(get_hf: Callable[[str], torch.Tensor], arch: Qwen3Arch,
         yield r.mcore, r.transform.to_mcore(tensors, arch, padded_vocab)
 
 
-def mcore_to_hf(get_mcore: Callable[[str], torch.Tensor], arch: Qwen3Arch,
-                padded_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
+def mcore_to_hf(
+    get_mcore: Callable[[str], torch.Tensor], arch: Qwen3Arch, padded_vocab: int
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for every rule; vocabulary padding is cut back to arch.vocab_size."""
     for r in bound_rules(arch):
         t = get_mcore(r.mcore)
@@ -249,4 +260,4 @@ def layer_name(key: str, layer: Optional[int]) -> str:
         return key
     if not key.startswith(LAYER_PREFIX):
         raise ValueError(f"{key} is not a per-layer key")
-    return f"{LAYER_PREFIX}{layer}.{key[len(LAYER_PREFIX):]}"
+    return f"{LAYER_PREFIX}{layer}.{key[len(LAYER_PREFIX) :]}"

@@ -27,6 +27,7 @@ Not modelled (left to the headroom of `choose_recompute`): CUDA context and libr
 buffers, allocator fragmentation, Transformer Engine's FP8 weight casts, transient backward buffers
 (gradients in flight, sequence-parallel all-gathers) and the short-lived bf16 logits.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,9 @@ def local_params(arch: Qwen3Arch, *, tp: int, pp: int, padded_vocab: int) -> int
     return arch.num_layers // pp * layer + embedding_copies * vocab_rows * h + h
 
 
-def layer_activation_terms(arch: Qwen3Arch, *, tp: int, cp: int, sp: bool, seq_length: int,
-                           micro_batch_size: int, act_bytes: int) -> dict[str, int]:
+def layer_activation_terms(
+    arch: Qwen3Arch, *, tp: int, cp: int, sp: bool, seq_length: int, micro_batch_size: int, act_bytes: int
+) -> dict[str, int]:
     """Bytes one layer keeps for backward for one micro-batch, by tensor.
 
     Tokens on this rank: n = s/CP × b. Head- and FFN-sized tensors are split over TP; hidden-sized tensors
@@ -109,18 +111,35 @@ def layer_activation_terms(arch: Qwen3Arch, *, tp: int, cp: int, sp: bool, seq_l
     }
 
 
-def _check_layout(arch: Qwen3Arch, tp: int, pp: int, cp: int, sp: bool, dp: int, seq_length: int,
-                  micro_batch_size: int, padded_vocab: int) -> None:
-    for name, value in (("tp", tp), ("pp", pp), ("cp", cp), ("dp", dp), ("seq_length", seq_length),
-                        ("micro_batch_size", micro_batch_size)):
+def _check_layout(
+    arch: Qwen3Arch,
+    tp: int,
+    pp: int,
+    cp: int,
+    sp: bool,
+    dp: int,
+    seq_length: int,
+    micro_batch_size: int,
+    padded_vocab: int,
+) -> None:
+    for name, value in (
+        ("tp", tp),
+        ("pp", pp),
+        ("cp", cp),
+        ("dp", dp),
+        ("seq_length", seq_length),
+        ("micro_batch_size", micro_batch_size),
+    ):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
-    divisors = ((arch.num_attention_heads, tp, "num_attention_heads", "TP"),
-                (arch.num_query_groups, tp, "num_query_groups", "TP"),
-                (arch.ffn_hidden_size, tp, "ffn_hidden_size", "TP"),
-                (padded_vocab, tp, "padded_vocab", "TP"),
-                (arch.num_layers, pp, "num_layers", "PP"),
-                (seq_length, cp * tp if sp else cp, "seq_length", "CP×TP" if sp else "CP"))
+    divisors = (
+        (arch.num_attention_heads, tp, "num_attention_heads", "TP"),
+        (arch.num_query_groups, tp, "num_query_groups", "TP"),
+        (arch.ffn_hidden_size, tp, "ffn_hidden_size", "TP"),
+        (padded_vocab, tp, "padded_vocab", "TP"),
+        (arch.num_layers, pp, "num_layers", "PP"),
+        (seq_length, cp * tp if sp else cp, "seq_length", "CP×TP" if sp else "CP"),
+    )
     for value, by, name, what in divisors:
         if value % by:
             raise ConfigError(f"{name}={value} is not divisible by {what}={by}")
@@ -130,9 +149,21 @@ def _check_layout(arch: Qwen3Arch, tp: int, pp: int, cp: int, sp: bool, dp: int,
         raise ConfigError(f"padded_vocab={padded_vocab} is smaller than the vocabulary {arch.vocab_size}")
 
 
-def estimate_memory(arch: Qwen3Arch, *, tp: int = 1, pp: int = 1, cp: int = 1, sp: bool = False, dp: int = 1,
-                    distributed_optimizer: bool = False, seq_length: int, micro_batch_size: int = 1,
-                    params_dtype_bytes: int = 2, recompute: bool = False, padded_vocab: int) -> MemoryEstimate:
+def estimate_memory(
+    arch: Qwen3Arch,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    cp: int = 1,
+    sp: bool = False,
+    dp: int = 1,
+    distributed_optimizer: bool = False,
+    seq_length: int,
+    micro_batch_size: int = 1,
+    params_dtype_bytes: int = 2,
+    recompute: bool = False,
+    padded_vocab: int,
+) -> MemoryEstimate:
     """Per-GPU memory of training `arch` with Adam under this layout (see the module docstring).
     Activations are stored in the parameter dtype; `padded_vocab` is the padded size the model is built
     with (`megarec.models.qwen3.builder.padded_vocab_size`)."""
@@ -144,8 +175,15 @@ def estimate_memory(arch: Qwen3Arch, *, tp: int = 1, pp: int = 1, cp: int = 1, s
     if distributed_optimizer:
         optimizer = math.ceil(optimizer / (dp * cp))
 
-    terms = layer_activation_terms(arch, tp=tp, cp=cp, sp=sp, seq_length=seq_length,
-                                   micro_batch_size=micro_batch_size, act_bytes=params_dtype_bytes)
+    terms = layer_activation_terms(
+        arch,
+        tp=tp,
+        cp=cp,
+        sp=sp,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        act_bytes=params_dtype_bytes,
+    )
     if recompute:
         terms["core_attention"] = 0
     per_layer = sum(terms.values())
@@ -164,8 +202,13 @@ def estimate_memory(arch: Qwen3Arch, *, tp: int = 1, pp: int = 1, cp: int = 1, s
     )
 
 
-def choose_recompute(without: MemoryEstimate, with_recompute: MemoryEstimate, *, hbm_bytes: int = H100_HBM_BYTES,
-                     headroom: float = DEFAULT_HEADROOM) -> bool:
+def choose_recompute(
+    without: MemoryEstimate,
+    with_recompute: MemoryEstimate,
+    *,
+    hbm_bytes: int = H100_HBM_BYTES,
+    headroom: float = DEFAULT_HEADROOM,
+) -> bool:
     """False when the layout fits without recomputation within (1 - headroom) of HBM, True when it fits
     only with it; ConfigError when it fits neither way."""
     budget = hbm_bytes * (1 - headroom)
@@ -173,13 +216,16 @@ def choose_recompute(without: MemoryEstimate, with_recompute: MemoryEstimate, *,
         return False
     if with_recompute.total <= budget:
         return True
-    raise ConfigError(f"estimated {with_recompute.total / GIB:.1f} GiB per GPU even with recomputation, over the "
-                      f"{budget / GIB:.1f} GiB budget ({1 - headroom:.0%} of {hbm_bytes / GIB:.0f} GiB): "
-                      "use more TP/PP/CP or a shorter sequence")
+    raise ConfigError(
+        f"estimated {with_recompute.total / GIB:.1f} GiB per GPU even with recomputation, over the "
+        f"{budget / GIB:.1f} GiB budget ({1 - headroom:.0%} of {hbm_bytes / GIB:.0f} GiB): "
+        "use more TP/PP/CP or a shorter sequence"
+    )
 
 
-def estimate_for_config(cfg, *, dp: int, vocab_size: int | None = None, recompute: bool | None = None
-                        ) -> MemoryEstimate:
+def estimate_for_config(
+    cfg, *, dp: int, vocab_size: int | None = None, recompute: bool | None = None
+) -> MemoryEstimate:
     """Estimate for a `PretrainConfig` on GPUs: architecture from its model section (`vocab_size` replaces the
     vocabulary, e.g. with the itemic-expanded one), layout from `parallel`, sequence and micro-batch from
     `train`, recomputation from `model.recompute_activations` unless given. Precision "auto" means bf16, as
@@ -190,8 +236,16 @@ def estimate_for_config(cfg, *, dp: int, vocab_size: int | None = None, recomput
     par = cfg.parallel
     tp = par.tensor_model_parallel_size
     return estimate_memory(
-        arch, tp=tp, pp=par.pipeline_model_parallel_size, cp=par.context_parallel_size, sp=par.sequence_parallel,
-        dp=dp, distributed_optimizer=par.use_distributed_optimizer, seq_length=cfg.train.seq_length,
-        micro_batch_size=cfg.train.micro_batch_size, params_dtype_bytes=4 if cfg.model.dtype == "fp32" else 2,
+        arch,
+        tp=tp,
+        pp=par.pipeline_model_parallel_size,
+        cp=par.context_parallel_size,
+        sp=par.sequence_parallel,
+        dp=dp,
+        distributed_optimizer=par.use_distributed_optimizer,
+        seq_length=cfg.train.seq_length,
+        micro_batch_size=cfg.train.micro_batch_size,
+        params_dtype_bytes=4 if cfg.model.dtype == "fp32" else 2,
         recompute=cfg.model.recompute_activations if recompute is None else recompute,
-        padded_vocab=padded_vocab_size(arch.vocab_size, cfg.model.make_vocab_size_divisible_by, tp))
+        padded_vocab=padded_vocab_size(arch.vocab_size, cfg.model.make_vocab_size_divisible_by, tp),
+    )

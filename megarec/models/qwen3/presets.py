@@ -1,4 +1,5 @@
 """Qwen3 architecture presets (public configs); `hf_config` reads an architecture from an HF config.json."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,13 @@ class Qwen3Arch:
 
     def num_parameters(self, padded_vocab: int | None = None) -> int:
         v = padded_vocab or self.vocab_size
-        h, q, kv, d, f = self.hidden_size, self.num_attention_heads, self.num_query_groups, self.head_dim, self.ffn_hidden_size
+        h, q, kv, d, f = (
+            self.hidden_size,
+            self.num_attention_heads,
+            self.num_query_groups,
+            self.head_dim,
+            self.ffn_hidden_size,
+        )
         attn = h * (q * d + 2 * kv * d) + q * d * h + 2 * d
         mlp = 3 * h * f
         layer = attn + mlp + 2 * h

@@ -1,5 +1,6 @@
 """Choice of Megatron-Core layer spec: Transformer Engine (fused kernels, FP8, sequence/context
 parallel) when TE imports and CUDA is present, otherwise the portable local spec."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,8 +30,10 @@ def resolve_transformer_impl(requested: str, te_available: bool | None = None) -
     if requested == "auto":
         return "transformer_engine" if te else "local"
     if requested == "transformer_engine" and not te:
-        raise ConfigError("model.transformer_impl=transformer_engine needs CUDA and an importable "
-                          "transformer_engine (pip install 'megarec[gpu]'); use local or auto here")
+        raise ConfigError(
+            "model.transformer_impl=transformer_engine needs CUDA and an importable "
+            "transformer_engine (pip install 'megarec[gpu]'); use local or auto here"
+        )
     if requested not in ("local", "transformer_engine"):
         raise ConfigError(f"unknown transformer_impl '{requested}'")
     return requested

@@ -6,6 +6,7 @@ A step is one optimizer step for SFT and one rollout iteration (sampling + `ppo.
 optimizer steps) for distillation and GRPO. Per-step randomness (sampling, suffix choices) is seeded from
 (train.seed, step, rank), so a resumed run draws exactly what the uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,10 @@ class Trainer:
         if self.resume_from:
             state = ckpt.read_state(self.resume_from)
             if state.get("verb") != self.verb:
-                raise ConfigError(f"{self.resume_from} is a `megarec {state.get('verb')}` checkpoint, not {self.verb}: "
-                                  "use another checkpoint.dir (or logging.run_dir) for this stage")
+                raise ConfigError(
+                    f"{self.resume_from} is a `megarec {state.get('verb')}` checkpoint, not {self.verb}: "
+                    "use another checkpoint.dir (or logging.run_dir) for this stage"
+                )
             ckpt.restore_optimizer(self.resume_from, self.policy)
             self.policy.scheduler.load_state_dict(state["scheduler"])
             self.load_data_state(state.get("data", {}))
@@ -99,20 +102,32 @@ class Trainer:
             self.policy.prepare_for_training()
             return result
 
-        cadence = Cadence(total, cfg.logging.log_interval, cfg.train.eval_interval, cfg.checkpoint.save_interval,
-                          cfg.train.exit_interval, validate_at_start=cfg.train.eval_at_start)
+        cadence = Cadence(
+            total,
+            cfg.logging.log_interval,
+            cfg.train.eval_interval,
+            cfg.checkpoint.save_interval,
+            cfg.train.exit_interval,
+            validate_at_start=cfg.train.eval_at_start,
+        )
         with open_run(cfg, cfg.logging, env.is_rank0, total, self.step, cfg.train.exit_signals) as run:
             self.policy.prepare_for_training()
             loop = StepLoop(cadence, run.logger, run.signals, self.verb, env.is_rank0)
-            summary = loop.run(self.step, train_step, lambda step: self.save_checkpoint(cfg.checkpoint.keep_last),
-                               validate if self.has_validation() else None, self.resume_from)
+            summary = loop.run(
+                self.step,
+                train_step,
+                lambda step: self.save_checkpoint(cfg.checkpoint.keep_last),
+                validate if self.has_validation() else None,
+                self.resume_from,
+            )
             if self.step >= total and summary.exit_reason == "finished":
                 summary.output = self.export()
         return summary
 
     def save_checkpoint(self, keep_last: int) -> str:
-        return ckpt.save(self.ckpt_root, self.step, self.policy, {"verb": self.verb, "data": self.data_state()},
-                         keep_last)
+        return ckpt.save(
+            self.ckpt_root, self.step, self.policy, {"verb": self.verb, "data": self.data_state()}, keep_last
+        )
 
     def export(self) -> str:
         """The final HF checkpoint (the next stage's model.path and evaluation's input)."""
@@ -128,7 +143,7 @@ def even_share(items: list, env: DistEnv) -> tuple[list, list[bool]]:
     """This rank's share of `items` (round-robin) padded to the same length on every rank; the flags say
     which entries are real (fillers repeat the first item and must be masked out)."""
     per = -(-len(items) // env.world_size)
-    mine = items[env.rank::env.world_size]
+    mine = items[env.rank :: env.world_size]
     real = [True] * len(mine)
     while len(mine) < per:
         mine.append(items[0])

@@ -11,6 +11,7 @@ strongly negative advantage) and ends the trajectory — sampling stops there an
 Validation samples held-out prompts and reports the exact per-token reverse KL(student ‖ teacher) along
 the student's samples and the fraction of answers containing an itemic token.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,13 @@ import torch
 from megarec.common.errors import ConfigError
 from megarec.posttrain import chat
 from megarec.posttrain.algorithms.base import even_share, global_sum
-from megarec.posttrain.algorithms.rl_common import (OnPolicyTrainer, check_mini_batches, check_on_policy_config,
-                                                    ppo_update, rollout_batch)
+from megarec.posttrain.algorithms.rl_common import (
+    OnPolicyTrainer,
+    check_mini_batches,
+    check_on_policy_config,
+    ppo_update,
+    rollout_batch,
+)
 from megarec.posttrain.batching import micro_batches, rank_slice
 from megarec.posttrain.config import DistillConfig
 from megarec.posttrain.datasets import OverlongError, seeded_rng
@@ -47,8 +53,10 @@ def prompt_builder(tokenizer, max_len: int):
         messages = chat.prompt_messages(chat.validate_messages(rec.get("messages"), where), where)
         n = len(chat.prompt_ids(tokenizer, chat.add_suffix(messages, longest)))
         if n > max_len:
-            raise OverlongError(f"{where}: prompt has {n} tokens (with the longest think suffix), more than "
-                                f"data.max_prompt_length={max_len}")
+            raise OverlongError(
+                f"{where}: prompt has {n} tokens (with the longest think suffix), more than "
+                f"data.max_prompt_length={max_len}"
+            )
         return messages
 
     return prepare
@@ -69,24 +77,43 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
         self.policy = self.build_policy(kl_coef=0.0)
         tok = self.policy.tokenizer
         t_tok = hf.load_tokenizer(cfg.teacher.path)
-        check_teacher_compatible(self.policy, AutoConfig.from_pretrained(cfg.teacher.path), t_tok,
-                                 cfg.teacher.same_size, cfg.model.path, cfg.teacher.path)
+        check_teacher_compatible(
+            self.policy,
+            AutoConfig.from_pretrained(cfg.teacher.path),
+            t_tok,
+            cfg.teacher.same_size,
+            cfg.model.path,
+            cfg.teacher.path,
+        )
         unknown = torch.zeros(self.policy.vocab_size, dtype=torch.bool)
-        unknown[len(t_tok):] = True
+        unknown[len(t_tok) :] = True
         if self.policy.item_layout is not None:
             unknown[torch.tensor(self.policy.item_layout.itemic_token_ids())] = True
         self.unknown = unknown
-        self.stop_ids = torch.nonzero(unknown[:len(tok)]).view(-1).tolist()
-        self.teacher = TeacherModel(cfg.teacher.path, env, unknown=unknown, unknown_logprob=a.itemic_teacher_logprob,
-                                    dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                    shard=cfg.parallel.shard_frozen, micro_batch_size=cfg.train.micro_batch_size)
+        self.stop_ids = torch.nonzero(unknown[: len(tok)]).view(-1).tolist()
+        self.teacher = TeacherModel(
+            cfg.teacher.path,
+            env,
+            unknown=unknown,
+            unknown_logprob=a.itemic_teacher_logprob,
+            dtype=cfg.model.dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            shard=cfg.parallel.shard_frozen,
+            micro_batch_size=cfg.train.micro_batch_size,
+        )
         self.load_prompts(prompt_builder(tok, cfg.data.max_prompt_length))
         self.eos_ids = [tok.convert_tokens_to_ids("<|im_end|>")]
 
     def _spec(self, temperature: float) -> SamplingSpec:
         r = self.cfg.rollout
-        return SamplingSpec(max_new_tokens=r.max_new_tokens, temperature=temperature, eos_token_ids=self.eos_ids,
-                            stop_token_ids=self.stop_ids, batch_size=r.batch_size, vocab_limit=len(self.policy.tokenizer))
+        return SamplingSpec(
+            max_new_tokens=r.max_new_tokens,
+            temperature=temperature,
+            eos_token_ids=self.eos_ids,
+            stop_token_ids=self.stop_ids,
+            batch_size=r.batch_size,
+            vocab_limit=len(self.policy.tokenizer),
+        )
 
     def _prompt(self, messages: list, rng) -> list[int]:
         suffix = rng.choices(chat.suffix_choices(), weights=self.cfg.algorithm.think_suffix_probs)[0]
@@ -120,16 +147,29 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
         unk = self.unknown[batch["input_ids"]] & mask.bool()
         plain = mask.bool() & ~unk
         has_itemic, _ = self._itemic_stats(rollout)
-        local = [float(((old - teacher) * plain).sum()), float(plain.sum()), float(sum(has_itemic)),
-                 float(len(rollout)), float(sum(len(r) for r in rollout.responses)),
-                 float(sum(not f for f in rollout.finished)), float(batch["attention_mask"].sum()),
-                 float((adv * mask).sum()), float(mask.sum())]
+        local = [
+            float(((old - teacher) * plain).sum()),
+            float(plain.sum()),
+            float(sum(has_itemic)),
+            float(len(rollout)),
+            float(sum(len(r) for r in rollout.responses)),
+            float(sum(not f for f in rollout.finished)),
+            float(batch["attention_mask"].sum()),
+            float((adv * mask).sum()),
+            float(mask.sum()),
+        ]
         g = global_sum(local, env)
         update = ppo_update(self.policy, batch, a.ppo.epochs, a.ppo.mini_batches)
-        return {"loss": update.pop("loss"), **update,
-                "sample_reverse_kl": g[0] / max(g[1], 1.0), "itemic_rate": g[2] / g[3],
-                "response_len": g[4] / g[3], "truncated_frac": g[5] / g[3], "advantage_mean": g[7] / max(g[8], 1.0),
-                "tokens": g[6]}
+        return {
+            "loss": update.pop("loss"),
+            **update,
+            "sample_reverse_kl": g[0] / max(g[1], 1.0),
+            "itemic_rate": g[2] / g[3],
+            "response_len": g[4] / g[3],
+            "truncated_frac": g[5] / g[3],
+            "advantage_mean": g[7] / max(g[8], 1.0),
+            "tokens": g[6],
+        }
 
     # ---------------------------------------------------------------------------------- validation
     def validate(self, step: int) -> dict:
@@ -137,8 +177,9 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
         items = [(k, m) for k, m in enumerate(ex for src in self.valid for ex in src.rows)]
         mine, real = even_share(items, env)
         prompts = [self._prompt(m, seeded_rng(cfg.train.seed, "valid", k)) for k, m in mine]
-        rollout = self.policy.generate(prompts, self._spec(cfg.rollout.valid_temperature),
-                                       seed=cfg.train.seed * 7 + 11 + env.rank)
+        rollout = self.policy.generate(
+            prompts, self._spec(cfg.rollout.valid_temperature), seed=cfg.train.seed * 7 + 11 + env.rank
+        )
         batch = rollout_batch(rollout, self.policy.tokenizer.pad_token_id, sample_mask=real)
         self.policy.model.eval()
         kl_sum, n = self.exact_reverse_kl(batch)

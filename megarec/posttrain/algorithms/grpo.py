@@ -10,6 +10,7 @@ are all computed under the constraint masks and temperature that produced each s
 logs the mean |old log-prob − log-prob recorded while sampling|, ~1e-7 in fp32). Groups whose
 rewards are all zero (no signal) are counted and logged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,13 @@ import torch
 from megarec.common.errors import ConfigError, DataError
 from megarec.posttrain import chat
 from megarec.posttrain.algorithms.base import even_share, global_sum
-from megarec.posttrain.algorithms.rl_common import (OnPolicyTrainer, check_mini_batches, check_on_policy_config,
-                                                    ppo_update, rollout_batch)
+from megarec.posttrain.algorithms.rl_common import (
+    OnPolicyTrainer,
+    check_mini_batches,
+    check_on_policy_config,
+    ppo_update,
+    rollout_batch,
+)
 from megarec.posttrain.batching import rank_slice
 from megarec.posttrain.config import GRPOConfig
 from megarec.posttrain.constraints import answer_processors, answer_tokens
@@ -73,7 +79,7 @@ def sample_logprob_tensor(rollout, shape) -> torch.Tensor:
     """[B, T] log-probs recorded while sampling, aligned like training log-probs (prompt entries 0)."""
     out = torch.zeros(shape)
     for i, (p, lps) in enumerate(zip(rollout.prompts, rollout.sample_logprobs)):
-        out[i, len(p):len(p) + len(lps)] = torch.tensor(lps)
+        out[i, len(p) : len(p) + len(lps)] = torch.tensor(lps)
     return out
 
 
@@ -85,8 +91,8 @@ class GRPOTrainer(OnPolicyTrainer):
     verb = "grpo"
 
     def setup(self) -> None:
-        from megarec.decoding.trie import ItemTrie
         from megarec.common.itemic import read_codes_table
+        from megarec.decoding.trie import ItemTrie
 
         cfg, env = self.cfg, self.env
         validate_config(cfg, env.world_size)
@@ -99,8 +105,9 @@ class GRPOTrainer(OnPolicyTrainer):
         L = layout.num_layers
         need = L + 3 + (4 if r.reasoning else 0)
         if r.max_new_tokens < need:
-            raise ConfigError(f"rollout.max_new_tokens={r.max_new_tokens} cannot hold an answer "
-                              f"(needs at least {need} tokens)")
+            raise ConfigError(
+                f"rollout.max_new_tokens={r.max_new_tokens} cannot hold an answer (needs at least {need} tokens)"
+            )
         table = read_codes_table(cfg.data.codes, L, layout.codebook_size)
         ids, codes = table.ids, table.codes
         item_codes = {(i.item() if hasattr(i, "item") else i): tuple(int(c) for c in row) for i, row in zip(ids, codes)}
@@ -108,17 +115,27 @@ class GRPOTrainer(OnPolicyTrainer):
         self.layout = layout
         self.id_to_codes = {str(k): v for k, v in item_codes.items()}
         self.eos_ids = [tok.convert_tokens_to_ids("<|im_end|>")]
-        self.make_processors = answer_processors(self.trie, tok, reasoning=r.reasoning,
-                                                 max_think_tokens=r.max_think_tokens, eos_ids=self.eos_ids)
+        self.make_processors = answer_processors(
+            self.trie, tok, reasoning=r.reasoning, max_think_tokens=r.max_think_tokens, eos_ids=self.eos_ids
+        )
         self.reference = None
         if a.kl_coef > 0 or cfg.reference.path:  # an explicit reference is tracked (logged) even at kl_coef 0
-            self.reference = ReferenceModel(cfg.reference.path or cfg.model.path, env, key="reference.path",
-                                            dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                            shard=cfg.parallel.shard_frozen, micro_batch_size=cfg.train.micro_batch_size,
-                                            logprob_temperature=r.temperature, vocab_limit=len(tok))
+            self.reference = ReferenceModel(
+                cfg.reference.path or cfg.model.path,
+                env,
+                key="reference.path",
+                dtype=cfg.model.dtype,
+                attn_implementation=cfg.model.attn_implementation,
+                shard=cfg.parallel.shard_frozen,
+                micro_batch_size=cfg.train.micro_batch_size,
+                logprob_temperature=r.temperature,
+                vocab_limit=len(tok),
+            )
             if len(self.reference.tokenizer) != len(tok):
-                raise ConfigError(f"reference.path tokenizer has {len(self.reference.tokenizer)} tokens, the "
-                                  f"policy's {len(tok)}: the reference must share the policy's vocabulary")
+                raise ConfigError(
+                    f"reference.path tokenizer has {len(self.reference.tokenizer)} tokens, the "
+                    f"policy's {len(tok)}: the reference must share the policy's vocabulary"
+                )
         self.load_prompts(self._prompt_builder())
 
     def _prompt_builder(self):
@@ -130,17 +147,26 @@ class GRPOTrainer(OnPolicyTrainer):
             targets = targets_of(rec, self.id_to_codes, where)
             ids = chat.prompt_ids(tok, messages, enable_thinking=thinking)
             if len(ids) > cfg.data.max_prompt_length:
-                raise OverlongError(f"{where}: prompt has {len(ids)} tokens, more than "
-                                    f"data.max_prompt_length={cfg.data.max_prompt_length}")
+                raise OverlongError(
+                    f"{where}: prompt has {len(ids)} tokens, more than "
+                    f"data.max_prompt_length={cfg.data.max_prompt_length}"
+                )
             return ids, targets
 
         return prepare
 
     def spec(self, temperature: float) -> SamplingSpec:
         r = self.cfg.rollout
-        return SamplingSpec(max_new_tokens=r.max_new_tokens, temperature=temperature, eos_token_ids=self.eos_ids,
-                            processors=self.make_processors, record_masks=True, record_logprobs=True,
-                            batch_size=r.batch_size, vocab_limit=len(self.policy.tokenizer))
+        return SamplingSpec(
+            max_new_tokens=r.max_new_tokens,
+            temperature=temperature,
+            eos_token_ids=self.eos_ids,
+            processors=self.make_processors,
+            record_masks=True,
+            record_logprobs=True,
+            batch_size=r.batch_size,
+            vocab_limit=len(self.policy.tokenizer),
+        )
 
     def score(self, rollout, targets: list) -> tuple[list[float], dict]:
         """Rewards of every sample, plus counts: hits, answers without an item, items not in the trie."""
@@ -175,25 +201,65 @@ class GRPOTrainer(OnPolicyTrainer):
             batch["ref_logprobs"] = self.reference.get_logprobs(batch)
         update = ppo_update(self.policy, batch, a.ppo.epochs, a.ppo.mini_batches)
         n = float(len(rollout))
-        g = global_sum([sum(rewards), counts["hits"], counts["empty"], counts["invalid"], counts["items"], n,
-                        gstats["groups"], gstats["zero_reward_groups"], gstats["uniform_groups"],
-                        float(sum(len(r) for r in rollout.responses)), float(batch["attention_mask"].sum()),
-                        mismatch, float(batch["loss_mask"].sum())], env)
-        return {"loss": update.pop("loss"), **update, "reward_mean": g[0] / g[5], "hit_rate": g[1] / g[5],
-                "no_item_frac": g[2] / g[5], "invalid_items": g[3], "items_per_answer": g[4] / g[5],
-                "zero_reward_groups": g[7], "zero_reward_group_frac": g[7] / g[6], "uniform_group_frac": g[8] / g[6],
-                "response_len": g[9] / g[5], "tokens": g[10], "logprob_mismatch": g[11] / max(g[12], 1.0)}
+        g = global_sum(
+            [
+                sum(rewards),
+                counts["hits"],
+                counts["empty"],
+                counts["invalid"],
+                counts["items"],
+                n,
+                gstats["groups"],
+                gstats["zero_reward_groups"],
+                gstats["uniform_groups"],
+                float(sum(len(r) for r in rollout.responses)),
+                float(batch["attention_mask"].sum()),
+                mismatch,
+                float(batch["loss_mask"].sum()),
+            ],
+            env,
+        )
+        return {
+            "loss": update.pop("loss"),
+            **update,
+            "reward_mean": g[0] / g[5],
+            "hit_rate": g[1] / g[5],
+            "no_item_frac": g[2] / g[5],
+            "invalid_items": g[3],
+            "items_per_answer": g[4] / g[5],
+            "zero_reward_groups": g[7],
+            "zero_reward_group_frac": g[7] / g[6],
+            "uniform_group_frac": g[8] / g[6],
+            "response_len": g[9] / g[5],
+            "tokens": g[10],
+            "logprob_mismatch": g[11] / max(g[12], 1.0),
+        }
 
     # ---------------------------------------------------------------------------------- validation
     def validate(self, step: int) -> dict:
         cfg, env = self.cfg, self.env
         items = [ex for src in self.valid for ex in src.rows]
         mine, real = even_share(items, env)
-        rollout = self.policy.generate([ids for ids, _ in mine], self.spec(cfg.rollout.valid_temperature),
-                                       seed=cfg.train.seed * 7 + 13 + env.rank)
+        rollout = self.policy.generate(
+            [ids for ids, _ in mine], self.spec(cfg.rollout.valid_temperature), seed=cfg.train.seed * 7 + 13 + env.rank
+        )
         rewards, counts = self.score(rollout, [t for _, t in mine])
-        hits = [float(any(tuple(c) in t for c in self.layout.parse_items(
-            answer_tokens(r, self.policy.tokenizer, cfg.rollout.reasoning)))) for r, (_, t) in zip(rollout.responses, mine)]
-        g = global_sum([sum(h for h, ok in zip(hits, real) if ok), sum(x for x, ok in zip(rewards, real) if ok),
-                        float(sum(real)), float(counts["invalid"])], env)
+        hits = [
+            float(
+                any(
+                    tuple(c) in t
+                    for c in self.layout.parse_items(answer_tokens(r, self.policy.tokenizer, cfg.rollout.reasoning))
+                )
+            )
+            for r, (_, t) in zip(rollout.responses, mine)
+        ]
+        g = global_sum(
+            [
+                sum(h for h, ok in zip(hits, real) if ok),
+                sum(x for x, ok in zip(rewards, real) if ok),
+                float(sum(real)),
+                float(counts["invalid"]),
+            ],
+            env,
+        )
         return {"val_hit_rate": g[0] / g[2], "val_reward": g[1] / g[2], "val_invalid_items": g[3]}

@@ -1,6 +1,7 @@
 """Pieces shared by the on-policy algorithms (distillation, GRPO): their common config checks, the
 `OnPolicyTrainer` base (policy with the clipped loss, prompt mixture, PPO update count, data position),
 turning a rollout into a training batch and the clipped policy-gradient update over it."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -34,8 +35,9 @@ def rollout_batch(rollout, pad_id: int, sample_mask: Optional[Sequence[bool]] = 
         loss_masks.append(lm)
         if rollout.mask_ids is not None:
             mask_ids.append([-1] * len(p) + [remap.setdefault(m, len(remap)) if m >= 0 else -1 for m in ids])
-    batch = pad_batch(seqs, pad_id, {"loss_mask": loss_masks},
-                      mask_ids=mask_ids if rollout.mask_ids is not None else None)
+    batch = pad_batch(
+        seqs, pad_id, {"loss_mask": loss_masks}, mask_ids=mask_ids if rollout.mask_ids is not None else None
+    )
     if rollout.mask_ids is not None:
         batch["masks"] = rollout.masks_tensor(sorted(remap, key=remap.get))
     return batch
@@ -55,8 +57,9 @@ def check_mini_batches(cfg, world_size: int) -> None:
     rows_per_rank = cfg.train.global_batch_size // world_size * cfg.rollout.samples_per_prompt
     mini_batches = cfg.algorithm.ppo.mini_batches
     if rows_per_rank % mini_batches:
-        raise ConfigError(f"algorithm.ppo.mini_batches={mini_batches} must divide the samples per rank per step "
-                          f"({rows_per_rank})")
+        raise ConfigError(
+            f"algorithm.ppo.mini_batches={mini_batches} must divide the samples per rank per step ({rows_per_rank})"
+        )
 
 
 class OnPolicyTrainer(Trainer):
@@ -66,14 +69,19 @@ class OnPolicyTrainer(Trainer):
         """The trained policy (model.*, parallel.* settings) with the PPO-clipped loss; sampling is limited
         to the tokenizer's ids. `kwargs` go to PolicyModel."""
         cfg = self.cfg
-        policy = PolicyModel(self.policy_path, self.env,
-                             tokenizer_path=None if self.resume_from else cfg.model.tokenizer,
-                             dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                             gradient_checkpointing=cfg.model.gradient_checkpointing,
-                             reshard_after_forward=cfg.parallel.reshard_after_forward,
-                             micro_batch_size=cfg.train.micro_batch_size,
-                             loss_fn=ClippedPolicyGradientLoss(cfg.algorithm.ppo.clip_eps, kl_coef),
-                             asset_dirs=[cfg.model.path, cfg.model.tokenizer], **kwargs)
+        policy = PolicyModel(
+            self.policy_path,
+            self.env,
+            tokenizer_path=None if self.resume_from else cfg.model.tokenizer,
+            dtype=cfg.model.dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            reshard_after_forward=cfg.parallel.reshard_after_forward,
+            micro_batch_size=cfg.train.micro_batch_size,
+            loss_fn=ClippedPolicyGradientLoss(cfg.algorithm.ppo.clip_eps, kl_coef),
+            asset_dirs=[cfg.model.path, cfg.model.tokenizer],
+            **kwargs,
+        )
         policy.vocab_limit = len(policy.tokenizer)
         return policy
 
@@ -83,8 +91,9 @@ class OnPolicyTrainer(Trainer):
         data = self.cfg.data
         self.sources = load_sources(data.sources, prepare, data.overlong)
         self.valid = load_sources(data.valid, prepare, data.overlong, limit=data.valid_samples) if data.valid else []
-        self.sampler = MixtureSampler([len(s.rows) for s in self.sources], [s.weight for s in self.sources],
-                                      self.cfg.train.seed)
+        self.sampler = MixtureSampler(
+            [len(s.rows) for s in self.sources], [s.weight for s in self.sources], self.cfg.train.seed
+        )
 
     def updates_per_step(self) -> int:
         ppo = self.cfg.algorithm.ppo

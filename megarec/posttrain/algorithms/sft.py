@@ -6,6 +6,7 @@ micro-batches, and the loss is the sum of assistant-token NLLs divided by the nu
 in the whole global batch. Sources are chat files or `megarec preprocess` datasets (see `sft_data`).
 Validation reports the same loss on held-out conversations.
 """
+
 from __future__ import annotations
 
 from megarec.common.errors import ConfigError
@@ -34,19 +35,26 @@ class SFTTrainer(Trainer):
     def setup(self) -> None:
         cfg, env = self.cfg, self.env
         validate_config(cfg, env.world_size)
-        self.policy = PolicyModel(self.policy_path, env, tokenizer_path=cfg.model.tokenizer if not self.resume_from
-                                  else None, dtype=cfg.model.dtype,
-                                  attn_implementation=cfg.model.attn_implementation,
-                                  gradient_checkpointing=cfg.model.gradient_checkpointing,
-                                  reshard_after_forward=cfg.parallel.reshard_after_forward,
-                                  micro_batch_size=cfg.train.micro_batch_size, loss_fn=NLLLoss(),
-                                  asset_dirs=[cfg.model.path, cfg.model.tokenizer])
+        self.policy = PolicyModel(
+            self.policy_path,
+            env,
+            tokenizer_path=cfg.model.tokenizer if not self.resume_from else None,
+            dtype=cfg.model.dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            reshard_after_forward=cfg.parallel.reshard_after_forward,
+            micro_batch_size=cfg.train.micro_batch_size,
+            loss_fn=NLLLoss(),
+            asset_dirs=[cfg.model.path, cfg.model.tokenizer],
+        )
         tok_dir, vocab = self.policy.tokenizer_path, len(self.policy.tokenizer)
         self.sources = load_sft_sources(cfg.data.sources, cfg.data, tok_dir, vocab, cfg.train.seed)
-        self.valid = load_sft_sources(cfg.data.valid, cfg.data, tok_dir, vocab, cfg.train.seed,
-                                      limit=cfg.data.valid_samples)
-        self.sampler = MixtureSampler([len(s.rows) for s in self.sources], [s.weight for s in self.sources],
-                                      cfg.train.seed)
+        self.valid = load_sft_sources(
+            cfg.data.valid, cfg.data, tok_dir, vocab, cfg.train.seed, limit=cfg.data.valid_samples
+        )
+        self.sampler = MixtureSampler(
+            [len(s.rows) for s in self.sources], [s.weight for s in self.sources], cfg.train.seed
+        )
         skipped = sum(s.skipped for s in self.sources)
         if skipped and env.is_rank0:
             print(f"megarec sft: skipped {skipped} conversations longer than data.max_seq_length", flush=True)
@@ -65,7 +73,7 @@ class SFTTrainer(Trainer):
         self.policy.prepare_for_training_step()
         metrics = self.policy.get_loss_and_metrics(batch)
         metrics.update(self.policy.finish_training_step())
-        tokens, = global_sum([float(batch["attention_mask"].sum())], env)
+        (tokens,) = global_sum([float(batch["attention_mask"].sum())], env)
         counts = global_sum([float(sum(1 for s, _ in mine if s == k)) for k in range(len(self.sources))], env)
         out = {"loss": metrics.pop("loss"), **metrics, "tokens": tokens}
         if len(self.sources) > 1:
@@ -77,7 +85,7 @@ class SFTTrainer(Trainer):
         return bool(self.valid)
 
     def validate(self, step: int) -> dict:
-        items = [src.rows[i] for src in self.valid for i in range(len(src.rows))][:self.cfg.data.valid_samples]
+        items = [src.rows[i] for src in self.valid for i in range(len(src.rows))][: self.cfg.data.valid_samples]
         mine, real = even_share(items, self.env)
         self.policy.model.eval()
         m = self.policy.get_loss_and_metrics(self._batch(mine, real), forward_only=True)

@@ -6,6 +6,7 @@ Convention: every per-token tensor is aligned with `input_ids` ([B, T]); entry t
 `masks` [U, V] bool): token t was sampled from the tokens where `masks[mask_ids[b, t]]` is True, or
 from the whole vocabulary when `mask_ids[b, t] < 0`.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,13 +29,19 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     out = torch.empty(tgt.shape, dtype=torch.float32, device=logits.device)
     step = _chunk_rows(flat.shape[-1])
     for s in range(0, flat.shape[0], step):
-        rows = flat[s:s + step].float()
-        out[s:s + step] = rows.gather(-1, tgt[s:s + step, None]).squeeze(-1) - torch.logsumexp(rows, -1)
+        rows = flat[s : s + step].float()
+        out[s : s + step] = rows.gather(-1, tgt[s : s + step, None]).squeeze(-1) - torch.logsumexp(rows, -1)
     return out.view(targets.shape)
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *, temperature: float = 1.0,
-                   mask_ids: Optional[torch.Tensor] = None, masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask_ids: Optional[torch.Tensor] = None,
+    masks: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """[B, T] log-probs of each token given its prefix (entry 0 = 0); see the module docstring."""
     logits = logits[:, :-1]
     targets = input_ids[:, 1:]
@@ -47,7 +54,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, *, temperature
         if rows.numel():
             parts, step = [], _chunk_rows(logits.shape[-1])
             for s in range(0, rows.numel(), step):  # [chunk, V] fp32 at a time
-                r, c = rows[s:s + step], cols[s:s + step]
+                r, c = rows[s : s + step], cols[s : s + step]
                 lg = logits[r, c].float().masked_fill(~masks[ids[r, c]], float("-inf"))
                 parts.append(lg.gather(-1, targets[r, c][:, None]).squeeze(-1) - torch.logsumexp(lg, -1))
             out = out.index_put((rows, cols), torch.cat(parts))

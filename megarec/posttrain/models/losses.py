@@ -9,6 +9,7 @@ Estimators:
   * KL to a reference, k3 (low-variance, unbiased, ≥ 0): with d = log p_ref − log p,
     k3 = exp(d) − d − 1; its expectation under the policy is KL(policy ‖ reference).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -19,8 +20,7 @@ _LOG_RATIO_LIMIT = 20.0  # exp() stays finite; a log-ratio this large means the 
 
 
 class TokenLoss(Protocol):
-    def __call__(self, logprobs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ...
+    def __call__(self, logprobs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -53,8 +53,7 @@ class ClippedPolicyGradientLoss:
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1.0 - self.clip_eps, 1.0 + self.clip_eps)
         loss = torch.maximum(unclipped, clipped)
-        metrics = {"pg_loss": loss.detach(), "clip_frac": (clipped > unclipped).float(),
-                   "ratio": ratio.detach()}
+        metrics = {"pg_loss": loss.detach(), "clip_frac": (clipped > unclipped).float(), "ratio": ratio.detach()}
         if "ref_logprobs" in batch:
             kl = k3_kl(logprobs, batch["ref_logprobs"])
             metrics["kl"] = kl.detach()

@@ -13,6 +13,7 @@ Interface (NeMo-Aligner style; the algorithm owns the loop, the model owns forwa
 Parameters are fp32 (the optimizer's master copy); compute runs in `compute_dtype` (bf16 on GPU through
 FSDP's mixed precision, or autocast on a single GPU; fp32 on CPU).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,23 +23,34 @@ from typing import Optional, Sequence
 import torch
 
 from megarec.common.errors import ConfigError, TrainingDivergedError
-from megarec.runtime import distributed as dist_utils
 from megarec.common.hfdir import source_dtype
 from megarec.posttrain import hf
 from megarec.posttrain.batching import micro_batches
-from megarec.runtime.distributed import DistEnv
 from megarec.posttrain.models import sharding
 from megarec.posttrain.models.logprobs import token_logprobs
 from megarec.posttrain.models.losses import NLLLoss, TokenLoss
 from megarec.posttrain.rollout import Rollout, SamplingSpec, sample
+from megarec.runtime import distributed as dist_utils
+from megarec.runtime.distributed import DistEnv
 
 
 class PolicyModel:
-    def __init__(self, path: str, env: DistEnv, *, tokenizer_path: Optional[str] = None, dtype: str = "auto",
-                 attn_implementation: str = "sdpa", gradient_checkpointing: bool = False,
-                 reshard_after_forward: bool = True, micro_batch_size: int = 4,
-                 loss_fn: Optional[TokenLoss] = None, logprob_temperature: float = 1.0,
-                 vocab_limit: Optional[int] = None, asset_dirs: Sequence[Optional[str]] = ()):
+    def __init__(
+        self,
+        path: str,
+        env: DistEnv,
+        *,
+        tokenizer_path: Optional[str] = None,
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        gradient_checkpointing: bool = False,
+        reshard_after_forward: bool = True,
+        micro_batch_size: int = 4,
+        loss_fn: Optional[TokenLoss] = None,
+        logprob_temperature: float = 1.0,
+        vocab_limit: Optional[int] = None,
+        asset_dirs: Sequence[Optional[str]] = (),
+    ):
         hf.check_hf_dir(path, "model.path")
         self.path, self.env = path, env
         self.tokenizer_path = tokenizer_path or path
@@ -52,14 +64,20 @@ class PolicyModel:
         self.model = hf.load_causal_lm(path, torch.float32, attn_implementation).to(env.device)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         if len(self.tokenizer) > self.vocab_size:
-            raise ConfigError(f"{path}: tokenizer has {len(self.tokenizer)} tokens but the model only "
-                              f"{self.vocab_size} embedding rows")
+            raise ConfigError(
+                f"{path}: tokenizer has {len(self.tokenizer)} tokens but the model only "
+                f"{self.vocab_size} embedding rows"
+            )
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.reshard_after_forward = reshard_after_forward
         if env.distributed:
-            sharding.shard(self.model, reshard_after_forward=reshard_after_forward,
-                           compute_dtype=self.compute_dtype, params_dtype=torch.float32)
+            sharding.shard(
+                self.model,
+                reshard_after_forward=reshard_after_forward,
+                compute_dtype=self.compute_dtype,
+                params_dtype=torch.float32,
+            )
         # one process: autocast to the compute dtype (several: FSDP's mixed precision casts instead)
         self._autocast = self.compute_dtype != torch.float32 and not sharding.is_sharded(self.model)
         self.micro_batch_size = micro_batch_size
@@ -87,10 +105,12 @@ class PolicyModel:
             else:
                 decay.append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        self.scheduler = lambda_scheduler(self.optimizer, total_updates, cfg.lr, cfg.min_lr, cfg.warmup_fraction,
-                                          cfg.lr_decay_style)
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
+        )
+        self.scheduler = lambda_scheduler(
+            self.optimizer, total_updates, cfg.lr, cfg.min_lr, cfg.warmup_fraction, cfg.lr_decay_style
+        )
         self.clip_grad = cfg.clip_grad
 
     # ----------------------------------------------------------------------------------------- hooks
@@ -138,19 +158,24 @@ class PolicyModel:
     def _logits(self, mb: dict) -> torch.Tensor:
         dev = self.env.device
         with self._ctx():
-            out = self.model(input_ids=mb["input_ids"].to(dev), attention_mask=mb["attention_mask"].to(dev),
-                             use_cache=False)
+            out = self.model(
+                input_ids=mb["input_ids"].to(dev), attention_mask=mb["attention_mask"].to(dev), use_cache=False
+            )
         return out.logits
 
     def _token_logprobs(self, logits: torch.Tensor, mb: dict) -> torch.Tensor:
         dev = self.env.device
         if self.vocab_limit is not None:
-            logits = logits[..., :self.vocab_limit]
+            logits = logits[..., : self.vocab_limit]
         mask_ids = mb.get("mask_ids")
         masks = mb.get("masks")
-        return token_logprobs(logits, mb["input_ids"].to(dev), temperature=self.logprob_temperature,
-                              mask_ids=None if mask_ids is None else mask_ids.to(dev),
-                              masks=None if masks is None else masks.to(dev))
+        return token_logprobs(
+            logits,
+            mb["input_ids"].to(dev),
+            temperature=self.logprob_temperature,
+            mask_ids=None if mask_ids is None else mask_ids.to(dev),
+            masks=None if masks is None else masks.to(dev),
+        )
 
     def get_logprobs(self, batch: dict) -> torch.Tensor:
         """[B, T] log-probs (CPU, fp32) of every token given its prefix; no gradients."""
@@ -205,8 +230,15 @@ class PolicyModel:
         self.prepare_for_inference()
         try:
             with self._ctx():
-                return sample(self.model, prompts, spec, pad_token_id=self.tokenizer.pad_token_id,
-                              vocab_size=self.vocab_size, device=self.env.device, seed=seed)
+                return sample(
+                    self.model,
+                    prompts,
+                    spec,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    vocab_size=self.vocab_size,
+                    device=self.env.device,
+                    seed=seed,
+                )
         finally:
             self.finish_inference()
 
@@ -218,7 +250,8 @@ class PolicyModel:
         """HF checkpoint of the current weights (collective under FSDP; rank 0 writes)."""
         state = self.state_dict_full()
         if self.env.is_rank0:
-            hf.save_hf_checkpoint(out_dir, self.model.config, state, self.tokenizer,
-                                  self.asset_dirs, dtype or torch.float32)
+            hf.save_hf_checkpoint(
+                out_dir, self.model.config, state, self.tokenizer, self.asset_dirs, dtype or torch.float32
+            )
         dist_utils.barrier()
         return out_dir

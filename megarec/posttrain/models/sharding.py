@@ -2,6 +2,7 @@
 and the root holds embeddings, final norm and (tied or not) output layer. Works with NCCL and with gloo
 on CPU. For generation the whole model is gathered once and kept gathered (no collective per token, so
 ranks may generate different numbers of tokens), then sharded again for training."""
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard(model: nn.Module, *, reshard_after_forward: bool, compute_dtype: torch.dtype,
-          params_dtype: torch.dtype) -> nn.Module:
+def shard(
+    model: nn.Module, *, reshard_after_forward: bool, compute_dtype: torch.dtype, params_dtype: torch.dtype
+) -> nn.Module:
     """Apply fully_shard in place (layers first, then the root). With bf16 compute and fp32 parameters,
     FSDP casts the gathered parameters to bf16 and reduces gradients in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -78,8 +80,7 @@ def full_optimizer_state(model: nn.Module, optimizer) -> dict:
     """Optimizer state keyed by parameter names, unsharded, on rank 0 (collective when sharded)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
@@ -87,5 +88,9 @@ def load_full_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     sharded = is_sharded(model)
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded))
+    set_optimizer_state_dict(
+        model,
+        optimizer,
+        optim_state_dict=state,
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded),
+    )
