@@ -310,7 +310,7 @@ def test_pretrain_engine_loads_converted_checkpoint_and_exports_back(hf, mcore, 
 
 @pytest.mark.slow
 def test_weights_only_checkpoint_as_load_keeps_its_weights_in_bf16(hf, mcore, tmp_path):
-    """checkpoint.load on a conversion output (no optimizer state) in bf16: the optimizer's fp32 main copies
+    """checkpoint.resume_from on a conversion output (no optimizer state) in bf16: the optimizer's fp32 main copies
     come from the loaded weights, not the random init. With a learning rate of 0 the saved weights are the
     converted ones, bit for bit."""
     from megarec.convert.exporter import mcore_to_hf

@@ -68,7 +68,7 @@ def reinit_rows(weight, keep: int, generator) -> None:
 def _check_base(base_dir: Path) -> dict:
     cfg_path = base_dir / "config.json"
     if not cfg_path.is_file():
-        raise DataError(f"{cfg_path}: not found (--base-dir must be a Hugging Face checkpoint directory)")
+        raise DataError(f"{cfg_path}: not found (--hf-dir must be a Hugging Face checkpoint directory)")
     try:
         cfg = json.loads(cfg_path.read_text("utf-8"))
     except json.JSONDecodeError as e:
@@ -96,7 +96,7 @@ def expand_checkpoint(
     """Write an expanded copy of a Qwen3 HF checkpoint (model, tokenizer, itemic.json) to `out_dir`.
 
     `out_dir` must be missing or empty unless `force`; it is replaced only once the whole copy is written.
-    `inputs` are further (flag, path) inputs the output must not be or contain (besides --base-dir)."""
+    `inputs` are further (flag, path) inputs the output must not be or contain (besides --hf-dir)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,7 +106,7 @@ def expand_checkpoint(
     check_codebook_size(codebook_size)
     if pad_to_multiple < 1:
         raise ConfigError(f"--pad-to-multiple must be >= 1, got {pad_to_multiple}")
-    inputs = [("--base-dir", os.fspath(base_dir)), *inputs]
+    inputs = [("--hf-dir", os.fspath(base_dir)), *inputs]
     check_out_dir(out_dir, force=force, inputs=inputs)
     base_dir = Path(base_dir)
     _check_base(base_dir)
