@@ -217,17 +217,19 @@ def test_interrupted_run_resumes_byte_identical(tmp_path, tok_dir, monkeypatch):
         for i in range(60)
     ]
     src = write_jsonl(str(tmp_path / "c.jsonl"), rows)
-    kw = dict(shard_rows=7, pack=True, seq_length=256)
+    # Many small shards: the pool keeps encoding after the main process stops at shard 3, and with few shards a
+    # loaded machine could finish them all before the pool is terminated.
+    kw = dict(shard_rows=2, pack=True, seq_length=256)
     run_preprocess(_opts([src], tok_dir, tmp_path / "clean" / "x", **kw))
     monkeypatch.setenv(ABORT_ENV, "3")
     with pytest.raises(KeyboardInterrupt):
         run_preprocess(_opts([src], tok_dir, tmp_path / "resumed" / "x", workers=2, **kw))
     assert not os.path.exists(tmp_path / "resumed" / "x_text_document.bin")
     done = [f for f in os.listdir(tmp_path / "resumed" / "x.parts") if f.endswith(".done.json")]
-    assert 3 <= len(done) < 9
+    assert 3 <= len(done) < 30
     monkeypatch.delenv(ABORT_ENV)
     res = run_preprocess(_opts([src], tok_dir, tmp_path / "resumed" / "x", workers=2, **kw))
-    assert res.resumed_shards == len(done) and res.shards == 9
+    assert res.resumed_shards == len(done) and res.shards == 30
     for name in ("x_text_document", "x_loss_mask_document"):
         assert _bytes(tmp_path / "resumed" / name) == _bytes(tmp_path / "clean" / name)
     assert not os.path.exists(tmp_path / "resumed" / "x.parts")

@@ -166,7 +166,7 @@ def test_cached_tiktoken_is_reused(tmp_path, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("must not download when the cache has the file")
 
-    monkeypatch.setattr(q3.subprocess, "run", no_download)
+    monkeypatch.setattr(q3, "pip_download_wheel", no_download)
     assert q3.ensure_qwen_tiktoken(tmp_path) == str(target)
     monkeypatch.setenv("MEGAREC_CACHE", str(tmp_path))
     assert q3.ensure_qwen_tiktoken() == str(target)

@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any, Optional
 
+from megarec.common.bytelevel import byte_to_unicode
 from megarec.common.errors import ConfigError
 
 EOD_TOKEN = "<|endoftext|>"
@@ -147,7 +148,7 @@ class FastTokenizer:
             or model.get("end_of_word_suffix")
         ):
             return None
-        to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
+        to_byte = {ch: b for b, ch in byte_to_unicode().items()}
         vocab: dict = model.get("vocab") or {}
 
         def raw(token: str) -> Optional[bytes]:
@@ -156,7 +157,7 @@ class FastTokenizer:
             except KeyError:
                 return None
 
-        byte_ids = [vocab.get(_bytes_to_unicode()[b]) for b in range(256)]
+        byte_ids = [vocab.get(byte_to_unicode()[b]) for b in range(256)]
         if any(i is None for i in byte_ids):
             return None
         merges = []
@@ -186,16 +187,3 @@ class FastTokenizer:
         values.update(kwargs)
         rendered, _ = render_jinja_template(conversations=[messages], chat_template=self.chat_template, **values)
         return rendered[0]
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to chr(256 + k)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    out, shift = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + shift)
-            shift += 1
-    return out

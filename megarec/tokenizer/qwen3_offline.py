@@ -13,14 +13,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
 
 from megarec.common.atomic import atomic_path, atomic_write_text
+from megarec.common.bytelevel import byte_to_unicode
+from megarec.common.cache import cache_root, pip_download_wheel
 from megarec.common.errors import DataError, MegarecError
 from megarec.common.outdir import check_out_dir, staged_dir
 
@@ -69,47 +69,23 @@ TIKTOKEN_NAME = "qwen.tiktoken"
 _BUILD_FORMAT = 1  # bump when the generated tokenizer.json changes, to invalidate the build cache
 
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else $MEGAREC_CACHE, else ~/.cache/megarec."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("MEGAREC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "megarec"
-
-
 def ensure_qwen_tiktoken(cache_dir: str | os.PathLike | None = None) -> str:
     """Path to a cached `qwen.tiktoken`; downloads the dashscope wheel (no deps) and extracts it once."""
-    root = cache_root(cache_dir)
+    root = Path(cache_root(cache_dir))
     target = root / TIKTOKEN_NAME
     if target.is_file() and target.stat().st_size > 0:
         return str(target)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="megarec-dashscope-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--quiet",
-            "dashscope",
-            "-d",
-            tmp,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("dashscope-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        try:
+            wheel = pip_download_wheel("dashscope", tmp)
+        except MegarecError as e:
             raise MegarecError(
-                "could not download the dashscope wheel that carries qwen.tiktoken "
-                f"({' '.join(cmd[2:])}): {' | '.join(tail) or 'no wheel produced'}; "
-                "pass --tiktoken PATH to use a local copy"
-            )
-        with zipfile.ZipFile(wheels[-1]) as zf:
+                f"{e} (the dashscope wheel carries qwen.tiktoken); pass --tiktoken PATH to use a local copy"
+            ) from None
+        with zipfile.ZipFile(wheel) as zf:
             if TIKTOKEN_MEMBER not in zf.namelist():
-                raise MegarecError(f"{wheels[-1].name} has no member {TIKTOKEN_MEMBER}")
+                raise MegarecError(f"{os.path.basename(wheel)} has no member {TIKTOKEN_MEMBER}")
             with atomic_path(target) as part:
                 with open(part, "wb") as out, zf.open(TIKTOKEN_MEMBER) as src:
                     shutil.copyfileobj(src, out)
@@ -142,19 +118,6 @@ def load_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     if missing:
         raise DataError(f"{path}: byte-level BPE must contain all 256 single bytes; missing {len(missing)}")
     return ranks
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2 byte-level alphabet: printable bytes map to themselves, the rest to code points from 256 up."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, shift = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
 
 
 def _final_split(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
@@ -258,7 +221,7 @@ def _cached_tokenizer_json(
 ) -> str:
     """tokenizer.json text, built once per tiktoken file content (sha256) and rank limit, kept in the cache."""
     key = f"{_file_sha256(tiktoken_path)[:16]}-v{_BUILD_FORMAT}" + (f"-r{bpe_ranks}" if bpe_ranks else "")
-    cached = cache_root(cache_dir) / "qwen3_tokenizer" / key / "tokenizer.json"
+    cached = Path(cache_root(cache_dir)) / "qwen3_tokenizer" / key / "tokenizer.json"
     if cached.is_file():
         return cached.read_text("utf-8")
     text = _tokenizer_json(tiktoken_path, bpe_ranks)
