@@ -15,6 +15,14 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
+def json_error(e: Exception) -> str:
+    """The whole reason a JSON text failed to parse, with its position: `json.JSONDecodeError`'s own message
+    ("Invalid control character at: line 1 column 10 (char 9)"), or where the bytes are not UTF-8."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 (byte 0x{e.object[e.start]:02x} at position {e.start})"
+    return str(e)
+
+
 def write_jsonl(path: str, records: Iterable[dict]) -> int:
     """Atomically write records as JSON lines (UTF-8, not ASCII-escaped); returns the count."""
     n = 0
@@ -65,7 +73,7 @@ def iter_rows(path: str, *, start: int = 0, stop: int | None = None) -> Iterator
             try:
                 yield index + 1, json.loads(line)
             except json.JSONDecodeError as e:
-                yield index + 1, DataError(f"{path}: row {index + 1}: invalid JSON ({e.msg} at column {e.colno})")
+                yield index + 1, DataError(f"{path}: row {index + 1}: invalid JSON ({json_error(e)})")
 
 
 def _iter_parquet(path: str, start: int, stop: int | None) -> Iterator[tuple[int, Any]]:

@@ -29,6 +29,8 @@ SID_BEGIN = "<|sid_begin|>"
 SID_END = "<|sid_end|>"
 MAX_LAYERS = len(string.ascii_lowercase)
 CODE_TOKEN_RE = re.compile(r"<s_([a-z])_(\d+)>")
+# Anything written like an itemic token inside text (a code token or an item bracket).
+ITEMIC_TEXT_RE = re.compile(r"<s_[a-z]_\d+>|<\|sid_(?:begin|end)\|>")
 ITEMIC_JSON = "itemic.json"
 _ITEM_RE = re.compile(re.escape(SID_BEGIN) + r"(.*?)" + re.escape(SID_END), re.S)
 
@@ -84,7 +86,7 @@ def read_itemic_json(path: str | os.PathLike) -> tuple[str, dict]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: itemic.json not found (vocabulary expansion writes it)") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg})") from None
+        raise DataError(f"{path}: invalid JSON ({e})") from None
 
 
 def find_itemic_json(*dirs: Optional[str]) -> Optional[str]:

@@ -6,7 +6,10 @@
     the inputs;
   * an existing path that is not a directory;
   * a non-empty directory, unless `force` is set or `own(path)` recognises the verb's own earlier output
-    (the resumable verbs: demo, evaluate, preprocess's work directory, post-training exports).
+    (the resumable verbs: demo, evaluate, preprocess's work directory, post-training exports);
+  * an output that cannot be written: a path below a regular file, or whose nearest existing directory the
+    process may not write (permissions, a read-only mount, an immutable directory) — checked with
+    `os.access`, which also answers for root, so the verb fails before any work instead of at its end.
 
 `staged_dir` is how the one-shot verbs write: into a hidden sibling directory (`atomic.temp_path`), which
 replaces the output in one rename only after the whole write succeeded. A failed run therefore leaves the
@@ -54,6 +57,26 @@ def refuse_unsafe(path: str | os.PathLike, flag: str = "--out", inputs: Inputs =
             )
 
 
+def check_writable(path: str | os.PathLike, flag: str = "--out", *, parent: bool = False) -> None:
+    """Refuse an output `path` (existing or not) that this process cannot create: one of its ancestors is not a
+    directory, or the nearest existing directory is not writable. With `parent`, check only the directory that
+    will hold `path` (a file prefix, or a directory written beside itself and renamed into place)."""
+    given = os.fspath(path)
+    target = os.path.abspath(given)
+    probe = os.path.dirname(target) if parent else target
+    while not os.path.lexists(probe):
+        up = os.path.dirname(probe)
+        if up == probe:
+            break
+        probe = up
+    if os.path.lexists(probe) and not os.path.isdir(probe):
+        if probe == target:
+            return  # the output itself is an existing file: the caller decides (replace or refuse)
+        raise ConfigError(f"{flag} {given}: cannot create it, {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {given}: cannot write in {probe} (permission denied or read-only file system)")
+
+
 def entries(path: str | os.PathLike) -> list[str]:
     """Names in directory `path` (hidden ones too); [] when it does not exist."""
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
@@ -79,6 +102,7 @@ def check_out_dir(
     refuse_unsafe(path, flag, inputs)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ConfigError(f"{flag} {path} exists and is not a directory")
+    check_writable(path, flag)
     n = len(entries(path))
     if n and not force and not (own and own(path)):
         raise ConfigError(f"{flag} {path} is not empty ({n} {'entry' if n == 1 else 'entries'}); {hint}")
@@ -97,6 +121,7 @@ def check_out_prefix(
     """The guard of verbs that write files named PREFIX* plus a work directory (preprocess: P.parts): the
     prefix must not name the cwd or an ancestor of it, and the work directory is checked like an --out."""
     refuse_unsafe(prefix, flag)
+    check_writable(prefix, flag, parent=True)
     return check_out_dir(work_dir, force=force, flag=f"{flag} work directory", inputs=inputs, own=own)
 
 
@@ -122,6 +147,7 @@ def staged_dir(
     missing or empty unless `force`), on any error it is deleted and `path` is left untouched."""
     inputs = list(inputs)
     out = check_out_dir(path, force=force, flag=flag, inputs=inputs)
+    check_writable(out, flag, parent=True)  # the stage and the final rename live beside `out`
     os.makedirs(os.path.dirname(out), exist_ok=True)
     stage = temp_path(out)
     os.makedirs(stage)

@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from megarec.common.errors import ConfigError
 from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
 
 
@@ -96,6 +97,13 @@ def _register_preprocess(sub) -> None:
         help="Token that closes an assistant turn; it is trained on (default <|im_end|>).",
     )
     p.add_argument(
+        "--allow-unknown-itemic-tokens",
+        action="store_true",
+        help="Tokenise text written like itemic tokens (<|sid_begin|>, <s_a_7>, ...) that are not tokens of "
+        "--tokenizer as ordinary text. Default: refuse such a row (file, row and field named), since it means a "
+        "tokenizer without itemic tokens (use the one `megarec expand-vocab` wrote) or a code beyond the codebook.",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -130,6 +138,7 @@ def run_preprocess_cmd(args) -> int:
         assistant_end=args.assistant_end,
         progress=args.progress,
         force=args.force,
+        allow_unknown_itemic=args.allow_unknown_itemic_tokens,
     )
     res = run_preprocess(opts)
     secs = max(res.seconds, 1e-9)
@@ -205,7 +214,8 @@ def _register_build(verbs) -> None:
         "--on-error",
         choices=["fail", "drop"],
         default="fail",
-        help="Schema violation: fail naming file/row/field, or drop and report it.",
+        help="Schema violation, or an item missing from --codes: fail naming file/row/field (or the missing "
+        "items), or drop and report it.",
     )
     b.add_argument("--cache-dir", default=None, help="Download cache (default $MEGAREC_CACHE or ~/.cache/megarec).")
     b.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -219,6 +229,11 @@ def _source_dir(source: str) -> str | None:
 
 
 def run_build(args) -> int:
+    for flag, value in (("--num-users", args.num_users), ("--num-items", args.num_items)):
+        if value is not None and not args.source.startswith("synthetic"):
+            raise ConfigError(f"{flag} applies to --source synthetic only (got --source {args.source})")
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     lang_file = args.lang if os.path.isfile(args.lang) else None
     inputs = [
         ("--source", _source_dir(args.source)),
@@ -227,7 +242,7 @@ def run_build(args) -> int:
         ("--cache-dir", args.cache_dir),
     ]
     check_out_dir(args.out, force=args.force, inputs=inputs)
-    from megarec.data.tasks.build import build_tasks, resolve_codes, write_build
+    from megarec.data.tasks.build import build_tasks, check_codes_cover, resolve_codes, write_build
     from megarec.data.tasks.config import BuildConfig
     from megarec.rawdata.sources import load_source
 
@@ -254,6 +269,7 @@ def run_build(args) -> int:
         on_error=args.on_error,
     )
     codes, codes_source = resolve_codes(src.log, src.codes, args.codes, args.seed)
+    check_codes_cover(src.log, codes, f"--codes {args.codes}" if args.codes else codes_source, args.on_error)
     if codes_source.startswith("placeholder"):
         print(f"note: using {codes_source}", file=sys.stderr)
     built = build_tasks(src.log, codes, cfg, src.default_split)

@@ -10,7 +10,10 @@ Kinds of rows:
             generation time), and the loss mask (C++) marks every assistant token after the header up to and
             including the end token (Qwen3: "<|im_start|>assistant\\n" ... "<|im_end|>").
 Every document ends with the EOD id (`<|endoftext|>` if the vocabulary has it, else the eos id).
-Bad rows are returned as rejects (row, reason), never silently dropped.
+Bad rows are returned as rejects (row, reason), never silently dropped. Text written like itemic tokens
+(`<|sid_begin|><s_a_7>...`) must consist of tokens of the tokenizer: otherwise the row is refused (a tokenizer
+without itemic tokens, or a code beyond the codebook, would split it silently into ordinary pieces) unless
+`allow_unknown_itemic` asks for exactly that.
 
 A batch is encoded by the C++ `TextEncoder` (see hf_tokenizer.py): added tokens such as itemic tokens become
 ids without passing through the Rust tokenizer, ASCII text of a Qwen2/3-style byte-level BPE is encoded in
@@ -26,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 
 from megarec.common.errors import ConfigError, DataError
+from megarec.common.itemic import CODE_TOKEN_RE, ITEMIC_TEXT_RE, SID_BEGIN
 
 KINDS = ("text", "segments", "messages")
 ROLES = ("system", "user", "assistant", "tool")
@@ -66,6 +70,7 @@ class DocumentEncoder:
         assistant_header: str = DEFAULT_ASSISTANT_HEADER,
         assistant_end: str = DEFAULT_ASSISTANT_END,
         max_length: Optional[int] = None,
+        allow_unknown_itemic: bool = False,
     ):
         if kind not in KINDS:
             raise ConfigError(f"--kind must be one of {KINDS}, got {kind!r}")
@@ -80,6 +85,8 @@ class DocumentEncoder:
         self.eod = self.tok.eod
         self.prefix, self.suffix = self._special_wrapping()
         self.fast = self.tok.text_encoder()
+        self.allow_unknown_itemic = allow_unknown_itemic
+        self.added_tokens = {t.content for t in self.backend.get_added_tokens_decoder().values()}
         self.itemic = None
         itemic = itemic or (
             os.path.join(tokenizer_dir, "itemic.json")
@@ -117,6 +124,32 @@ class DocumentEncoder:
                 return full[:i], full[i + len(plain) :]
         return [], []
 
+    def _check_itemic_text(self, text: str, field: str) -> None:
+        """ValueError when `text` holds something written like an itemic token that is not a token of the
+        tokenizer (the Rust tokenizer would split it into ordinary pieces without a word)."""
+        if self.allow_unknown_itemic or "<" not in text:
+            return
+        unknown = set(ITEMIC_TEXT_RE.findall(text)) - self.added_tokens
+        if not unknown:
+            return
+        token = min(unknown, key=text.index)  # the first one in the text
+        if SID_BEGIN not in self.added_tokens:
+            why = "the tokenizer has no itemic tokens (use the one `megarec expand-vocab` wrote)"
+        elif self.itemic is not None and CODE_TOKEN_RE.fullmatch(token):
+            letter, code = CODE_TOKEN_RE.fullmatch(token).groups()
+            letters = self.itemic.layer_letters
+            why = (
+                f"code {code} is not below the codebook size {self.itemic.codebook_size}"
+                if letter in letters
+                else f"the tokenizer's itemic layers are {', '.join(letters)}"
+            )
+        else:
+            why = "the tokenizer has no such token (a code beyond its codebook or layers?)"
+        raise ValueError(
+            f"field '{field}': {token} at character {text.index(token)} is not a token of the tokenizer: {why}; "
+            "pass --allow-unknown-itemic-tokens to tokenise such text as ordinary text"
+        )
+
     # --- row → pieces -----------------------------------------------------------------------------------
 
     def _pieces(self, rec: Any) -> tuple[list, int]:
@@ -135,6 +168,7 @@ class DocumentEncoder:
                 )
             if not text:
                 raise ValueError(f"field '{self.json_key}': empty text")
+            self._check_itemic_text(text, self.json_key)
             return [self.prefix, text, self.suffix], 0
         if self.kind == "segments":
             return self._segment_pieces(rec.get("segments")), 0
@@ -150,6 +184,7 @@ class DocumentEncoder:
             if kind == "text":
                 if not isinstance(seg.get("text"), str):
                     raise ValueError(f"field 'segments[{k}].text': expected a string")
+                self._check_itemic_text(seg["text"], f"segments[{k}].text")
                 text.append(seg["text"])
             elif kind == "itemic":
                 if self.itemic is None:
@@ -188,6 +223,7 @@ class DocumentEncoder:
                 raise ValueError(f"field 'messages[{k}].role': expected one of {ROLES}")
             if not isinstance(m.get("content"), str):
                 raise ValueError(f"field 'messages[{k}].content': expected a string")
+            self._check_itemic_text(m["content"], f"messages[{k}].content")
             turns += m["role"] == "assistant"
         if not turns:
             raise ValueError("field 'messages': no assistant message (nothing to train on)")

@@ -40,8 +40,13 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e.msg})") from None
+        raise ConfigError(f"{path}: invalid JSON ({e})") from None
     return data if isinstance(data, dict) else {}
+
+
+def tokenizer_fingerprint(path: str) -> dict:
+    """`FastTokenizer(path).fingerprint()`: {"vocab_size": N, "sha256": ...} of a tokenizer directory."""
+    return FastTokenizer(path).fingerprint()
 
 
 class FastTokenizer:
@@ -76,6 +81,19 @@ class FastTokenizer:
     def vocab_size(self) -> int:
         """Number of ids including added tokens (what len(AutoTokenizer) reports)."""
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def fingerprint(self) -> dict:
+        """What `megarec preprocess` records of the tokenizer in `P.preprocess.json` and `megarec pretrain`
+        compares with data.tokenizer: the number of ids and a hash of every (id, token) of the vocabulary and
+        every added token (content, special), so two tokenizers that give different ids never match."""
+        import hashlib
+
+        h = hashlib.sha256()
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        h.update(json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False).encode("utf-8"))
+        added = sorted(self.backend.get_added_tokens_decoder().items())
+        h.update(json.dumps([[i, t.content, bool(t.special)] for i, t in added], ensure_ascii=False).encode("utf-8"))
+        return {"vocab_size": self.vocab_size, "sha256": h.hexdigest()[:16]}
 
     def token_id(self, token: str) -> Optional[int]:
         return self.backend.token_to_id(token)

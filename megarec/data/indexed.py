@@ -6,9 +6,13 @@ writes `P_text_document` and, for chat data, `P_loss_mask_document` (uint8, iden
 
 from __future__ import annotations
 
+import os
+import struct
 from typing import Callable, Iterable
 
 import numpy as np
+
+from megarec.common.errors import DataError
 
 TEXT_SUFFIX = "_text_document"
 LOSS_MASK_SUFFIX = "_loss_mask_document"
@@ -60,6 +64,7 @@ def index_bytes(lengths: np.ndarray, document_indices: np.ndarray, dtype: np.dty
 
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
+HEADER_BYTES = len(INDEX_MAGIC) + 8 + 1 + 8 + 8  # magic, version, dtype code, sequence count, document count
 STREAM_CHUNK = 1 << 20
 
 
@@ -67,8 +72,6 @@ def write_index_stream(f, length_chunks: Callable[[], Iterable[np.ndarray]], n: 
     """Write the .idx of `n` sequences, one document each, to the binary file `f` without holding all lengths:
     `length_chunks()` yields the lengths in order (it is called twice: lengths, then byte pointers). Same bytes
     as `index_bytes(lengths, arange(n + 1), dtype)`."""
-    import struct
-
     f.write(INDEX_MAGIC + struct.pack("<QBQQ", 1, DTYPE_CODES[np.dtype(dtype)], n, n + 1))
     seen = 0
     for lens in length_chunks():
@@ -94,11 +97,83 @@ def write_index_stream(f, length_chunks: Callable[[], Iterable[np.ndarray]], n: 
 
 def read_index_header(path: str) -> dict:
     """dtype, sequence count and document count of an .idx (without numpy mapping the arrays)."""
-    import struct
-
     with open(path, "rb") as f:
-        head = f.read(34)
-    if len(head) < 34 or head[:9] != b"MMIDIDX\x00\x00":
+        head = f.read(HEADER_BYTES)
+    if len(head) < HEADER_BYTES or head[: len(INDEX_MAGIC)] != INDEX_MAGIC:
         raise ValueError(f"{path}: not a Megatron .idx file")
-    version, code, n, d = struct.unpack("<QBQQ", head[9:34])
+    version, code, n, d = struct.unpack("<QBQQ", head[len(INDEX_MAGIC) :])
     return {"version": version, "dtype": CODE_DTYPES[code], "sequences": n, "documents": d - 1}
+
+
+def check_indexed_dataset(prefix: str) -> dict:
+    """Refuse a dataset whose `.idx` and `.bin` disagree, before Megatron maps them (it would read past the end,
+    or silently report tokens that are not there): the .idx header (magic, version 1, a known dtype), its
+    lengths / pointers / document arrays exactly the size its counts need, document boundaries 0 … N, and a
+    .bin of exactly the bytes the last pointer and length reach. A handful of reads, whatever the size.
+    Returns {"dtype", "sequences", "documents", "tokens"}; DataError naming the file otherwise."""
+    idx, bin_path = prefix + ".idx", prefix + ".bin"
+    for path in (idx, bin_path):
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: not found")
+    size = os.path.getsize(idx)
+    with open(idx, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        magic = min(len(head), len(INDEX_MAGIC))
+        if head[:magic] != INDEX_MAGIC[:magic]:
+            raise DataError(f"{idx}: not a Megatron .idx file (no MMIDIDX header)")
+        if len(head) < HEADER_BYTES:
+            raise DataError(f"{idx}: truncated ({size} bytes, shorter than the {HEADER_BYTES}-byte header)")
+        version, code, n, d = struct.unpack("<QBQQ", head[len(INDEX_MAGIC) :])
+        if version != 1:
+            raise DataError(f"{idx}: index version {version}, expected 1")
+        if code not in CODE_DTYPES:
+            raise DataError(f"{idx}: unknown dtype code {code}")
+        dtype = CODE_DTYPES[code]
+        need = HEADER_BYTES + 12 * n + 8 * d
+        if size not in (need, need + n):  # + n: Megatron's optional multimodal sequence modes
+            state = "truncated" if size < need else "longer than that"
+            raise DataError(
+                f"{idx}: {size} bytes, but its header ({n} sequences, {max(d - 1, 0)} documents) needs {need}: "
+                f"the index is {state} (corrupt or partly written)"
+            )
+
+        def read(offset: int, fmt: str) -> int:
+            f.seek(offset)
+            return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+        docs_at = HEADER_BYTES + 12 * n
+        first_doc, last_doc = (read(docs_at, "<q"), read(docs_at + 8 * (d - 1), "<q")) if d else (None, None)
+        if d < 1 or first_doc != 0 or last_doc != n:
+            raise DataError(
+                f"{idx}: document boundaries run from {first_doc} to {last_doc}, expected 0 to {n} (corrupt index)"
+            )
+        if n:
+            last_length = read(HEADER_BYTES + 4 * (n - 1), "<i")
+            last_pointer = read(HEADER_BYTES + 4 * n + 8 * (n - 1), "<q")
+            implied = last_pointer + last_length * dtype.itemsize
+        else:
+            implied = 0
+    actual = os.path.getsize(bin_path)
+    if actual != implied:
+        state = "truncated" if actual < implied else "longer than that"
+        raise DataError(
+            f"{bin_path}: {actual} bytes, but {os.path.basename(idx)} indexes {implied} bytes "
+            f"({implied // dtype.itemsize} {dtype.name} tokens): the .bin is {state} or belongs to another index"
+        )
+    return {"dtype": dtype, "sequences": n, "documents": d - 1, "tokens": implied // dtype.itemsize}
+
+
+def check_loss_mask_dataset(text_prefix_: str, mask_prefix: str, text: dict) -> dict:
+    """`check_indexed_dataset` of a loss-mask sibling, which must also be uint8 with the text's sequence count
+    and token count (`text`: the text dataset's check result)."""
+    mask = check_indexed_dataset(mask_prefix)
+    if mask["dtype"] != np.dtype(np.uint8) or (mask["sequences"], mask["tokens"]) != (
+        text["sequences"],
+        text["tokens"],
+    ):
+        raise DataError(
+            f"{mask_prefix}.idx: {mask['sequences']} sequences of {mask['tokens']} {mask['dtype'].name} values, "
+            f"but {text_prefix_} has {text['sequences']} sequences of {text['tokens']} tokens: the loss mask "
+            "belongs to another dataset"
+        )
+    return mask

@@ -11,7 +11,12 @@ from typing import Optional
 import numpy as np
 
 from megarec.common.errors import DataError
-from megarec.data.indexed import TEXT_SUFFIX, sibling_loss_mask_prefix
+from megarec.data.indexed import (
+    TEXT_SUFFIX,
+    check_indexed_dataset,
+    check_loss_mask_dataset,
+    sibling_loss_mask_prefix,
+)
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
@@ -59,9 +64,23 @@ def inspect_dataset(
     max_chars: int = 1500,
     bins: int = 10,
 ) -> str:
+    data_prefix, out_prefix = resolve_prefix(prefix)  # paths and file sizes first: Megatron takes seconds to load
+    text = check_indexed_dataset(data_prefix)
+    try:
+        mask_prefix = sibling_loss_mask_prefix(data_prefix)
+    except ValueError:
+        mask_prefix = None
+    if mask_prefix and (os.path.isfile(mask_prefix + ".idx") or os.path.isfile(mask_prefix + ".bin")):
+        check_loss_mask_dataset(data_prefix, mask_prefix, text)
+    else:
+        mask_prefix = None
+    summary_path = out_prefix + ".preprocess.json"
+    try:
+        summary = json.load(open(summary_path, encoding="utf-8")) if os.path.isfile(summary_path) else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{summary_path}: unreadable preprocess summary ({e})") from None
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    data_prefix, out_prefix = resolve_prefix(prefix)
     ds = IndexedDataset(data_prefix)
     lengths = np.asarray(ds.sequence_lengths, dtype=np.int64)
     docs = np.asarray(ds.document_indices, dtype=np.int64)
@@ -76,8 +95,6 @@ def inspect_dataset(
         )
     lines.append("length histogram:")
     lines += histogram(lengths, bins)
-    summary_path = out_prefix + ".preprocess.json"
-    summary = json.load(open(summary_path, encoding="utf-8")) if os.path.isfile(summary_path) else {}
     if summary.get("pack") and docs.size > 1:
         cum = np.zeros(lengths.size + 1, np.int64)
         np.cumsum(lengths, out=cum[1:])
@@ -88,20 +105,14 @@ def inspect_dataset(
             f"samples per pack mean {np.diff(docs).mean():.1f}"
         )
     mask_ds = None
-    try:
-        mask_prefix = sibling_loss_mask_prefix(data_prefix)
-        if IndexedDataset.exists(mask_prefix):
-            mask_ds = IndexedDataset(mask_prefix)
-            trained = (
-                int(np.memmap(mask_prefix + ".bin", dtype=np.uint8, mode="r").sum(dtype=np.int64))
-                if os.path.getsize(mask_prefix + ".bin")
-                else 0
-            )
-            lines.append(
-                f"loss mask {mask_prefix}: {trained} trained tokens ({trained / max(int(lengths.sum()), 1):.1%})"
-            )
-    except ValueError:
-        pass
+    if mask_prefix:
+        mask_ds = IndexedDataset(mask_prefix)
+        trained = (
+            int(np.memmap(mask_prefix + ".bin", dtype=np.uint8, mode="r").sum(dtype=np.int64))
+            if os.path.getsize(mask_prefix + ".bin")
+            else 0
+        )
+        lines.append(f"loss mask {mask_prefix}: {trained} trained tokens ({trained / max(int(lengths.sum()), 1):.1%})")
     tokenizer = tokenizer or summary.get("tokenizer")
     if samples > 0 and lengths.size:
         if not tokenizer or not os.path.isdir(tokenizer):

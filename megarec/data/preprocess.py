@@ -13,6 +13,13 @@
    `P_loss_mask_document.{bin,idx}`, `P.preprocess.json` (summary) and, with --on-error skip,
    `P.rejects.jsonl` — each via a temporary name and os.replace. Then `P.parts/` is removed.
 
+Bad input fails before anything is written where it can be seen early (an unwritable prefix, an empty input
+file) and otherwise leaves no trace: a row error (`--on-error fail`) or a run without a single document
+removes `P.parts/` (it could never be resumed into a result) and any directory the run created, and the
+outputs of an earlier run under the same prefix stay as they were. `P.preprocess.json` records the
+tokenizer's fingerprint (vocabulary size and hash, `FastTokenizer.fingerprint`), which `megarec pretrain`
+compares with data.tokenizer.
+
 Packed layout: every sample is one Megatron *sequence* (ending in EOD) and every pack one Megatron
 *document*, so `document_indices` mark pack boundaries and a reader gets a pack as consecutive sequences.
 """
@@ -33,7 +40,7 @@ from typing import Optional
 
 import numpy as np
 
-from megarec.common.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError, MegarecError
 from megarec.common.io import atomic_open, temp_path, write_json
 from megarec.common.outdir import check_out_prefix, has_entry
 from megarec.data.encoder import DocumentEncoder, detect_kind
@@ -64,6 +71,7 @@ class PreprocessOptions:
     assistant_end: str = "<|im_end|>"
     progress: Optional[bool] = None  # None: only on a terminal
     force: bool = False  # replace a P.parts directory that preprocess did not write
+    allow_unknown_itemic: bool = False  # tokenise unknown itemic token strings in text as ordinary text
 
     @property
     def parts(self) -> str:
@@ -211,23 +219,36 @@ def _manifest(opts: PreprocessOptions, kind: str, shards: list[Shard], dtype: np
         "shard_rows": opts.shard_rows,
         "assistant_header": opts.assistant_header,
         "assistant_end": opts.assistant_end,
+        "allow_unknown_itemic": opts.allow_unknown_itemic,
         "shards": [s.to_dict() for s in shards],
     }
+
+
+def _check_inputs_have_rows(opts: PreprocessOptions, shards: list[Shard]) -> None:
+    """An input file without a single row is a mistake (a failed export, the wrong path), never a dataset."""
+    rows = Counter()
+    for s in shards:
+        rows[s.path] += s.rows
+    for path in opts.inputs:
+        if not rows[path]:
+            raise DataError(f"{path}: empty file (no rows)")
 
 
 def _detect_kind(opts: PreprocessOptions, shards: list[Shard]) -> str:
     if opts.kind:
         return opts.kind
     for shard in shards:
-        for _, rec in read_shard(shard):
+        for row, rec in read_shard(shard):
             kind = detect_kind(rec, opts.json_key)
             if kind:
                 return kind
-            break
-    raise ConfigError(
-        "cannot detect --kind from the first row (expected a 'messages', 'segments' or "
-        f"'{opts.json_key}' field); pass --kind"
-    )
+            if isinstance(rec, DataError):
+                raise rec
+            raise ConfigError(
+                f"{shard.path}: row {row}: cannot detect --kind from the first row (expected a 'messages', "
+                f"'segments' or '{opts.json_key}' field); pass --kind"
+            )
+    raise DataError(f"{', '.join(opts.inputs)}: no rows (only blank lines)")
 
 
 def _prepare_parts(parts: str, manifest: dict) -> set[int]:
@@ -259,13 +280,24 @@ def _load_done(parts: str, index: int) -> dict:
         return json.load(f)
 
 
+def _missing_dirs(path: str) -> list[str]:
+    """`path` and its ancestors that do not exist yet, deepest first (what os.makedirs(path) would create)."""
+    out = []
+    while path and not os.path.lexists(path):
+        out.append(path)
+        up = os.path.dirname(path)
+        if up == path:
+            break
+        path = up
+    return out
+
+
 def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     opts.validate()
     opts.check_output()
     t0 = time.time()
-    out_dir = os.path.dirname(os.path.abspath(opts.output_prefix))
-    os.makedirs(out_dir, exist_ok=True)
     shards = plan_shards(opts.inputs, opts.shard_rows)
+    _check_inputs_have_rows(opts, shards)
     kind = _detect_kind(opts, shards)
     enc_args = dict(
         tokenizer_dir=opts.tokenizer,
@@ -275,23 +307,36 @@ def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
         assistant_header=opts.assistant_header,
         assistant_end=opts.assistant_end,
         max_length=opts.seq_length if opts.pack else None,
+        allow_unknown_itemic=opts.allow_unknown_itemic,
     )
     global _ENCODER
     _ENCODER = DocumentEncoder(**enc_args)  # validates the tokenizer; forked workers inherit it
     vocab_size, eod = _ENCODER.vocab_size, _ENCODER.eod
     dtype = token_dtype(vocab_size)
     parts = opts.parts
-    done = _prepare_parts(parts, _manifest(opts, kind, shards, dtype))
-    todo = [s for s in shards if s.index not in done]
-    result = PreprocessResult(shards=len(shards), resumed_shards=len(done))
-    if done:
-        print(f"resuming: {len(done)} of {len(shards)} shards already done", file=sys.stderr)
-    _run_shards(opts, todo, parts, dtype, enc_args, shards)
-    stats = [_load_done(parts, s.index) for s in shards]
-    _merge(opts, kind, shards, stats, parts, dtype, result)
+    out_dir = os.path.dirname(os.path.abspath(opts.output_prefix))
+    created = _missing_dirs(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        done = _prepare_parts(parts, _manifest(opts, kind, shards, dtype))
+        todo = [s for s in shards if s.index not in done]
+        result = PreprocessResult(shards=len(shards), resumed_shards=len(done))
+        if done:
+            print(f"resuming: {len(done)} of {len(shards)} shards already done", file=sys.stderr)
+        _run_shards(opts, todo, parts, dtype, enc_args, shards)
+        stats = [_load_done(parts, s.index) for s in shards]
+        _check_documents(opts, shards, stats)
+        _merge(opts, kind, shards, stats, parts, dtype, result)
+    except MegarecError:  # bad input: nothing to resume, and no trace of this run
+        shutil.rmtree(parts, ignore_errors=True)
+        for d in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)  # only if still empty
+        raise
     result.seconds = time.time() - t0
     summary = {
         "tokenizer": os.path.abspath(opts.tokenizer),
+        "tokenizer_fingerprint": _ENCODER.tok.fingerprint(),
         "vocab_size": vocab_size,
         "eod_id": eod,
         "dtype": dtype.name,
@@ -309,6 +354,23 @@ def run_preprocess(opts: PreprocessOptions) -> PreprocessResult:
     write_json(opts.output_prefix + ".preprocess.json", summary)
     shutil.rmtree(parts)
     return result
+
+
+def _check_documents(opts: PreprocessOptions, shards: list[Shard], stats: list[dict]) -> None:
+    """A run that would write a dataset without a single document fails instead (with its reason)."""
+    if any(st["documents"] for st in stats):
+        return
+    rows = sum(s.rows for s in shards)
+    rejected = sum(st["rejected"] for st in stats)
+    reasons = Counter()
+    for st in stats:
+        reasons.update(st["reasons"])
+    why = (
+        f"all {rejected} rows were rejected (most often: {reasons.most_common(1)[0][0]})"
+        if rejected
+        else f"its {rows} rows are blank"
+    )
+    raise DataError(f"{', '.join(opts.inputs)}: no documents to write: {why}")
 
 
 def _run_shards(

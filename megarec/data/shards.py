@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from megarec.common.errors import DataError
-from megarec.common.io import file_format, iter_rows
+from megarec.common.io import file_format, iter_rows, json_error
 
 SCAN_BLOCK = 1 << 24
 
@@ -113,5 +113,4 @@ def read_shard(shard: Shard) -> Iterator[tuple[int, Any]]:
             try:
                 yield row, json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                msg = getattr(e, "msg", "not UTF-8")
-                yield row, DataError(f"{shard.path}: row {row}: invalid JSON ({msg})")
+                yield row, DataError(f"{shard.path}: row {row}: invalid JSON ({json_error(e)})")

@@ -110,7 +110,7 @@ def item_texts_from_jsonl(
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {row}: invalid JSON ({e.msg})") from None
+                raise DataError(f"{path}: row {row}: invalid JSON ({e})") from None
             for field in (id_field, text_field):
                 if not isinstance(rec.get(field), (str, int)) or rec.get(field) == "":
                     raise DataError(f"{path}: row {row}: field '{field}' missing or empty")

@@ -19,12 +19,26 @@ from megarec.common.errors import DataError
 from megarec.common.itemic import show_id
 
 ID_COLUMN = "item_id"
+NPY_MAGIC = b"\x93NUMPY"
 EMBEDDING_COLUMN = "embedding"
+
+
+def load_npy(path: str, mmap_mode=None) -> np.ndarray:
+    """np.load of a .npy file without pickles; DataError naming the file for anything else (NumPy calls a
+    file without its header "pickled data")."""
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise DataError(f"{path}: not a .npy file (no NumPy header; write it with numpy.save)")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a numeric .npy array ({e})") from None
 
 
 def _read_ids_file(path: str) -> np.ndarray:
     if path.endswith(".npy"):
-        ids = np.load(path, allow_pickle=False)
+        ids = load_npy(path)
         if ids.ndim != 1:
             raise DataError(f"{path}: item ids must be a 1-D array, got shape {ids.shape}")
         return ids
@@ -158,10 +172,7 @@ def open_embeddings(path: str | os.PathLike, ids_path: str | os.PathLike | None 
     if not os.path.isfile(path):
         raise DataError(f"{path}: embeddings file not found")
     if path.endswith(".npy"):
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise DataError(f"{path}: not a numeric .npy array ({e})") from e
+        arr = load_npy(path, mmap_mode="r")
         if arr.ndim != 2 or arr.shape[1] < 1:
             raise DataError(f"{path}: embeddings must be a 2-D array [items, dim], got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):

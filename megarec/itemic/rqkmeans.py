@@ -21,7 +21,7 @@ from megarec.common.atomic import save_npy, write_json
 from megarec.common.errors import ConfigError, DataError
 from megarec.common.itemic import show_id
 from megarec.itemic import kmeans as km
-from megarec.itemic.io import EmbeddingSource
+from megarec.itemic.io import EmbeddingSource, load_npy
 
 META_FILE = "meta.json"
 CENTROIDS_FILE = "centroids.npy"
@@ -84,7 +84,12 @@ class RQKMeans:
         meta_path = Path(tok_dir) / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: not found (not an itemic tokenizer directory)")
-        raw = json.loads(meta_path.read_text("utf-8"))
+        try:
+            raw = json.loads(meta_path.read_text("utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{meta_path}: invalid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise DataError(f"{meta_path}: expected a JSON object")
         if raw.get("format") != FORMAT:
             raise DataError(f"{meta_path}: field 'format' is {raw.get('format')!r}, expected {FORMAT!r}")
         raw.pop("code_layers", None)
@@ -93,7 +98,9 @@ class RQKMeans:
         except TypeError as e:
             raise DataError(f"{meta_path}: unexpected fields ({e})") from e
         cent_path = Path(tok_dir) / CENTROIDS_FILE
-        centroids = np.load(cent_path, allow_pickle=False)
+        if not cent_path.is_file():
+            raise DataError(f"{cent_path}: not found (`megarec itemic train` writes it beside {META_FILE})")
+        centroids = load_npy(str(cent_path))
         if centroids.shape != (meta.layers, meta.codebook_size, meta.dim):
             raise DataError(
                 f"{cent_path}: shape {centroids.shape} does not match {META_FILE} "

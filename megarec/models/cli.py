@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+from megarec.common.errors import ConfigError
 from megarec.common.outdir import FORCE_HELP, check_out_dir
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def register(sub) -> None:
@@ -33,8 +38,19 @@ def register(sub) -> None:
     p.set_defaults(func=run_init_model)
 
 
+def _check_tokenizer_dir(path: str) -> None:
+    """A local HF tokenizer directory, checked before transformers is imported (it would take a missing
+    directory for a Hub repo id and fail with a message about repo names)."""
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "directory not found"
+        raise ConfigError(f"--tokenizer {path}: {what} (give an HF tokenizer directory)")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ConfigError(f"--tokenizer {path}: no tokenizer files ({' or '.join(TOKENIZER_FILES)})")
+
+
 def run_init_model(args) -> int:
     check_out_dir(args.out, force=args.force, inputs=[("--tokenizer", args.tokenizer)])
+    _check_tokenizer_dir(args.tokenizer)
     from megarec.models.hf_init import init_hf_model
     from megarec.models.qwen3.presets import get_preset
 
@@ -48,6 +64,10 @@ def run_init_model(args) -> int:
         max_position_embeddings=args.max_position_embeddings,
         tie_word_embeddings=False if args.untied else None,
     )
+    try:
+        arch.check()
+    except ConfigError as e:
+        raise ConfigError(f"--preset {args.preset} with the given overrides: {e}") from None
     info = init_hf_model(args.tokenizer, args.out, arch, seed=args.seed, init_std=args.init_std, force=args.force)
     print(f"wrote random Qwen3 ({info['parameters'] / 1e6:.2f}M parameters, vocab {info['vocab_size']}) to {args.out}")
     return 0

@@ -44,9 +44,16 @@ def init_hf_model(
 
     inputs = [("--tokenizer", tokenizer_dir)]
     check_out_dir(out, force=force, inputs=inputs)
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    from megarec.common.errors import ConfigError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"--tokenizer {tokenizer_dir}: cannot load the tokenizer ({' '.join(str(e).split())})"
+        ) from None
     if tok.eos_token_id is None:
-        raise ValueError(f"{tokenizer_dir}: tokenizer has no eos token")
+        raise ConfigError(f"--tokenizer {tokenizer_dir}: the tokenizer has no eos token")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     config = hf_qwen3_config(
         arch, vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=pad, init_std=init_std

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from megarec.common.errors import ConfigError
+from megarec.common.errors import ConfigError, DataError
 from megarec.pretrain.config import DataConfig, TrainConfig
 
 
@@ -114,10 +114,12 @@ def read_preprocess_summary(dataset_prefix: str) -> Optional[dict]:
 
 
 def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
-    """Before any process starts: the prefixes fit data.packed / data.loss_mask (from `P.preprocess.json`
-    when present, and the loss-mask siblings on disk), and every split the run reads holds documents
-    (Megatron's GPTDataset loops forever on an empty split it must draw samples from)."""
-    from megarec.data.indexed import read_index_header, sibling_loss_mask_prefix
+    """Before any process starts: every dataset's .idx and .bin agree (`check_indexed_dataset`: a truncated
+    file would otherwise fail deep inside Megatron after the model is built), it was preprocessed with the
+    tokenizer of data.tokenizer (`check_tokenizer`), the prefixes fit data.packed / data.loss_mask (from
+    `P.preprocess.json` when present, and the loss-mask siblings on disk), and every split the run reads holds
+    documents (Megatron's GPTDataset loops forever on an empty split it must draw samples from)."""
+    from megarec.data.indexed import check_indexed_dataset, check_loss_mask_dataset, sibling_loss_mask_prefix
 
     seq_length = train.seq_length
     if data.mock:
@@ -125,8 +127,14 @@ def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
             raise ConfigError("data.loss_mask and data.packed need real (chat / packed) datasets, not mock data")
         return
     prefixes, _ = parse_blend(data.data_path)
+    fingerprint: dict = {}  # of data.tokenizer, computed once for all prefixes
     for prefix in prefixes:
+        try:
+            text = check_indexed_dataset(prefix)
+        except DataError as e:
+            raise DataError(f"data.data_path: {e}") from None
         meta = read_preprocess_summary(prefix) or {}
+        check_tokenizer(prefix, meta, data.tokenizer, fingerprint)
         packed = meta.get("pack")
         if data.packed and packed is False:
             raise ConfigError(
@@ -153,10 +161,17 @@ def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
                 raise ConfigError(
                     f"data.loss_mask: {mask}.bin/.idx not found (chat data is preprocessed with --kind messages)"
                 )
-        try:
-            documents = read_index_header(prefix + ".idx")["documents"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ConfigError(f"data.data_path: {prefix}.idx: {e}") from None
+        if data.loss_mask or data.packed:  # packed data reads its loss mask sibling when there is one
+            try:
+                mask = sibling_loss_mask_prefix(prefix)
+            except ValueError:
+                mask = None
+            if mask and os.path.isfile(mask + ".idx"):
+                try:
+                    check_loss_mask_dataset(prefix, mask, text)
+                except DataError as e:
+                    raise DataError(f"data.loss_mask: {e}") from None
+        documents = text["documents"]
         matrix = split_matrix(data.split)
         for i, name in [(0, "train")] + ([(1, "valid")] if train.eval_interval else []):
             if matrix[i] is None and name == "valid":
@@ -168,6 +183,35 @@ def check_data_sources(data: DataConfig, train: TrainConfig) -> None:
                     f"({documents} {'packs' if data.packed else 'documents'} in all): change "
                     f"data.split{' or set train.eval_interval=0' if name == 'valid' else ''}"
                 )
+
+
+def check_tokenizer(prefix: str, meta: dict, tokenizer: Optional[str], fingerprint: dict) -> None:
+    """The tokenizer `megarec preprocess` recorded for `prefix` (its fingerprint in `P.preprocess.json`) must be
+    data.tokenizer's: ids of another vocabulary would train the wrong rows, or padding rows, without a word.
+    Summaries written before fingerprints were recorded hold only `vocab_size`: that is compared, silently
+    otherwise. Datasets from elsewhere (no summary) and tokenizers without tokenizer.json are not checked.
+    `fingerprint` caches data.tokenizer's across prefixes."""
+    recorded = meta.get("tokenizer_fingerprint")
+    if not isinstance(recorded, dict) or not recorded:
+        recorded = {"vocab_size": meta["vocab_size"]} if isinstance(meta.get("vocab_size"), int) else None
+    if not recorded or not tokenizer or not os.path.isfile(os.path.join(tokenizer, "tokenizer.json")):
+        return
+    if not fingerprint:
+        from megarec.data.hf_tokenizer import tokenizer_fingerprint
+
+        fingerprint.update(tokenizer_fingerprint(tokenizer))
+    if all(fingerprint.get(k) == v for k, v in recorded.items()):
+        return
+    differs = (
+        f"{recorded.get('vocab_size', '?')} entries, data.tokenizer has {fingerprint['vocab_size']}"
+        if recorded.get("vocab_size") != fingerprint["vocab_size"]
+        else f"same size ({fingerprint['vocab_size']} entries) but other tokens"
+    )
+    raise ConfigError(
+        f"data.tokenizer={tokenizer} is not the tokenizer {prefix} was preprocessed with "
+        f"({meta.get('tokenizer', 'recorded in its .preprocess.json')}: {differs}); set data.tokenizer to that "
+        "one or preprocess the data again with this one"
+    )
 
 
 def _is_number(text: str) -> bool:

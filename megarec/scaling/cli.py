@@ -98,7 +98,7 @@ def run_plan(args) -> int:
         except FileNotFoundError:
             raise ConfigError(f"{args.fit}: fit file not found") from None
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{args.fit}: invalid JSON ({e.msg})") from None
+            raise ConfigError(f"{args.fit}: invalid JSON ({e})") from None
         source = args.fit
     else:
         law, source = REFERENCE_LAW, "built-in reference law (fit your own runs for real planning)"

@@ -61,6 +61,22 @@ def attach_codes(log: RecLog, codes: dict[str, tuple[int, ...]]) -> RecLog:
     return RecLog(kept, users, log.report, log.name)
 
 
+def check_codes_cover(log: RecLog, codes: dict, source: str, on_error: str) -> None:
+    """With `--on-error fail`, refuse codes that leave items of the log without codes: `attach_codes` would drop
+    them and every interaction with them (a codes table of another item set loses most of the data)."""
+    missing = sorted(log.items.keys() - codes.keys())
+    if not missing or on_error != "fail":
+        return
+    gone = sum(e.item_id not in codes for u in log.users for events in u.histories.values() for e in events)
+    total = sum(len(events) for u in log.users for events in u.histories.values())
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    raise DataError(
+        f"{source}: no codes for {len(missing)} of {len(log.items)} items ({shown}), which would drop "
+        f"{gone} of {total} interactions; give the codes table of these items, or pass --on-error drop to "
+        "build without them"
+    )
+
+
 def _holdout(item_ids: list[str], frac: float, seed: int) -> set[str]:
     def unit(i: str) -> float:
         return int.from_bytes(hashlib.blake2b(f"{seed}|caption|{i}".encode(), digest_size=8).digest(), "little") / 2**64

@@ -50,7 +50,7 @@ def _read_jsonl(path: str):
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {i}: invalid JSON ({e.msg})") from None
+                raise DataError(f"{path}: row {i}: invalid JSON ({e})") from None
 
 
 def load_samples(data_dir: str, split: str = "test") -> dict[str, list[dict]]:

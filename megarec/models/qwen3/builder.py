@@ -50,6 +50,7 @@ def validate_layout(
     local_attention: str = "sdpa",
 ) -> None:
     """Reject layouts Megatron-Core cannot run, with one clear sentence each."""
+    arch.check()
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
     vp, cp = parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size
     for name, value in [
@@ -67,11 +68,6 @@ def validate_layout(
     if arch.num_query_groups % tp:
         raise ConfigError(
             f"num_query_groups (KV heads)={arch.num_query_groups} is not divisible by tensor_model_parallel_size={tp}"
-        )
-    if arch.num_attention_heads % arch.num_query_groups:
-        raise ConfigError(
-            f"num_attention_heads={arch.num_attention_heads} is not a multiple of "
-            f"num_query_groups={arch.num_query_groups}"
         )
     if arch.ffn_hidden_size % tp:
         raise ConfigError(f"ffn_hidden_size={arch.ffn_hidden_size} is not divisible by TP={tp}")

@@ -26,6 +26,23 @@ class Qwen3Arch:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
 
+    def check(self) -> None:
+        """ConfigError for a shape no Qwen3 checkpoint can have (a model built from it would be unusable)."""
+        sizes = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "head_dim", "ffn_hidden_size")
+        for name in sizes + ("vocab_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.num_attention_heads % self.num_query_groups:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_query_groups={self.num_query_groups} (every KV group serves the same number of query heads)"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even (rotary embeddings rotate pairs)")
+        if not self.rope_theta > 0 or not self.rms_norm_eps > 0:
+            raise ConfigError(f"rope_theta={self.rope_theta} and rms_norm_eps={self.rms_norm_eps} must be > 0")
+
     def replace(self, **changes) -> "Qwen3Arch":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
