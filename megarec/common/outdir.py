@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 from megarec.common.atomic import temp_path
@@ -54,6 +55,25 @@ def refuse_unsafe(path: str | os.PathLike, flag: str = "--out", inputs: Inputs =
             )
 
 
+def check_creatable(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be created or written: a file where it or one
+    of its parents should be a directory, or a place the file system refuses (read-only, no permission).
+    Probes by creating and removing an empty directory in the deepest existing one; leaves nothing behind."""
+    path = os.fspath(path)
+    label = f"{flag} {path}" if flag.startswith("-") else f"{flag}={path}"  # a flag, or a config key
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        if probe == os.path.abspath(path):
+            raise ConfigError(f"{label} exists and is not a directory")
+        raise ConfigError(f"{label} cannot be created: {probe} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".megarec-probe-", dir=probe))
+    except OSError as e:
+        raise ConfigError(f"{label} cannot be written: {probe}: {e.strerror or e}") from None
+
+
 def entries(path: str | os.PathLike) -> list[str]:
     """Names in directory `path` (hidden ones too); [] when it does not exist."""
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
@@ -79,6 +99,7 @@ def check_out_dir(
     refuse_unsafe(path, flag, inputs)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ConfigError(f"{flag} {path} exists and is not a directory")
+    check_creatable(path, flag)
     n = len(entries(path))
     if n and not force and not (own and own(path)):
         raise ConfigError(f"{flag} {path} is not empty ({n} {'entry' if n == 1 else 'entries'}); {hint}")
