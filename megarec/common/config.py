@@ -1,16 +1,20 @@
 """Typed dataclass configs loaded from YAML recipes with dotted `key=value` command-line overrides.
 
 A recipe may name another recipe under `base:` (path relative to the recipe); its values are applied
-first. Field help text lives in `field(metadata={"help": ...})` and is what `--help` prints.
+first. A relative recipe path that does not exist from the current directory is also looked up in the
+repository's `configs/` directory beside the package (`configs/pretrain/x.yaml` and `pretrain/x.yaml` both work
+from anywhere). Field help text lives in `field(metadata={"help": ...})` and is what `--help` prints. An error
+about a key says where the key came from: the command-line override that set it, or the recipe file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
-from typing import Any, Iterator, Literal, Union, get_args, get_origin
+from typing import Any, Iterator, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 
@@ -100,17 +104,31 @@ def _hints(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
 
+def _keyed(error: ConfigError, key: str) -> ConfigError:
+    """Record on `error` the dotted key it is about (the innermost one wins), so that `load_config` can say
+    where that key was set."""
+    if getattr(error, "key", None) is None:
+        error.key = key
+    return error
+
+
 def build(cls: type, values: dict, prefix: str = "") -> Any:
     """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys."""
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(
+        error = ConfigError(
             f"unknown config key '{prefix}{unknown[0]}' (valid keys under "
             f"'{prefix or '<root>'}': {', '.join(sorted(names))})"
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+        raise _keyed(error, prefix + unknown[0])
+    kwargs = {}
+    for k, v in values.items():
+        try:
+            kwargs[k] = _coerce(v, hints[k], prefix + k)
+        except ConfigError as e:
+            raise _keyed(e, prefix + k) from None
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -127,25 +145,109 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def read_recipe(path: str, _seen: tuple = ()) -> dict:
-    """Read a YAML recipe, resolving `base:` chains."""
-    path = os.path.abspath(path)
-    if path in _seen:
-        raise ConfigError(f"{path}: circular 'base:' chain")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+# The recipes of the checkout this package runs from: <repo>/configs, beside the package.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+
+def recipe_path(path: str) -> str:
+    """`path` when it exists (or is absolute); else the same relative path inside the repository's configs
+    directory (with or without its leading `configs/`), when there is one; else `path` unchanged."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    parts = os.path.normpath(path).split(os.sep)
+    candidates = [os.path.join(CONFIGS_DIR, *parts)]
+    if parts[0] == "configs" and len(parts) > 1:
+        candidates.insert(0, os.path.join(CONFIGS_DIR, *parts[1:]))
+    return next((c for c in candidates if os.path.isfile(c)), path)
+
+
+def _display(path: str) -> str:
+    """A recipe path as messages show it: relative to the current directory when below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _read_yaml(path: str) -> dict:
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{_display(path)}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{_display(path)}: top level must be a mapping")
+    return data
+
+
+def _base_path(path: str, base: str) -> str:
+    return base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+
+
+def read_recipe(path: str, _seen: tuple = ()) -> dict:
+    """Read a YAML recipe, resolving `base:` chains (a relative top-level path: see `recipe_path`)."""
+    if not _seen:
+        given, path = path, recipe_path(path)
+        if not os.path.isfile(path):
+            where = "" if os.path.isabs(given) else f" (looked in the current directory and in {CONFIGS_DIR})"
+            raise ConfigError(f"config file not found: {given}{where}")
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ConfigError(f"{_display(path)}: circular 'base:' chain")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {_display(path)} (the 'base:' of {_display(_seen[-1])})")
+    data = _read_yaml(path)
     base = data.pop("base", None)
     if base:
-        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-        data = _deep_merge(read_recipe(base_path, _seen + (path,)), data)
+        data = _deep_merge(read_recipe(_base_path(path, base), _seen + (path,)), data)
     return data
+
+
+def _recipe_setting(path: str, parts: list[str]) -> Optional[str]:
+    """The file of the `base:` chain starting at recipe `path` whose value of the dotted key `parts` wins, or
+    None when no file of the chain sets it."""
+    seen = set()
+    while path and os.path.abspath(path) not in seen:
+        seen.add(os.path.abspath(path))
+        try:
+            data = _read_yaml(path)
+        except (ConfigError, OSError):
+            return None
+        node: Any = data
+        for p in parts:
+            node = node.get(p, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            return path
+        base = data.get("base")
+        path = _base_path(path, base) if isinstance(base, str) else None
+    return None
+
+
+_MISSING = object()
+
+
+def _key_origin(
+    key: Optional[str], overrides: list[tuple[list[str], str]], recipe: Optional[str], renamed: dict
+) -> str:
+    """Where the setting of a bad key came from, as a suffix of its error: the command-line override that set
+    it (or a section holding it), else the recipe file of the `base:` chain that sets it."""
+    if key is None:
+        return f" (in {_display(recipe)})" if recipe else ""
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
+    for override_parts, text in reversed(overrides):
+        n = min(len(parts), len(override_parts))
+        if parts[:n] == override_parts[:n]:
+            return f" (from the command line: '{text}')"
+    if not recipe:
+        return ""
+    names = [parts] + [
+        old.split(".") + parts[len(new.split(".")) :]
+        for old, new in renamed.items()
+        if new.split(".") == parts[: len(new.split("."))]
+    ]
+    for candidate in names:
+        found = _recipe_setting(recipe, candidate)
+        if found:
+            return f" (in {_display(found)})"
+    return f" (in {_display(recipe)})"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -239,12 +341,14 @@ def load_config(cls: type, recipe: str | None = None, overrides: list[str] | Non
     its `RENAMED` mapping (earlier releases' names) are read under their new names."""
     renamed = getattr(cls, "RENAMED", {})
     data = apply_renames(read_recipe(recipe) if recipe else {}, renamed)
-    data = apply_overrides(data, [_renamed_override(o, renamed) for o in overrides or []])
-    where = f" (in {recipe})" if recipe else ""
+    texts = [_renamed_override(o, renamed) for o in overrides or []]
+    data = apply_overrides(data, texts)
+    given = [(parse_override(new)[0], old) for new, old in zip(texts, overrides or [])]
     try:
         return build(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{e}{where}") from None
+        origin = _key_origin(getattr(e, "key", None), given, recipe_path(recipe) if recipe else None, renamed)
+        raise ConfigError(f"{e}{origin}") from None
 
 
 def iter_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:

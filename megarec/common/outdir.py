@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 from megarec.common.atomic import temp_path
@@ -58,23 +59,24 @@ def refuse_unsafe(path: str | os.PathLike, flag: str = "--out", inputs: Inputs =
 
 
 def check_writable(path: str | os.PathLike, flag: str = "--out", *, parent: bool = False) -> None:
-    """Refuse an output `path` (existing or not) that this process cannot create: one of its ancestors is not a
-    directory, or the nearest existing directory is not writable. With `parent`, check only the directory that
-    will hold `path` (a file prefix, or a directory written beside itself and renamed into place)."""
+    """Refuse, before any work, an output `path` (existing or not) that this process cannot create: one of its
+    ancestors is a file, or the file system refuses the nearest existing directory (read-only, no permission).
+    With `parent`, check only the directory that will hold `path` (a file prefix, or a directory written beside
+    itself and renamed into place). Probes by creating and removing an empty directory there: leaves nothing."""
     given = os.fspath(path)
+    label = f"{flag} {given}" if flag.startswith("-") else f"{flag}={given}"  # a flag, or a config key
     target = os.path.abspath(given)
     probe = os.path.dirname(target) if parent else target
-    while not os.path.lexists(probe):
-        up = os.path.dirname(probe)
-        if up == probe:
-            break
-        probe = up
-    if os.path.lexists(probe) and not os.path.isdir(probe):
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
         if probe == target:
             return  # the output itself is an existing file: the caller decides (replace or refuse)
-        raise ConfigError(f"{flag} {given}: cannot create it, {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {given}: cannot write in {probe} (permission denied or read-only file system)")
+        raise ConfigError(f"{label}: cannot create it, {probe} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".megarec-probe-", dir=probe))
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot write in {probe} ({e.strerror or e})") from None
 
 
 def entries(path: str | os.PathLike) -> list[str]:

@@ -15,7 +15,14 @@ from typing import ClassVar, List, Literal, Optional
 from megarec.common.config import help_field
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import check_out_dir, has_entry
-from megarec.runtime.config import CheckpointConfig, LoggingConfig, OptimizerConfig, StepsConfig, checkpoint_dir
+from megarec.runtime.config import (
+    CheckpointConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    StepsConfig,
+    check_shared,
+    checkpoint_dir,
+)
 
 
 # ----------------------------------------------------------------------------------------------- shared
@@ -289,16 +296,17 @@ def check_common(cfg, world_size: int, unit: str) -> None:
     if not cfg.model.path:
         raise ConfigError("model.path is required (an HF checkpoint directory)")
     t = cfg.train
-    if t.steps < 0:
-        raise ConfigError("train.steps must be >= 0")
-    if t.micro_batch_size < 1 or t.global_batch_size < 1:
-        raise ConfigError("train.micro_batch_size and train.global_batch_size must be >= 1")
+    for key, value in (
+        ("train.micro_batch_size", t.micro_batch_size),
+        ("train.global_batch_size", t.global_batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
     if t.global_batch_size % world_size:
         raise ConfigError(
             f"train.global_batch_size={t.global_batch_size} {unit} cannot be split evenly over {world_size} ranks"
         )
-    if cfg.logging.log_interval < 1:
-        raise ConfigError("logging.log_interval must be >= 1")
+    check_shared(t, cfg.checkpoint, cfg.logging)
     if not 0.0 <= cfg.optimizer.warmup_fraction < 1.0:
         raise ConfigError("optimizer.warmup_fraction must be in [0, 1)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:

@@ -12,6 +12,7 @@ import torch
 
 from megarec.common.config import to_dict
 from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_writable
 from megarec.models.qwen3 import builder as qwen3
 from megarec.models.qwen3.flops import flops_per_token
 from megarec.models.qwen3.specs import needs_explicit_causal_mask
@@ -23,6 +24,7 @@ from megarec.pretrain.freezing import apply_itemic_freeze, mask_frozen_row_grads
 from megarec.pretrain.optimizer import build_optimizer, build_scheduler
 from megarec.runtime import checkpoint_dir, cpu_shims, megatron_lm_compat
 from megarec.runtime import megatron_checkpoint as ckpt
+from megarec.runtime.config import check_shared
 from megarec.runtime.config import checkpoint_dir as checkpoint_root
 from megarec.runtime.distributed import world_size_from_env
 from megarec.runtime.loop import Cadence, RunSummary, StepLoop, check_finite
@@ -35,13 +37,21 @@ def validate(cfg: PretrainConfig, world_size: int):
     arch, impl = qwen3.setup(cfg.model, cfg.parallel, world_size)
     dp = world_size // cfg.parallel.model_parallel_size
     t = cfg.train
-    if t.micro_batch_size < 1 or t.global_batch_size % (t.micro_batch_size * dp):
+    for key, value in (
+        ("train.micro_batch_size", t.micro_batch_size),
+        ("train.global_batch_size", t.global_batch_size),
+        ("train.seq_length", t.seq_length),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(
             f"train.global_batch_size={t.global_batch_size} must be a multiple of "
             f"micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}"
         )
-    if t.steps < 0 or t.seq_length < 1:
-        raise ConfigError("train.steps must be >= 0 and train.seq_length >= 1")
+    check_shared(t, cfg.checkpoint, cfg.logging)
+    if cfg.data.cache_dir:
+        check_writable(cfg.data.cache_dir, "data.cache_dir")
     check_seq_length(t.seq_length, cfg.parallel)
     p = cfg.parallel
     if p.overlap_param_gather and not (p.use_distributed_optimizer and p.overlap_grad_reduce):
@@ -225,6 +235,9 @@ def _train(cfg: PretrainConfig, arch, impl, freeze_range) -> RunSummary:
     save_root = checkpoint_root(cfg.checkpoint, cfg.logging)
 
     source, is_resume = _checkpoint_source(cfg)
+    if rank0:
+        start = f"resuming from {ckpt.resolve_checkpoint_dir(source)}; " if is_resume else ""
+        print(f"megarec: {start}checkpoints go to {os.path.abspath(save_root)} (checkpoint.dir)", flush=True)
     padded_vocab = _padded_vocab(cfg, arch.vocab_size, source)
     tconfig = qwen3.build_transformer_config(arch, cfg.model, cfg.parallel, impl)
     chunks = qwen3.build_model_chunks(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 from megarec.common.config import help_field
+from megarec.common.errors import ConfigError
+from megarec.common.outdir import check_writable
 
 
 @dataclass
@@ -79,6 +81,25 @@ class LoggingConfig:
 
 def checkpoint_dir(checkpoint: CheckpointConfig, logging: LoggingConfig) -> str:
     return checkpoint.dir or os.path.join(logging.run_dir, "checkpoints")
+
+
+def check_shared(train: StepsConfig, checkpoint: CheckpointConfig, logging: LoggingConfig) -> None:
+    """The checks of the shared keys every training verb runs before anything starts: counts in range, and
+    the run and checkpoint directories creatable (no file in the way, a writable file system), so that a
+    run never trains for hours to fail at its first save."""
+    for key, value, low in (
+        ("train.steps", train.steps, 0),
+        ("train.eval_interval", train.eval_interval, 0),
+        ("train.exit_interval", train.exit_interval, 0),
+        ("checkpoint.save_interval", checkpoint.save_interval, 0),
+        ("checkpoint.keep_last", checkpoint.keep_last, 0),
+        ("logging.log_interval", logging.log_interval, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    check_writable(logging.run_dir, "logging.run_dir")
+    if checkpoint.dir:
+        check_writable(checkpoint.dir, "checkpoint.dir")
 
 
 @dataclass

@@ -4,38 +4,138 @@ Each step directory of a checkpoint root (committed by `megarec.runtime.checkpoi
 save never looks complete) holds one dist checkpoint: model chunks, optimizer (reshardable across TP/PP/DP),
 LR scheduler, RNG (restored only at the same layout), iteration and consumed samples, and the fields
 Megatron-LM's loader reads (`megatron_lm_compat`).
+
+Every reader goes through `resolve_checkpoint_dir`, which checks the files before anything is loaded (the
+marker files, and every `.distcp` byte range torch's `.metadata` lists), so a truncated or half-copied
+checkpoint is one error line naming the file, on every rank alike; what is still unreadable after that (a
+damaged pickle, say) becomes one line naming the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import pickle
 import random
+import zipfile
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
-from megarec.common.errors import ConfigError
+from megarec.common.errors import ConfigError, DataError
 from megarec.runtime import checkpoint_dir, megatron_lm_compat
 
 FORMAT_VERSION = 1
+MARKER_FILES = ("metadata.json", "common.pt")  # Megatron's backend description, the non-sharded state
+TORCH_METADATA = ".metadata"  # torch DCP: every tensor's file, offset and length
 
 
 def resolve_checkpoint_dir(path: str) -> str:
-    """A checkpoint root (with a latest pointer) or one iteration directory → the iteration directory."""
-    latest = checkpoint_dir.read_latest(path)
+    """A checkpoint root (with a latest pointer) or one iteration directory → the iteration directory, after
+    checking that its files are all there (`check_checkpoint_files`)."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"checkpoint {path} not found (expected a checkpoint root or an iter_XXXXXXX directory)")
+    latest = checkpoint_dir.latest_dir(path)
     if latest is not None:
-        path = checkpoint_dir.step_dir(path, latest)
+        path = latest
     if not os.path.isfile(os.path.join(path, "metadata.json")):
         raise ConfigError(f"{path} is not a complete Megatron dist checkpoint (no metadata.json)")
+    check_checkpoint_files(path)
     return path
+
+
+_checked: dict = {}
+
+
+def check_checkpoint_files(ckpt_dir: str) -> None:
+    """Refuse, before any load, a checkpoint whose files cannot all be there: a missing marker file, an
+    unreadable torch `.metadata`, or a `.distcp` file missing or shorter than the byte ranges `.metadata`
+    assigns to it (a truncated copy or an interrupted transfer). Each error names the file."""
+    for name in MARKER_FILES:
+        if not os.path.isfile(os.path.join(ckpt_dir, name)):
+            raise DataError(f"checkpoint {ckpt_dir} is incomplete: {name} is missing")
+    try:
+        with open(os.path.join(ckpt_dir, "metadata.json")) as f:
+            backend = json.load(f).get("sharded_backend")
+    except (ValueError, AttributeError) as e:
+        raise DataError(f"checkpoint {ckpt_dir}: metadata.json is not a JSON object ({_brief(e)})") from None
+    if backend != "torch_dist":
+        return  # another backend (e.g. zarr): its own loader checks its files
+    meta_path = os.path.join(ckpt_dir, TORCH_METADATA)
+    if not os.path.isfile(meta_path):
+        raise DataError(f"checkpoint {ckpt_dir} is incomplete: {TORCH_METADATA} is missing")
+    stat = os.stat(meta_path)
+    key = (os.path.abspath(meta_path), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = _needed_bytes(ckpt_dir, meta_path)
+    for name, end in sorted(_checked[key].items()):
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isfile(path):
+            raise DataError(f"checkpoint {ckpt_dir} is incomplete: {name} is missing (listed in {TORCH_METADATA})")
+        size = os.path.getsize(path)
+        if size < end:
+            raise DataError(
+                f"checkpoint file {path} is truncated: {size} bytes, but {TORCH_METADATA} places data up to byte {end}"
+            )
+
+
+def _needed_bytes(ckpt_dir: str, meta_path: str) -> dict[str, int]:
+    """File name → end of the last byte range torch's `.metadata` assigns to it."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with _readable(ckpt_dir, TORCH_METADATA):
+        metadata = FileSystemReader(ckpt_dir).read_metadata()
+    needed: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        name = getattr(info, "relative_path", None)
+        if name:
+            needed[name] = max(needed.get(name, 0), int(info.offset) + int(info.length))
+    return needed
+
+
+def _brief(e: BaseException) -> str:
+    """`Type: first line` of an exception, cut to its first sentence when long."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    text = lines[0] if len(lines[0]) <= 160 else lines[0].split(". ")[0]
+    return f"{type(e).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _readable(ckpt_dir: str, what: str) -> Iterator[None]:
+    """Reading `what` of a checkpoint: damaged content (a pickle or zip that does not parse, torch's
+    CheckpointException gathered from every rank, Megatron's CheckpointingException) becomes one DataError
+    naming the checkpoint and the first cause."""
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as e:
+        failures = list(e.failures.values())
+        cause = failures[0][0] if failures and isinstance(failures[0], tuple) else e
+        raise DataError(f"checkpoint {ckpt_dir}: cannot read {what} ({_brief(cause)})") from None
+    except (
+        CheckpointingException,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as e:
+        raise DataError(f"checkpoint {ckpt_dir}: cannot read {what} ({_brief(e)})") from None
 
 
 def read_common_state(ckpt_dir: str) -> dict:
     from megatron.core import dist_checkpointing
 
-    return dist_checkpointing.load_common_state_dict(ckpt_dir)
+    with _readable(ckpt_dir, "common.pt"):
+        return dist_checkpointing.load_common_state_dict(ckpt_dir)
 
 
 @dataclass
@@ -223,7 +323,8 @@ def _load_tolerating_extra_state(sharded_state: dict, ckpt_dir: str) -> dict:
 
     # load returns (state, missing, unexpected); Megatron's "unexpected" keys are the ones requested here but
     # absent from the checkpoint.
-    loaded, _, absent = dist_checkpointing.load(sharded_state, ckpt_dir, strict=StrictHandling.RETURN_UNEXPECTED)
+    with _readable(ckpt_dir, "the sharded tensors"):
+        loaded, _, absent = dist_checkpointing.load(sharded_state, ckpt_dir, strict=StrictHandling.RETURN_UNEXPECTED)
     extra = sorted(k for k in absent if k.endswith("_extra_state"))
     other = sorted(k for k in absent if not k.endswith("_extra_state"))
     if other:
@@ -246,7 +347,8 @@ def has_optimizer_state(path: str) -> bool:
 def _saved_top_keys(ckpt_dir: str) -> set[str]:
     from megatron.core import dist_checkpointing
 
-    keys = dist_checkpointing.load_tensors_metadata(ckpt_dir).keys()
+    with _readable(ckpt_dir, TORCH_METADATA):
+        keys = dist_checkpointing.load_tensors_metadata(ckpt_dir).keys()
     return {k.split(".")[0] for k in keys}
 
 
@@ -289,5 +391,7 @@ def read_full_tensors(path: str, optimizer: bool = False) -> dict:
     from megatron.core import dist_checkpointing
 
     ensure_single_process_group()
-    tensors = dist_checkpointing.load_plain_tensors(resolve_checkpoint_dir(path))
+    ckpt_dir = resolve_checkpoint_dir(path)
+    with _readable(ckpt_dir, "the sharded tensors"):
+        tensors = dist_checkpointing.load_plain_tensors(ckpt_dir)
     return {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor) and k.startswith("optimizer.") == optimizer}

@@ -41,6 +41,8 @@ class MetricsLogger:
                     mode=wandb_mode,
                     config=config,
                     resume="allow",
+                    # No banner, sync hints or log paths on every run; a failure still raises (below).
+                    settings=wandb.Settings(silent=True),
                 )
             except Exception as e:  # wandb is an extra sink; the run must not die with it
                 print(f"megarec: wandb disabled ({type(e).__name__}: {e})", file=sys.stderr)

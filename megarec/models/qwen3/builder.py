@@ -148,6 +148,8 @@ def transformer_config_kwargs(
         gradient_accumulation_fusion=fused and fused_wgrad_kernel_available(),
         # gloo cannot run batched isend/irecv reliably for the interleaved schedule.
         batch_p2p_comm=on_gpu,
+        # Megatron-Core's default ("full") is deprecated and warns on every run; [] is the same whole-layer scope.
+        cuda_graph_scope=[],
     )
     if model.recompute_activations:
         kwargs.update(recompute_granularity="selective")
