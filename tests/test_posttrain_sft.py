@@ -25,7 +25,7 @@ def qwen3_enc(qwen3_tokenizer_dir):
 
 CONVERSATION = [
     {"role": "system", "content": "You are a recommender."},
-    {"role": "user", "content": "I liked <|sid_begin|> Alien. Suggest a film."},
+    {"role": "user", "content": "I liked Alien. Suggest a film."},
     {"role": "assistant", "content": "<think>\nThe user likes sci-fi.\n</think>\n\nTry Aliens (1986)."},
     {"role": "user", "content": "Another one? /no_think"},
     {"role": "assistant", "content": "Try Heat."},
@@ -66,6 +66,12 @@ def test_loss_mask_matches_assistant_spans_token_by_token(qwen3_tok, qwen3_enc):
             assert mask[k + len(header)] == 1  # first assistant token trained
     ends = [k for k, t in enumerate(ids) if t == im_end]
     assert [mask[k] for k in ends] == [0, 0, 1, 0, 1]  # system, user, assistant, user, assistant
+
+
+def test_itemic_marker_without_itemic_tokenizer_is_rejected_with_its_position(qwen3_enc):
+    msgs = chat.validate_messages([{"role": "user", "content": "I liked <|sid_begin|> Alien."}], "t")
+    with pytest.raises(DataError, match=r"messages\[0\]\.content.*<\|sid_begin\|> at character 8.*expand-vocab"):
+        encode_conversation(qwen3_enc, msgs)
 
 
 def test_no_think_answer_gets_empty_think_block_and_flags(qwen3_tok, qwen3_enc):
