@@ -5,11 +5,16 @@ What was allowed at every sampled position is recorded (as indices into a table 
 that training can recompute log-probs under exactly the distribution that produced the sample. The
 sampling distribution is softmax((logits masked by the processors) / temperature); no top-k / top-p
 (those would make the samples and the importance ratios disagree). Every other generation default of
-the checkpoint (Qwen3 ships temperature 0.6, top-k 20, top-p 0.95) is overridden explicitly.
+the checkpoint (Qwen3 ships temperature 0.6, top-k 20, top-p 0.95) is overridden explicitly, and the
+checkpoint's own `generation_config` is swapped for ours during the call (`_own_generation_config`): transformers
+4.5x replaces every value of a passed config that equals the library default (temperature 1.0, top-p 1.0, ...)
+by the checkpoint's value and appends the resulting warpers after our recorded processors, so samples would come
+from another distribution than the one recorded and trained on.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -133,6 +138,19 @@ class _StopOnTokens:
         return self.lookup[input_ids[:, -1].clamp(max=len(self.lookup) - 1)]
 
 
+@contextmanager
+def _own_generation_config(model, gen_cfg):
+    """Make `gen_cfg` the model's own generation config for the duration of a generate() call, so no version
+    of transformers can fill "default-looking" values of it from the checkpoint's generation_config.json."""
+    target = getattr(model, "module", model)  # DDP-style wrappers; FSDP2 modules are the model itself
+    saved = getattr(target, "generation_config", None)
+    target.generation_config = gen_cfg
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 def _cut(tokens: list[int], ends: set[int]) -> tuple[list[int], bool]:
     for i, t in enumerate(tokens):
         if t in ends:
@@ -207,7 +225,7 @@ def sample(
         stops = StoppingCriteriaList()
         if spec.stop_token_ids:
             stops.append(_StopOnTokens(spec.stop_token_ids, device))
-        with torch.no_grad():
+        with torch.no_grad(), _own_generation_config(model, gen_cfg):
             seqs = model.generate(
                 input_ids=input_ids,
                 attention_mask=attn,
