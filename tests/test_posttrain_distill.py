@@ -4,6 +4,7 @@ trajectories end at the first itemic token, think suffixes are randomised, misma
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 
 import pytest
@@ -128,3 +129,37 @@ def test_cli_teacher_mismatch_is_one_line(assets):
     assert proc.returncode == 2, proc.stderr
     assert lines[-1].startswith("megarec distill: error: teacher ") and "hidden_size 32 vs 48" in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_logprobs_are_taken_at_the_sampling_temperature(assets):
+    """Samples drawn at T = 1.5: the student's recomputed log-probs equal the sampler's own, and the teacher's
+    are log softmax(teacher logits / T) — the update is on-policy for KL(p_s^(T) ‖ p_t^(T))."""
+    from megarec.posttrain.algorithms.grpo import sample_logprob_tensor
+    from megarec.posttrain.algorithms.rl_common import rollout_batch
+    from megarec.posttrain.models.logprobs import token_logprobs
+
+    T = 1.5
+    trainer, _ = tiny.run_trainer(
+        "distill", _overrides(assets, "temp", "train.steps=0", f"rollout.temperature={T}"), recipe=RECIPE
+    )
+    rows = trainer.sources[0].rows
+    prompts = [trainer._prompt(rows[i], random.Random(i)) for i in range(24)]
+    r = trainer.policy.generate(prompts, dataclasses.replace(trainer._spec(T), record_logprobs=True), seed=0)
+    batch = rollout_batch(r, trainer.policy.tokenizer.pad_token_id)
+    mask = batch["loss_mask"].bool()
+    sampled = sample_logprob_tensor(r, batch["input_ids"].shape)
+    student = trainer.policy.get_logprobs(batch)
+    assert mask.sum() > 20
+    assert torch.allclose(student[mask], sampled[mask], atol=1e-4), (student[mask] - sampled[mask]).abs().max()
+    teacher = trainer.teacher.get_logprobs(batch)
+    plain = mask & ~trainer.unknown[batch["input_ids"]]
+    t_in, _ = trainer.teacher.teacher_inputs(batch)
+    logits = trainer.teacher.get_logits(t_in)
+    want = token_logprobs(logits, t_in["input_ids"], temperature=T)
+    assert torch.allclose(teacher[plain], want[plain], atol=1e-5)
+    assert not torch.allclose(teacher[plain], token_logprobs(logits, t_in["input_ids"])[plain], atol=1e-2)
+    # one training step logs the sampler/trainer gap
+    _, s = tiny.run_trainer(
+        "distill", _overrides(assets, "temp_step", "train.steps=1", f"rollout.temperature={T}"), recipe=RECIPE
+    )
+    assert s.history[0]["logprob_mismatch"] < 1e-4

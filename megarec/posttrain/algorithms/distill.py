@@ -2,10 +2,18 @@
 prompts and learns, token by token, to match the original base model (the teacher) on its own samples.
 
 Per step: draw prompts, append a random ` /think`, ` /no_think` or no suffix (`algorithm.think_suffix_probs`),
-sample `rollout.samples_per_prompt` answers at `rollout.temperature` (> 1 explores), score every sampled
-token with the student (log p_s, before the update) and the teacher (log p_t). The per-token advantage is
-A_t = clip(−(log p_s − log p_t), advantage_min, advantage_max), a sampled-token estimate of the negative
-reverse KL; the update is the PPO-clipped policy gradient with these advantages (no discounting).
+sample `rollout.samples_per_prompt` answers at `rollout.temperature` T (> 1 explores), score every sampled
+token with the student (log p_s, before the update) and the teacher (log p_t), both at the same temperature T
+as the samples. The per-token advantage is A_t = clip(−(log p_s − log p_t), advantage_min, advantage_max), a
+sampled-token estimate of the negative reverse KL; the update is the PPO-clipped policy gradient with these
+advantages (no discounting).
+
+Objective: with softmax(z / T) written p^(T), the samples are drawn from the student's p_s^(T) and every
+log-prob (old, new, teacher) is taken at T, so the update is on-policy and minimises the per-token reverse
+KL(p_s^(T) ‖ p_t^(T)). Tempering both sides by the same T is a bijection on full-support distributions, so
+its minimiser is p_s = p_t exactly as for T = 1 (where it is KL(p_s ‖ p_t) itself); T > 1 only spreads the
+samples. `logprob_mismatch` logs the gap between the sampler's own log-probs and the student's recomputed
+ones (≈1e-7 in fp32).
 The teacher has no itemic tokens: a sampled itemic token gets log p_t = `itemic_teacher_logprob` (so a
 strongly negative advantage) and ends the trajectory — sampling stops there and nothing after it trains.
 Validation samples held-out prompts and reports the exact per-token reverse KL(student ‖ teacher) along
@@ -19,6 +27,7 @@ import torch
 from megarec.common.errors import ConfigError
 from megarec.posttrain import chat
 from megarec.posttrain.algorithms.base import even_share, global_sum
+from megarec.posttrain.algorithms.grpo import sample_logprob_tensor
 from megarec.posttrain.algorithms.rl_common import (
     OnPolicyTrainer,
     check_mini_batches,
@@ -74,7 +83,9 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
         validate_config(cfg, env.world_size)
         hf.check_hf_dir(cfg.teacher.path, "teacher.path")
         a = cfg.algorithm
-        self.policy = self.build_policy(kl_coef=0.0)
+        # every log-prob at the sampling temperature: the PPO ratio and the advantage then refer to the
+        # distribution that produced the samples (module docstring: the objective)
+        self.policy = self.build_policy(kl_coef=0.0, logprob_temperature=cfg.rollout.temperature)
         tok = self.policy.tokenizer
         t_tok = hf.load_tokenizer(cfg.teacher.path)
         check_teacher_compatible(
@@ -100,6 +111,7 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
             attn_implementation=cfg.model.attn_implementation,
             shard=cfg.parallel.shard_frozen,
             micro_batch_size=cfg.train.micro_batch_size,
+            logprob_temperature=cfg.rollout.temperature,
         )
         self.load_prompts(prompt_builder(tok, cfg.data.max_prompt_length))
         self.eos_ids = [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -113,6 +125,7 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
             stop_token_ids=self.stop_ids,
             batch_size=r.batch_size,
             vocab_limit=len(self.policy.tokenizer),
+            record_logprobs=True,
         )
 
     def _prompt(self, messages: list, rng) -> list[int]:
@@ -142,6 +155,7 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
         old = self.policy.get_logprobs(batch)
         teacher = self.teacher.get_logprobs(batch)
         mask = batch["loss_mask"]
+        sampled = sample_logprob_tensor(rollout, old.shape)
         adv = (-(old - teacher)).clamp(a.advantage_min, a.advantage_max) * mask
         batch.update(old_logprobs=old, advantages=adv)
         unk = self.unknown[batch["input_ids"]] & mask.bool()
@@ -157,6 +171,7 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
             float(batch["attention_mask"].sum()),
             float((adv * mask).sum()),
             float(mask.sum()),
+            float(((old - sampled).abs() * mask).sum()),
         ]
         g = global_sum(local, env)
         update = ppo_update(self.policy, batch, a.ppo.epochs, a.ppo.mini_batches)
@@ -169,6 +184,7 @@ class OnPolicyDistillationTrainer(OnPolicyTrainer):
             "truncated_frac": g[5] / g[3],
             "advantage_mean": g[7] / max(g[8], 1.0),
             "tokens": g[6],
+            "logprob_mismatch": g[9] / max(g[8], 1.0),
         }
 
     # ---------------------------------------------------------------------------------- validation
