@@ -9,8 +9,9 @@ import collections
 import pytest
 import torch
 
-from megarec.posttrain import tiny
 from megarec.posttrain.rollout import SamplingSpec, sample
+
+import posttrain_tiny as tiny
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -1,7 +1,7 @@
 """Sequential-recommendation data for the transfer benchmark: one time-ordered item sequence per user and
 the leave-one-out split (last item = test target, second-last = validation target, the rest = training).
 
-Sequences come from the data sources of `megarec.data.sources` (MovieLens-100k fetched at run time from
+Sequences come from the data sources of `megarec.rawdata.sources` (MovieLens-100k fetched at run time from
 the recbole wheel, Amazon review dumps, synthetic logs), so the benchmark reads exactly what the task
 builders read. Items are re-indexed 1..N (0 is padding) for the neural baselines.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megarec.common.errors import ConfigError, DataError
+from megarec.data.loo import LOO_MIN_LENGTH
 
 
 @dataclass
@@ -76,11 +77,13 @@ class SeqRecData:
         }
 
 
-def from_reclog(log, domain: str | None = None, min_length: int = 3, name: str | None = None) -> SeqRecData:
+def from_reclog(
+    log, domain: str | None = None, min_length: int = LOO_MIN_LENGTH, name: str | None = None
+) -> SeqRecData:
     """SeqRecData from a validated RecLog: histories of one domain (default: the domain with the most
     interactions); users with fewer than `min_length` interactions are dropped; only items that occur in
     some kept sequence are indexed."""
-    if min_length < 3:
+    if min_length < LOO_MIN_LENGTH:
         raise ConfigError("leave-one-out needs min_length >= 3 (train, validation and test items)")
     totals: dict[str, int] = {}
     for u in log.users:
@@ -103,7 +106,12 @@ def from_reclog(log, domain: str | None = None, min_length: int = 3, name: str |
 
 
 def load_seqrec(
-    spec: str, *, domain: str | None = None, min_length: int = 3, cache_dir: str | None = None, seed: int = 0
+    spec: str,
+    *,
+    domain: str | None = None,
+    min_length: int = LOO_MIN_LENGTH,
+    cache_dir: str | None = None,
+    seed: int = 0,
 ) -> SeqRecData:
     """`ml-100k` (fetched once into $MEGAREC_CACHE), `amazon:<dir>` or `synthetic` as SeqRecData."""
     from megarec.rawdata.sources import load_source

@@ -24,6 +24,7 @@ import numpy as np
 from megarec.common.errors import DataError
 from megarec.common.io import write_json, write_jsonl
 from megarec.common.itemic import write_codes_table
+from megarec.data.loo import loo_cuts
 from megarec.data.placeholder_codes import placeholder_codes
 from megarec.data.tasks import pretrain, sft
 from megarec.data.tasks.config import BuildConfig
@@ -89,9 +90,11 @@ def build_tasks(log: RecLog, codes: dict[str, tuple[int, ...]], cfg: BuildConfig
     "rl_train": [...], "split": Split, "holdout_items": set}."""
     cfg.validate()
     templates = Templates.load(cfg.lang)
-    log = attach_codes(log, codes)
     mode = default_split if cfg.split == "auto" else cfg.split
-    split = split_log(log, cfg, mode)
+    # leave-one-out is cut on the raw histories (the benchmark's), before items without codes are dropped
+    cuts = loo_cuts(log, lambda i: i in codes) if mode == "loo" else None
+    log = attach_codes(log, codes)
+    split = split_log(log, cfg, mode, cuts)
     ctx = TaskContext(cfg, templates, log.items, codes, informative_labels(tu.histories for tu in split.train))
 
     captioned = sorted(i for i, it in log.items.items() if it.caption)

@@ -3,8 +3,9 @@
 * user: held-out users (explicit `split` field, else a seeded hash of the user id with probability
   test_frac) contribute only evaluation samples; their last `rec_targets` interactions per domain are the
   targets and their last search is the interactive-rec case. Nothing of theirs reaches training.
-* loo: every user; per domain the last interaction is the test target and the one before it the
-  validation target; training sees only the interactions before both, and only searches made before the
+* loo: every user; per domain with at least 3 interactions (`megarec.data.loo`, the benchmark's rule) the last
+  interaction is the test target and the one before it the validation target; training sees only the
+  interactions before both, and only searches made before the
   first held-out interaction (the last search is held out for interactive rec).
 
 Every sample records what it used: training samples `max_pos` {domain or "searches": last index used},
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from megarec.common.errors import DataError
+from megarec.data.loo import loo_cut
 from megarec.data.tasks.config import BuildConfig
 from megarec.rawdata.schema import Interaction, RecLog, Search, User
 
@@ -93,7 +95,10 @@ def _context_before(history: list[Interaction], ts: int) -> list[Interaction]:
     return [x for x in history if x.ts < ts]
 
 
-def split_log(log: RecLog, cfg: BuildConfig, mode: str) -> Split:
+def split_log(log: RecLog, cfg: BuildConfig, mode: str, cuts: Optional[dict] = None) -> Split:
+    """`cuts` ({(user_id, domain): LooCut}, from `megarec.data.loo.loo_cuts` on the log before items without
+    codes were dropped) places the leave-one-out cut as the benchmark does on the raw histories; without it
+    the histories of `log` are taken as raw."""
     out = Split(mode)
     for user in log.users:
         if mode == "user":
@@ -119,17 +124,23 @@ def split_log(log: RecLog, cfg: BuildConfig, mode: str) -> Split:
                     )
                 )
         elif mode == "loo":
+            # the rule of megarec.data.loo (shared with `bench seqrec`): held out whenever the raw history
+            # has >= LOO_MIN_LENGTH items, whatever min_history says (that only limits which held-out cases
+            # become evaluation prompts)
             train_hist = {}
             cutoff = None
             for domain, hist in user.histories.items():
-                n = len(hist)
-                if n >= cfg.min_history + 2:
-                    out.cases.append(EvalCase(user, "valid", domain, hist[: n - 2], [hist[n - 2]], n - 2))
-                    out.cases.append(EvalCase(user, "test", domain, hist[: n - 1], [hist[n - 1]], n - 1))
-                    train_hist[domain] = hist[: n - 2]
-                    cutoff = hist[n - 2].ts if cutoff is None else min(cutoff, hist[n - 2].ts)
-                else:
+                cut = loo_cut(hist) if cuts is None else cuts.get((user.user_id, domain), loo_cut(hist))
+                if cut is None:
                     train_hist[domain] = list(hist)
+                    continue
+                t = cut.train_len
+                train_hist[domain] = hist[:t]
+                if cut.valid_coded and t >= cfg.min_history:
+                    out.cases.append(EvalCase(user, "valid", domain, hist[:t], [hist[t]], t))
+                if cut.test_coded and len(hist) - 1 >= cfg.min_history:
+                    out.cases.append(EvalCase(user, "test", domain, hist[:-1], [hist[-1]], len(hist) - 1))
+                cutoff = cut.cutoff_ts if cutoff is None else min(cutoff, cut.cutoff_ts)
             searches = list(user.searches)
             if searches:
                 s = searches[-1]
