@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
+from megarec.common.config import load_config
+from megarec.demo.cli import recipes_dir
+from megarec.demo.config import DemoConfig
+from megarec.demo.plan import demo_stages
 from megarec.demo.report import curve_summary
-from megarec.demo.stages import STAGES
 
 from conftest import run_cli
 
-STAGE_NAMES = [s.name for s in STAGES]
+STAGE_NAMES = [s.name for s in demo_stages(load_config(DemoConfig, os.path.join(recipes_dir(), "ci.yaml"), []))]
 THREADS = {"OMP_NUM_THREADS": "2"}  # the demo's single-process stages use both cores, as `make demo` does
 
 
@@ -59,6 +63,14 @@ def test_ci_demo_end_to_end_and_resume(tmp_path):
 
     # trie-constrained beams: every user gets a full list of real, unseen items
     assert models["megarec"]["mean_ranked_items"] == 12.0
+    # the comparison and ablation tables, and GRPO's held-out reward curve (evaluated at steps 0 and 2)
+    rows = {r["model"]: r for r in report["equal_budget"]["rows"]}
+    assert set(rows) == {"pop", "sasrec", "megarec"} and rows["megarec"]["train_seconds"] > 0
+    assert [r["name"] for r in report["ablation"]["rows"]] == ["final", "sft"]
+    assert report["ablation"]["rows"][0]["delta_ndcg@10"] == 0.0
+    assert [s for s, _ in report["curves"]["grpo_valid_reward"]["values"]] == [0, 2]
+    md = open(out / "report.md").read()
+    assert "## Equal-budget comparison" in md and "## Ablation" in md and "## GRPO on held-out prompts" in md
     # free (unconstrained) generations are checked and reported; the CI-sized model is too small to be
     # expected to write real items on its own (the full demo's did for 32 of 32 users)
     gen = report["generations"]
@@ -71,4 +83,4 @@ def test_ci_demo_end_to_end_and_resume(tmp_path):
     res = run_cli(["demo", "--profile", "ci", "--out", str(out), "bench.sasrec_epochs=3"], timeout=1200, env=THREADS)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     status = {r["name"]: r["status"] for r in json.load(open(out / "report.json"))["stages"]}
-    assert status == {**{n: "cached" for n in STAGE_NAMES}, "bench": "ran"}
+    assert status == {**{n: "cached" for n in STAGE_NAMES}, "bench": "ran", "ablation_sft": "ran"}

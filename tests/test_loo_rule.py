@@ -1,4 +1,4 @@
-"""One leave-one-out rule for the task builders and the benchmark (`megarec.data.loo`): no benchmark target or
+"""One leave-one-out rule for the task builders and the benchmark (`megarec.rawdata.loo`): no benchmark target or
 validation item of a user is in that user's training samples (pre-training segments, SFT, RL prompts), also
 for short histories and for items that have no codes."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import re
 
-from megarec.data.loo import LOO_MIN_LENGTH, holds_out, loo_cut
 from megarec.data.tasks.build import build_tasks
 from megarec.data.tasks.config import BuildConfig
 from megarec.eval.seqrec_data import from_reclog
+from megarec.rawdata.loo import LOO_MIN_LENGTH, holds_out, loo_cut
 from megarec.rawdata.schema import Interaction, Item, RecLog, User
 
 ITEM_RE = re.compile(r"<\|sid_begin\|>((?:<s_[a-z]_\d+>)+)<\|sid_end\|>")

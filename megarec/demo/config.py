@@ -20,6 +20,12 @@ class DemoDataConfig:
     codebook_size: int = help_field(32, "Codes per RQ-KMeans layer (sized for ~1.7k items).")
     samples_per_user: int = help_field(8, "SFT/RL cut points per user and task (`data build --samples-per-user`).")
     max_history: int = help_field(20, "Longest history shown in a prompt.")
+    collab_weight: float = help_field(
+        0.5,
+        "Share of collaborative (training-split co-occurrence) embedding in the "
+        "item embeddings the itemic tokenizer clusters (`itemic collab --weight`); "
+        "0 = text only (the collab stage is skipped).",
+    )
     seed: int = help_field(0, "Seed of the data build, tokenizer training and model initialisation.")
 
 
@@ -36,7 +42,12 @@ class DemoModelConfig:
 @dataclass
 class DemoStagesConfig:
     nproc: int = help_field(2, "Processes of the Megatron-Core stages (torchrun, gloo on CPU).")
-    tensor_parallel: int = help_field(2, "Tensor-parallel size of stage 1 and stage 2.")
+    tensor_parallel: int = help_field(2, "Tensor-parallel size of stage 1 (and of stage 2 unless set below).")
+    stage2_tensor_parallel: int = help_field(
+        0,
+        "Tensor-parallel size of stage 2 (0 = tensor_parallel; 1 with nproc 2 "
+        "= data parallel, about 2x the tokens/s of TP=2 at the demo's size).",
+    )
     stage1_recipe: str = help_field(
         "configs/demo/stage1.yaml", "Stage-1 recipe (a relative path resolves beside the demo recipe)."
     )
@@ -50,11 +61,39 @@ class DemoStagesConfig:
 
 
 @dataclass
+class AblationRow:
+    name: str = help_field("row", "Row name (also its output directory ablation/<name>).")
+    what: str = help_field("", "What the row changes, as shown in the report.")
+    checkpoint: str = help_field("grpo", "Checkpoint of seed 0 to evaluate: grpo (final) or sft (before GRPO).")
+    num_beams: int = help_field(0, "Beam width (0 = bench.num_beams).")
+    max_history: int = help_field(0, "Items of history in the prompt (0 = data.max_history).")
+
+
+@dataclass
 class DemoBenchConfig:
-    baselines: List[str] = help_field(default_factory=lambda: ["pop", "sasrec"], help="Baselines of `bench seqrec`.")
+    baselines: List[str] = help_field(
+        default_factory=lambda: ["pop", "sasrec", "gru4rec"], help="Baselines of `bench seqrec`."
+    )
+    seeds: List[int] = help_field(
+        default_factory=lambda: [0, 1, 2],
+        help="Seeds of the comparison: the generative model's initialisation and training "
+        "stages run once per seed, and the neural baselines train once per seed "
+        "(mean ± std in the report).",
+    )
+    equal_budget: bool = help_field(
+        True,
+        "Give every baseline run the generative model's measured training time "
+        "(stage 1 + stage 2 + SFT + GRPO, averaged over the seeds) as its budget "
+        "(early stopping still applies); false: sasrec_time_budget.",
+    )
+    ablations: List[AblationRow] = help_field(
+        default_factory=list, help="Extra evaluations of seed 0's checkpoints (the ablation table)."
+    )
     num_beams: int = help_field(20, "Beam width of the generative model (> 10: history items are dropped).")
     max_eval_users: int = help_field(0, "Evaluate the generative model on a seeded subset of users (0 = all).")
-    sasrec_time_budget: float = help_field(0.0, "Seconds of SASRec training (0 = early stopping only).")
+    sasrec_time_budget: float = help_field(
+        0.0, "Seconds of baseline training when equal_budget is false (0 = early stopping only)."
+    )
     sasrec_epochs: int = help_field(200, "Maximum SASRec epochs.")
     sample_users: int = help_field(32, "Test users whose free (unconstrained) generations are checked and shown.")
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 # (stage, curve key in metrics.jsonl) of the curves the report plots
 CURVES = (("stage1", "loss"), ("stage2", "loss"), ("sft", "loss"), ("grpo", "reward_mean"))
+# (curve name, stage, key) of validation curves: GRPO's reward and hit rate on held-out prompts
+VALID_CURVES = (("grpo_valid_reward", "grpo", "val_reward"), ("grpo_valid_hit_rate", "grpo", "val_hit_rate"))
 BENCH_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
@@ -53,9 +55,12 @@ def _plot_curves(curves: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for ax, (stage, key) in zip(axes, CURVES):
-        pts = curves.get(stage, {}).get("values", [])
+    panels = [(stage, stage, key) for stage, key in CURVES] + [
+        v for v in VALID_CURVES if curves.get(v[0], {}).get("points")
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (name, stage, key) in zip(axes, panels):
+        pts = curves.get(name, {}).get("values", [])
         if pts:
             ax.plot([s for s, _ in pts], [v for _, v in pts], lw=1.2)
         ax.set_title(f"{stage}: {key}")
@@ -98,11 +103,22 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
     for stage, key in CURVES:
         pts = read_curve(os.path.join(out_dir, stage, "metrics.jsonl"), key)
         curves[stage] = {"key": key, **curve_summary(pts), "values": pts}
+    for name, stage, key in VALID_CURVES:
+        pts = read_curve(os.path.join(out_dir, stage, "metrics.jsonl"), key)
+        if pts:
+            curves[name] = {
+                "key": key,
+                **curve_summary(pts),
+                "values": pts,
+                "rising": curve_summary(pts)["tail_mean"] > curve_summary(pts)["head_mean"],
+            }
     bench_path = os.path.join(out_dir, "bench", "results.json")
     bench = json.load(open(bench_path)) if os.path.isfile(bench_path) else {}
     models = {
         name: {
             "test": {m: r["test"][m] for m in BENCH_METRICS},
+            "seeds": r.get("seeds", 1),
+            **({"test_std": r["test_std"]} if "test_std" in r else {}),
             **({"mean_ranked_items": r["test"]["mean_ranked_items"]} if "mean_ranked_items" in r["test"] else {}),
         }
         for name, r in bench.get("models", {}).items()
@@ -111,10 +127,16 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
         _plot_curves(curves, os.path.join(out_dir, "losses.png"))
     if models:
         _plot_bench(models, os.path.join(out_dir, "bench.png"))
+    from megarec.demo.tables import ablation_lines, ablation_table, equal_budget_lines, equal_budget_table
+
+    equal = equal_budget_table(bench, stage_records) if models else None
+    ablation = ablation_table(out_dir, config, bench, stage_records) if models else None
     report = {
         "stages": stage_records,
         "curves": curves,
         "bench": {"dataset": bench.get("dataset"), "protocol": bench.get("protocol"), "models": models},
+        "equal_budget": equal,
+        "ablation": ablation,
         "generations": samples or {},
         "config": config,
         "total_seconds": sum(r.get("seconds", 0.0) for r in stage_records),
@@ -162,18 +184,19 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
         "",
     ]
     if models:
+        lines += equal_budget_lines(equal) + ["![bench](bench.png)", ""] + ablation_lines(ablation)
+    grpo_valid = curves.get("grpo_valid_reward")
+    if grpo_valid:
+        hit = curves.get("grpo_valid_hit_rate", {})
         lines += [
-            "## Full-ranking benchmark (MovieLens-100k, leave-one-out, history excluded)",
+            "## GRPO on held-out prompts",
             "",
-            "![bench](bench.png)",
+            f"Validation reward ({grpo_valid['points']} evaluations, held-out validation targets): "
+            f"{grpo_valid['first']:.4f} at the start → {grpo_valid['last']:.4f} at the end "
+            f"(rising: {grpo_valid['rising']}); hit rate {hit.get('first', float('nan')):.4f} → "
+            f"{hit.get('last', float('nan')):.4f}. The curve is the last panel of losses.png.",
             "",
-            "| model | " + " | ".join(BENCH_METRICS) + " |",
-            "|---|" + "---|" * len(BENCH_METRICS),
         ]
-        lines += [
-            f"| {n} | " + " | ".join(f"{m['test'][k]:.4f}" for k in BENCH_METRICS) + " |" for n, m in models.items()
-        ]
-        lines.append("")
     if samples:
         lines += [
             "## Free generations (greedy, no trie)",

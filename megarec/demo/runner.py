@@ -21,7 +21,7 @@ import time
 from typing import Callable, Optional
 
 from megarec.common.errors import MegarecError
-from megarec.demo.stages import STAGES, DemoPaths, Stage
+from megarec.demo.stages import DemoPaths, Stage
 
 HEARTBEAT_S = 30.0
 
@@ -121,11 +121,13 @@ def run_stages(
 ) -> list[dict]:
     """Run (or skip) every stage up to and including `until`; returns one record per stage."""
     from megarec.common.atomic import write_json
+    from megarec.demo.plan import demo_stages
 
-    names = [s.name for s in STAGES]
+    all_stages = demo_stages(cfg)
+    names = [s.name for s in all_stages]
     if until is not None and until not in names:
         raise MegarecError(f"unknown stage '{until}' (stages: {', '.join(names)})")
-    stages = STAGES[: names.index(until) + 1] if until else STAGES
+    stages = all_stages[: names.index(until) + 1] if until else all_stages
     nproc = cfg.stages.nproc
     records, redo_rest = [], force
     t_all = time.perf_counter()

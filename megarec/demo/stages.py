@@ -28,6 +28,7 @@ _LAYOUT = {
     "tokenizer": "assets/tokenizer",
     "base_model": "assets/base_model",
     "embeddings": "itemic/items.npy",
+    "embeddings_fused": "itemic/items_fused.npy",
     "itemic": "itemic/tokenizer",
     "codes": "itemic/codes.csv",
     "expanded": "model/expanded",
@@ -62,7 +63,7 @@ class Stage:
 
 
 def _pretrain_args(
-    cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckpt: str, init_from: str, extra: List[str]
+    cfg: DemoConfig, p: DemoPaths, recipe: str, run_dir: str, ckpt: str, init_from: str, extra: List[str], tp: int = 0
 ) -> List[str]:
     return [
         "pretrain",
@@ -71,7 +72,7 @@ def _pretrain_args(
         f"model.hf_config={p.expanded}",
         f"data.tokenizer={p.expanded}",
         f"data.data_path=[{p.pretrain_prefix}_text_document]",
-        f"parallel.tensor_model_parallel_size={cfg.stages.tensor_parallel}",
+        f"parallel.tensor_model_parallel_size={tp or cfg.stages.tensor_parallel}",
         f"checkpoint.init_from={init_from}",
         f"checkpoint.dir={ckpt}",
         f"logging.run_dir={run_dir}",
@@ -134,6 +135,7 @@ def _grpo(cfg, p):
         cfg.stages.grpo_recipe,
         f"model.path={p.sft_hf}",
         f"data.sources=[{{name: rec_rl, path: {p.data}/rl/train.jsonl, weight: 1.0}}]",
+        f"data.valid=[{{name: rec_valid, path: {p.data}/rl/valid.jsonl}}]",
         f"data.codes={p.codes}",
         f"logging.run_dir={p.grpo}",
         *cfg.stages.grpo_overrides,
@@ -181,13 +183,30 @@ STAGES: List[Stage] = [
         lambda p: [p.embeddings],
     ),
     Stage(
+        "collab",
+        "text + collaborative item embeddings (training split only)",
+        lambda c, p: [
+            "itemic",
+            "collab",
+            "--source",
+            c.data.source,
+            "--embeddings",
+            p.embeddings,
+            "--out",
+            p.embeddings_fused,
+            "--weight",
+            str(c.data.collab_weight),
+        ],
+        lambda p: [p.embeddings_fused, p.embeddings_fused[: -len(".npy")] + ".ids.txt"],
+    ),
+    Stage(
         "itemic",
         "RQ-KMeans itemic tokenizer",
         lambda c, p: [
             "itemic",
             "train",
             "--embeddings",
-            p.embeddings,
+            p.embeddings_fused if c.data.collab_weight else p.embeddings,
             "--out",
             p.itemic,
             "--layers",
@@ -288,9 +307,16 @@ STAGES: List[Stage] = [
     ),
     Stage(
         "stage2",
-        "stage 2: co-pretraining (Megatron-Core, TP)",
+        "stage 2: co-pretraining (Megatron-Core, DP or TP)",
         lambda c, p: _pretrain_args(
-            c, p, c.stages.stage2_recipe, p.stage2, p.stage2_ckpt, p.stage1_ckpt, c.stages.stage2_overrides
+            c,
+            p,
+            c.stages.stage2_recipe,
+            p.stage2,
+            p.stage2_ckpt,
+            p.stage1_ckpt,
+            c.stages.stage2_overrides,
+            c.stages.stage2_tensor_parallel,
         ),
         lambda p: [p.stage2],
         distributed=True,

@@ -43,7 +43,13 @@ def register(sub) -> None:
         default=["pop", "sasrec"],
         help=f"Comma-separated baselines to run ({', '.join(BASELINES)}); empty string for none.",
     )
-    s.add_argument("--hf-dir", default=None, help="HF checkpoint directory (with itemic.json) of a megarec model.")
+    s.add_argument(
+        "--hf-dir",
+        action="append",
+        default=None,
+        help="HF checkpoint directory (with itemic.json) of a megarec model; repeat it for the same pipeline "
+        "trained with other seeds (reported as mean ± std, like --seeds).",
+    )
     add_renamed_flag(s, "--hf-dir", "--model")
     s.add_argument(
         "--codes", default=None, help="Codes table (item_id,c1..cL) of the dataset's items; needed with --hf-dir."
@@ -69,7 +75,22 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=int, default=128, help="Training batch size (windows).")
     s.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate.")
     s.add_argument("--time-budget", type=float, default=None, help="Seconds of training per baseline (then stop).")
-    s.add_argument("--seed", type=int, default=0, help="Random seed.")
+    s.add_argument("--seed", type=int, default=0, help="Random seed (data loading, evaluation subset, prompts).")
+    s.add_argument(
+        "--seeds",
+        type=_csv,
+        default=None,
+        help="Comma-separated training seeds of the neural baselines (default: --seed); with several, "
+        "results.json holds every run and the table shows mean ± std.",
+    )
+    s.add_argument(
+        "--time-budget-from",
+        type=_csv,
+        default=None,
+        help="Comma-separated JSON files with a 'seconds' field (e.g. the demo's stage markers of the "
+        "generative model's training stages): their sum divided by the number of --hf-dir "
+        "checkpoints becomes --time-budget (the equal-CPU-time comparison).",
+    )
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     s.add_argument("--cache-dir", default=None, help="Download cache (default: $MEGAREC_CACHE or ~/.cache/megarec).")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -81,7 +102,7 @@ def _inputs(args) -> list[tuple[str, str | None]]:
     dataset_dir = path if sep and kind in ("amazon", "raw") else None
     return [
         ("--dataset", dataset_dir),
-        ("--hf-dir", args.hf_dir),
+        *[("--hf-dir", m) for m in args.hf_dir or []],
         ("--codes", args.codes),
         ("--itemic", args.itemic),
         ("--cache-dir", args.cache_dir),
@@ -122,65 +143,83 @@ def run_seqrec(args) -> int:
         },
         "models": {},
     }
+    from megarec.eval.seed_stats import aggregate_runs, budget_from_files, format_mean_std
+
+    models = args.hf_dir or []
+    seeds = [int(x) for x in args.seeds] if args.seeds else [args.seed]
+    budget = args.time_budget
+    if args.time_budget_from:
+        budget = budget_from_files(args.time_budget_from, max(1, len(models)))
+        print(f"time budget per baseline run: {budget:.1f}s (from {len(args.time_budget_from)} stage records)")
+    results["time_budget_s"] = budget
     for name in args.baselines:
         t0 = time.perf_counter()
-        if name == "pop":
-            from megarec.eval.baselines.pop import PopRecommender
-            from megarec.eval.seqrec_eval import evaluate_full_ranking
+        runs = []
+        for seed in seeds if name != "pop" else [args.seed]:
+            t1 = time.perf_counter()
+            if name == "pop":
+                from megarec.eval.baselines.pop import PopRecommender
+                from megarec.eval.seqrec_eval import evaluate_full_ranking
 
-            pop = PopRecommender(data.num_items).fit(data.train_sequences())
-            res = {
-                split: evaluate_full_ranking(pop.score, *data.split_inputs(split), data.num_items)
-                for split in ("valid", "test")
-            }
-        else:
-            from megarec.eval.baselines.train import SeqTrainConfig, train_sequential
+                pop = PopRecommender(data.num_items).fit(data.train_sequences())
+                res = {
+                    split: evaluate_full_ranking(pop.score, *data.split_inputs(split), data.num_items)
+                    for split in ("valid", "test")
+                }
+            else:
+                from megarec.eval.baselines.train import SeqTrainConfig, train_sequential
 
-            cfg = SeqTrainConfig(
-                hidden=args.hidden,
-                layers=args.layers,
-                heads=args.heads,
-                max_len=args.max_len,
-                dropout=args.dropout,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                patience=args.patience,
-                time_budget_s=args.time_budget,
-                seed=args.seed,
-            )
-            res = train_sequential(name, data, cfg)
-            res.pop("model")
-        res["seconds"] = time.perf_counter() - t0
-        results["models"][name] = res
-        print(f"{name}: test ndcg@10 {res['test']['ndcg@10']:.4f} ({res['seconds']:.1f}s)")
-    if args.hf_dir:
+                cfg = SeqTrainConfig(
+                    hidden=args.hidden,
+                    layers=args.layers,
+                    heads=args.heads,
+                    max_len=args.max_len,
+                    dropout=args.dropout,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    patience=args.patience,
+                    time_budget_s=budget,
+                    seed=seed,
+                )
+                res = train_sequential(name, data, cfg)
+                res.pop("model")
+            res["seed"] = seed
+            res["seconds"] = time.perf_counter() - t1
+            runs.append(res)
+            print(f"{name} (seed {seed}): test ndcg@10 {res['test']['ndcg@10']:.4f} ({res['seconds']:.1f}s)")
+        results["models"][name] = aggregate_runs(runs, seconds=time.perf_counter() - t0)
+    if models:
         from megarec.common.itemic import read_codes_table
         from megarec.eval.hf_model import load_hf_model
         from megarec.eval.seqrec_generative import evaluate_generative
 
         t0 = time.perf_counter()
-        loaded = load_hf_model(args.hf_dir, itemic=args.itemic)
         codes = read_codes_table(args.codes).as_dict()
-        test = evaluate_generative(
-            loaded,
-            data,
-            codes,
-            num_beams=args.num_beams,
-            max_history=args.max_history,
-            batch_size=args.eval_batch_size,
-            lang=args.lang,
-            max_users=args.max_eval_users,
-            seed=args.seed,
-        )
-        results["models"]["megarec"] = {
-            "test": test,
-            "model": os.path.abspath(args.hf_dir),
-            "num_beams": args.num_beams,
-            "seconds": time.perf_counter() - t0,
-        }
+        runs = []
+        for path in models:
+            t1 = time.perf_counter()
+            loaded = load_hf_model(path, itemic=args.itemic)
+            test = evaluate_generative(
+                loaded,
+                data,
+                codes,
+                num_beams=args.num_beams,
+                max_history=args.max_history,
+                batch_size=args.eval_batch_size,
+                lang=args.lang,
+                max_users=args.max_eval_users,
+                seed=args.seed,
+            )
+            runs.append({"test": test, "model": os.path.abspath(path), "seconds": time.perf_counter() - t1})
+            print(f"megarec ({path}): test ndcg@10 {test['ndcg@10']:.4f} ({runs[-1]['seconds']:.1f}s)")
+        agg = aggregate_runs(runs, seconds=time.perf_counter() - t0)
+        agg.update(num_beams=args.num_beams, max_history=args.max_history, model=runs[0]["model"])
+        for extra in ("mean_ranked_items", "users", "coverage"):
+            agg["test"][extra] = float(sum(r["test"][extra] for r in runs) / len(runs))
+        results["models"]["megarec"] = agg
     cols = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
-    rows = [[name] + [f"{r['test'][c]:.4f}" for c in cols] for name, r in results["models"].items()]
+    rows = [[name] + [format_mean_std(r, c) for c in cols] for name, r in results["models"].items()]
     table = format_table(["model"] + cols, rows)
     print(table)
     results["table"] = table

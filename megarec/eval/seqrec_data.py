@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megarec.common.errors import ConfigError, DataError
-from megarec.data.loo import LOO_MIN_LENGTH
+from megarec.rawdata.loo import LOO_MIN_LENGTH, largest_domain
 
 
 @dataclass
@@ -85,16 +85,13 @@ def from_reclog(
     some kept sequence are indexed."""
     if min_length < LOO_MIN_LENGTH:
         raise ConfigError("leave-one-out needs min_length >= 3 (train, validation and test items)")
-    totals: dict[str, int] = {}
-    for u in log.users:
-        for d, h in u.histories.items():
-            totals[d] = totals.get(d, 0) + len(h)
-    if not totals:
+    domains = sorted({d for u in log.users for d, h in u.histories.items() if h})
+    if not domains:
         raise DataError(f"{getattr(log, 'name', 'log')}: no interactions")
     if domain is None:
-        domain = max(sorted(totals), key=lambda d: totals[d])
-    elif domain not in totals:
-        raise ConfigError(f"domain {domain!r} not in the data (has: {', '.join(sorted(totals))})")
+        domain = largest_domain(log)
+    elif domain not in domains:
+        raise ConfigError(f"domain {domain!r} not in the data (has: {', '.join(domains)})")
     raw = [(u.user_id, [x.item_id for x in u.histories.get(domain, [])]) for u in log.users]
     raw = [(uid, seq) for uid, seq in raw if len(seq) >= min_length]
     if not raw:

@@ -57,6 +57,26 @@ def register(sub) -> None:
     m.add_argument("--cache-dir", default=None, help="Download cache (default $MEGAREC_CACHE or ~/.cache/megarec).")
     m.set_defaults(func=run_embed)
 
+    c = verbs.add_parser(
+        "collab",
+        help="Fuse text embeddings with collaborative ones from the training split.",
+        description="Learn collaborative item embeddings (windowed co-occurrence, positive PMI, "
+        "truncated SVD) from the leave-one-out training part of every user's "
+        "sequence (the last two items are never used) and concatenate them with the "
+        "text embeddings: [sqrt(1-w)*text, sqrt(w)*collab] on unit rows. Writes "
+        "<out>.npy and <stem>.ids.txt (the text file's item order) for `itemic train`.",
+    )
+    c.add_argument("--source", required=True, help="Recommendation log (ml-100k, synthetic, amazon:<dir>, raw:<dir>).")
+    c.add_argument(
+        "--embeddings", required=True, help="Text embeddings (.npy with <stem>.ids.txt, from `itemic embed`)."
+    )
+    c.add_argument("--out", required=True, help="Output .npy path.")
+    c.add_argument("--weight", type=float, default=0.5, help="Collaborative share w of each fused row's squared norm.")
+    c.add_argument("--dim", type=_positive_int, default=64, help="Collaborative embedding size.")
+    c.add_argument("--window", type=_positive_int, default=5, help="Co-occurrence window in items.")
+    c.add_argument("--cache-dir", default=None, help="Download cache (default $MEGAREC_CACHE or ~/.cache/megarec).")
+    c.set_defaults(func=run_collab)
+
     t = verbs.add_parser(
         "train",
         help="Fit RQ-KMeans centroids and write codes for every item.",
@@ -231,6 +251,39 @@ def run_embed(args) -> int:
     emb = embed_texts(encoder, texts, args.batch_size)
     out, ids_path = write_embeddings(args.out, ids, emb)
     print(f"wrote {emb.shape[0]}x{emb.shape[1]} embeddings to {out} (ids: {ids_path})")
+    return 0
+
+
+def run_collab(args) -> int:
+    import numpy as np
+
+    from megarec.itemic.collab import cooccurrence_embeddings, fuse
+    from megarec.itemic.embed import write_embeddings
+    from megarec.itemic.io import open_embeddings
+    from megarec.rawdata.loo import largest_domain, training_sequences
+    from megarec.rawdata.sources import load_source
+
+    src = open_embeddings(args.embeddings)
+    ids = [str(i) for i in src.ids]
+    text = src.take(np.arange(src.num_items))
+    log = load_source(args.source, cache_dir=args.cache_dir, on_error="drop").log
+    domain = largest_domain(log)
+    if domain is None:
+        raise ConfigError(f"{args.source}: no interactions to learn collaborative embeddings from")
+    col = {it: k for k, it in enumerate(ids)}
+    train = training_sequences(log, domain)
+    missing = sorted({it for seq in train for it in seq if it not in col})
+    if missing:
+        raise ConfigError(f"{len(missing)} items of {args.source} have no text embedding (e.g. {missing[0]})")
+    seqs = [[col[it] for it in seq] for seq in train]
+    collab = cooccurrence_embeddings(seqs, len(ids), dim=args.dim, window=args.window)
+    fused = fuse(text, collab, args.weight)
+    out, ids_path = write_embeddings(args.out, ids, fused)
+    seen = int((np.abs(collab).sum(1) > 0).sum())
+    print(
+        f"wrote {fused.shape[0]}x{fused.shape[1]} fused embeddings to {out} (text {text.shape[1]}-d, collaborative "
+        f"{args.dim}-d for {seen} items seen in training, weight {args.weight})"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ Output directory layout::
     sft/train.jsonl        {"messages": [...], "metadata": {...}} (all 8 tasks, shuffled with the seed)
     sft/test.jsonl         evaluation samples (and sft/valid.jsonl for leave-one-out)
     rl/train.jsonl         prompts of the 5 recommendation tasks with target item sets
+    rl/valid.jsonl         the same for the validation targets (leave-one-out only)
     build_report.json      counts per task/file, split summary, what was dropped and why
 """
 
@@ -24,7 +25,6 @@ import numpy as np
 from megarec.common.errors import DataError
 from megarec.common.io import write_json, write_jsonl
 from megarec.common.itemic import write_codes_table
-from megarec.data.loo import loo_cuts
 from megarec.data.placeholder_codes import placeholder_codes
 from megarec.data.tasks import pretrain, sft
 from megarec.data.tasks.config import BuildConfig
@@ -32,6 +32,7 @@ from megarec.data.tasks.context import TaskContext, informative_labels
 from megarec.data.tasks.rl import rl_prompts
 from megarec.data.tasks.split import split_log, verify_no_leakage
 from megarec.data.tasks.templates import Templates
+from megarec.rawdata.loo import loo_cuts
 from megarec.rawdata.schema import RecLog, User
 
 PLACEHOLDER_LAYERS = 3
@@ -163,6 +164,8 @@ def write_build(out_dir: str, built: dict, codes: dict, cfg: BuildConfig, codes_
     }
     if built["sft_valid"]:
         files["sft/valid.jsonl"] = built["sft_valid"]
+        # held-out RL prompts (the validation targets): GRPO's validation reward is measured on them
+        files["rl/valid.jsonl"] = list(rl_prompts(built["sft_valid"]))
     counts = {}
     for rel, samples in files.items():
         write_jsonl(os.path.join(out_dir, rel), samples)

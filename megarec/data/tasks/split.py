@@ -3,7 +3,7 @@
 * user: held-out users (explicit `split` field, else a seeded hash of the user id with probability
   test_frac) contribute only evaluation samples; their last `rec_targets` interactions per domain are the
   targets and their last search is the interactive-rec case. Nothing of theirs reaches training.
-* loo: every user; per domain with at least 3 interactions (`megarec.data.loo`, the benchmark's rule) the last
+* loo: every user; per domain with at least 3 interactions (`megarec.rawdata.loo`, the benchmark's rule) the last
   interaction is the test target and the one before it the validation target; training sees only the
   interactions before both, and only searches made before the
   first held-out interaction (the last search is held out for interactive rec).
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from megarec.common.errors import DataError
-from megarec.data.loo import loo_cut
 from megarec.data.tasks.config import BuildConfig
+from megarec.rawdata.loo import loo_cut
 from megarec.rawdata.schema import Interaction, RecLog, Search, User
 
 SEARCHES = "searches"
@@ -96,7 +96,7 @@ def _context_before(history: list[Interaction], ts: int) -> list[Interaction]:
 
 
 def split_log(log: RecLog, cfg: BuildConfig, mode: str, cuts: Optional[dict] = None) -> Split:
-    """`cuts` ({(user_id, domain): LooCut}, from `megarec.data.loo.loo_cuts` on the log before items without
+    """`cuts` ({(user_id, domain): LooCut}, from `megarec.rawdata.loo.loo_cuts` on the log before items without
     codes were dropped) places the leave-one-out cut as the benchmark does on the raw histories; without it
     the histories of `log` are taken as raw."""
     out = Split(mode)
@@ -124,7 +124,7 @@ def split_log(log: RecLog, cfg: BuildConfig, mode: str, cuts: Optional[dict] = N
                     )
                 )
         elif mode == "loo":
-            # the rule of megarec.data.loo (shared with `bench seqrec`): held out whenever the raw history
+            # the rule of megarec.rawdata.loo (shared with `bench seqrec`): held out whenever the raw history
             # has >= LOO_MIN_LENGTH items, whatever min_history says (that only limits which held-out cases
             # become evaluation prompts)
             train_hist = {}

@@ -44,3 +44,24 @@ def loo_cut(raw_history: Sequence, has_codes: Optional[Callable[[str], bool]] = 
 def loo_cuts(log, has_codes: Optional[Callable[[str], bool]] = None) -> dict[tuple[str, str], Optional[LooCut]]:
     """{(user_id, domain): cut or None} for every history of a RecLog."""
     return {(u.user_id, d): loo_cut(h, has_codes) for u in log.users for d, h in u.histories.items()}
+
+
+def largest_domain(log) -> Optional[str]:
+    """The domain with the most interactions (ties: alphabetical first), None for an empty log: the domain the
+    benchmark evaluates when none is named."""
+    totals: dict[str, int] = {}
+    for u in log.users:
+        for d, h in u.histories.items():
+            totals[d] = totals.get(d, 0) + len(h)
+    return max(sorted(totals), key=lambda d: totals[d]) if totals else None
+
+
+def training_sequences(log, domain: str) -> list[list[str]]:
+    """Item ids of the training part of every `domain` history that leave-one-out splits (all but the last two
+    items, oldest first): the only interactions any item representation may learn from."""
+    out = []
+    for u in log.users:
+        hist = u.histories.get(domain, [])
+        if holds_out(len(hist)):
+            out.append([x.item_id for x in hist[:-2]])
+    return out
