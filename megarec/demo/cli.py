@@ -7,7 +7,7 @@ import os
 from megarec.common.errors import ConfigError
 from megarec.common.outdir import check_out_dir, has_entry
 
-PROFILES = ("full", "ci")
+PROFILES = ("full", "ci", "quality")
 OWN_OUTPUT = has_entry(".stages")  # the stage markers: written before the first stage runs
 
 
@@ -43,7 +43,8 @@ def register(sub) -> None:
         "--profile",
         choices=PROFILES,
         default="full",
-        help="full: the ~30-minute demo; ci: the same stages at smaller sizes (CI's end-to-end check).",
+        help="full: the ~30-minute demo (equal-budget comparison, three seeds); ci: the same stages at "
+        "smaller sizes (CI's end-to-end check); quality: longer training, baselines to early stopping.",
     )
     p.add_argument(
         "--config",

@@ -94,6 +94,21 @@ def _plot_bench(models: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _code_purity(out_dir: str, config: dict) -> Optional[dict]:
+    """Code-prefix purity of the demo's codes against the training split's consecutive items."""
+    codes_path = os.path.join(out_dir, "itemic", "codes.csv")
+    source = (config.get("data") or {}).get("source")
+    if not (source and os.path.isfile(codes_path)):
+        return None
+    from megarec.common.itemic import read_codes_table
+    from megarec.eval.seqrec_data import load_seqrec
+    from megarec.itemic.collab import prefix_purity
+
+    data = load_seqrec(source)
+    seqs = [[data.item_ids[i - 1] for i in s] for s in data.train_sequences()]
+    return prefix_purity(read_codes_table(codes_path).as_dict(), seqs)
+
+
 def build_report(out_dir: str, stage_records: list[dict], config: dict, samples: Optional[dict] = None) -> dict:
     """Collect everything under `out_dir` into report.json / report.md / losses.png / bench.png."""
     from megarec.common.atomic import atomic_write_text
@@ -130,6 +145,7 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
     from megarec.demo.tables import ablation_lines, ablation_table, equal_budget_lines, equal_budget_table
 
     equal = equal_budget_table(bench, stage_records) if models else None
+    purity = _code_purity(out_dir, config)
     ablation = ablation_table(out_dir, config, bench, stage_records) if models else None
     report = {
         "stages": stage_records,
@@ -137,6 +153,7 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
         "bench": {"dataset": bench.get("dataset"), "protocol": bench.get("protocol"), "models": models},
         "equal_budget": equal,
         "ablation": ablation,
+        "code_purity": purity,
         "generations": samples or {},
         "config": config,
         "total_seconds": sum(r.get("seconds", 0.0) for r in stage_records),
@@ -185,6 +202,19 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
     ]
     if models:
         lines += equal_budget_lines(equal) + ["![bench](bench.png)", ""] + ablation_lines(ablation)
+    if purity:
+        w = (config.get("data") or {}).get("collab_weight", 0.0)
+        embeddings = f"text (MiniLM) + collaborative, weight {w}" if w else "text (MiniLM) only"
+        lines += [
+            "## Item codes vs behaviour",
+            "",
+            f"Item embeddings clustered by RQ-KMeans: {embeddings}. "
+            f"Consecutive items of the training sequences ({purity['pairs']} pairs) share their first code "
+            f"{purity['prefix1_cooccur']:.1%} of the time "
+            f"(random pairs by popularity: {purity['prefix1_random']:.1%}) "
+            f"and their first two codes {purity['prefix2_cooccur']:.1%} (random: {purity['prefix2_random']:.1%}).",
+            "",
+        ]
     grpo_valid = curves.get("grpo_valid_reward")
     if grpo_valid:
         hit = curves.get("grpo_valid_hit_rate", {})
