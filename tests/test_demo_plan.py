@@ -27,10 +27,10 @@ def test_seeds_repeat_the_seeded_stages_with_their_own_paths_and_seeds():
     cfg = _cfg("bench.seeds=[0,5,7]")
     stages = demo_stages(cfg)
     names = [s.name for s in stages]
-    base = [s.name for s in STAGES if s.name != "bench"]
+    base = [s.name for s in STAGES]
     assert names[: len(base)] == base
     assert names[len(base) : len(base) + 2 * len(SEEDED)] == [f"{n}_seed{k}" for k in (1, 2) for n in SEEDED]
-    assert names[-2:] == ["bench", "ablation_sft_only"]
+    assert names[-4:] == ["bench", "ablation_sft_only", "ablation_beam50", "ablation_history50"]
     p = DemoPaths("/o")
     cmd = {s.name: s.command(cfg, p) for s in stages}
     assert cmd["base_model"][cmd["base_model"].index("--seed") + 1] == "0"
@@ -53,12 +53,17 @@ def test_seeds_repeat_the_seeded_stages_with_their_own_paths_and_seeds():
     assert "--time-budget" not in b
     assert cmd["ablation_sft_only"][cmd["ablation_sft_only"].index("--hf-dir") + 1] == "/o/sft/hf"
     assert cmd["ablation_sft_only"][cmd["ablation_sft_only"].index("--baselines") + 1] == ""
+    beam50, history50 = cmd["ablation_beam50"], cmd["ablation_history50"]
+    assert beam50[beam50.index("--num-beams") + 1] == "50" and beam50[beam50.index("--hf-dir") + 1] == "/o/grpo/hf"
+    assert history50[history50.index("--max-history") + 1] == "50"
+    assert history50[history50.index("--num-beams") + 1] == str(cfg.bench.num_beams)
+    assert history50[history50.index("--out") + 1] == "/o/ablation/history50"
 
 
 def test_one_seed_and_fixed_budget():
     cfg = _cfg("bench.seeds=[0]", "bench.equal_budget=false", "bench.sasrec_time_budget=30", "bench.ablations=[]")
     stages = demo_stages(cfg)
-    assert [s.name for s in stages] == [s.name for s in STAGES]
+    assert [s.name for s in stages] == [s.name for s in STAGES] + ["bench"]
     b = stages[-1].command(cfg, DemoPaths("/o"))
     assert b[b.index("--time-budget") + 1] == "30.0" and "--time-budget-from" not in b
     with pytest.raises(ConfigError, match="checkpoint 'stage9'"):

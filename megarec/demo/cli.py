@@ -30,7 +30,8 @@ def register(sub) -> None:
         "HF, SFT, GRPO, benchmark against Pop and SASRec, and write report.md / report.json with plots. "
         "Each stage is one `megarec` command (listed in the report) with its log in <out>/logs; rerunning "
         "skips finished stages, a stage whose settings changed is redone with everything after it. "
-        f"Stages: {', '.join(s.name for s in STAGES)}.",
+        f"Stages: {', '.join(s.name for s in STAGES)}, then per extra seed of bench.seeds its seeded stages "
+        "(suffix _seed<k>), bench, and ablation_<name> per row of bench.ablations.",
         epilog="config keys (KEY=VALUE):\n" + describe(DemoConfig),
     )
     p.add_argument(

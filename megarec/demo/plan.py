@@ -79,35 +79,26 @@ def _marker(p: DemoPaths, name: str) -> str:
     return os.path.join(p.markers, f"{name}.json")
 
 
+def _seqrec_args(
+    cfg: DemoConfig, p: DemoPaths, baselines: str, hf_dirs: List[str], num_beams: int, max_history: int, out: str
+) -> List[str]:
+    """`megarec bench seqrec` on the demo's dataset and codes: what the benchmark and every ablation row share."""
+    cmd = ["bench", "seqrec", "--dataset", cfg.data.source, "--baselines", baselines]
+    for hf_dir in hf_dirs:
+        cmd += ["--hf-dir", hf_dir]
+    cmd += ["--codes", p.codes, "--num-beams", str(num_beams), "--max-history", str(max_history)]
+    cmd += ["--seed", str(cfg.data.seed), "--out", out]
+    if cfg.bench.max_eval_users:
+        cmd += ["--max-eval-users", str(cfg.bench.max_eval_users)]
+    return cmd
+
+
 def _bench(cfg: DemoConfig, p: DemoPaths) -> List[str]:
     b = cfg.bench
     seeds = range(len(b.seeds))
-    cmd = [
-        "bench",
-        "seqrec",
-        "--dataset",
-        cfg.data.source,
-        "--baselines",
-        ",".join(b.baselines),
-        "--codes",
-        p.codes,
-        "--num-beams",
-        str(b.num_beams),
-        "--max-history",
-        str(cfg.data.max_history),
-        "--epochs",
-        str(b.sasrec_epochs),
-        "--seed",
-        str(cfg.data.seed),
-        "--seeds",
-        ",".join(str(s) for s in b.seeds),
-        "--out",
-        p.bench,
-    ]
-    for k in seeds:
-        cmd += ["--hf-dir", SeedPaths(p.out, k).grpo_hf]
-    if b.max_eval_users:
-        cmd += ["--max-eval-users", str(b.max_eval_users)]
+    hf_dirs = [SeedPaths(p.out, k).grpo_hf for k in seeds]
+    cmd = _seqrec_args(cfg, p, ",".join(b.baselines), hf_dirs, b.num_beams, cfg.data.max_history, p.bench)
+    cmd += ["--epochs", str(b.sasrec_epochs), "--seeds", ",".join(str(s) for s in b.seeds)]
     if b.equal_budget:
         names = [f"{n}_seed{k}" if k else n for k in seeds for n in TRAINING]
         cmd += ["--time-budget-from", ",".join(_marker(p, n) for n in names)]
@@ -119,29 +110,9 @@ def _bench(cfg: DemoConfig, p: DemoPaths) -> List[str]:
 def _ablation_stage(row) -> Stage:
     def command(cfg: DemoConfig, p: DemoPaths) -> List[str]:
         ckpt = getattr(p, CHECKPOINTS[row.checkpoint])
-        cmd = [
-            "bench",
-            "seqrec",
-            "--dataset",
-            cfg.data.source,
-            "--baselines",
-            "",
-            "--hf-dir",
-            ckpt,
-            "--codes",
-            p.codes,
-            "--num-beams",
-            str(row.num_beams or cfg.bench.num_beams),
-            "--max-history",
-            str(row.max_history or cfg.data.max_history),
-            "--seed",
-            str(cfg.data.seed),
-            "--out",
-            os.path.join(p.out, "ablation", row.name),
-        ]
-        if cfg.bench.max_eval_users:
-            cmd += ["--max-eval-users", str(cfg.bench.max_eval_users)]
-        return cmd
+        out = os.path.join(p.out, "ablation", row.name)
+        beams, history = row.num_beams or cfg.bench.num_beams, row.max_history or cfg.data.max_history
+        return _seqrec_args(cfg, p, "", [ckpt], beams, history, out)
 
     return Stage(
         f"ablation_{row.name}", f"ablation: {row.what}", command, lambda p: [os.path.join(p.out, "ablation", row.name)]
@@ -155,12 +126,11 @@ def demo_stages(cfg: DemoConfig) -> List[Stage]:
             from megarec.common.errors import ConfigError
 
             raise ConfigError(f"bench.ablations: checkpoint {row.checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
-    base = [s for s in STAGES if s.name != "bench" and (s.name != "collab" or cfg.data.collab_weight > 0)]
+    base = [s for s in STAGES if s.name != "collab" or cfg.data.collab_weight > 0]
     out = [_seeded(s, 0, seed_config(cfg, 0)) if s.name in SEEDED else s for s in base]
     for k in range(1, len(cfg.bench.seeds)):
         sc = seed_config(cfg, k)
         out += [_seeded(s, k, sc) for s in base if s.name in SEEDED]
-    bench = next(s for s in STAGES if s.name == "bench")
-    out.append(Stage(bench.name, bench.title, _bench, bench.outputs))
+    out.append(Stage("bench", "full-ranking benchmark vs the baselines (every seed)", _bench, lambda p: [p.bench]))
     out += [_ablation_stage(row) for row in cfg.bench.ablations]
     return out

@@ -142,37 +142,6 @@ def _grpo(cfg, p):
     ]
 
 
-def _bench(cfg, p):
-    b = cfg.bench
-    cmd = [
-        "bench",
-        "seqrec",
-        "--dataset",
-        cfg.data.source,
-        "--baselines",
-        ",".join(b.baselines),
-        "--hf-dir",
-        p.grpo_hf,
-        "--codes",
-        p.codes,
-        "--num-beams",
-        str(b.num_beams),
-        "--max-history",
-        str(cfg.data.max_history),
-        "--epochs",
-        str(b.sasrec_epochs),
-        "--seed",
-        str(cfg.data.seed),
-        "--out",
-        p.bench,
-    ]
-    if b.max_eval_users:
-        cmd += ["--max-eval-users", str(b.max_eval_users)]
-    if b.sasrec_time_budget:
-        cmd += ["--time-budget", str(b.sasrec_time_budget)]
-    return cmd
-
-
 STAGES: List[Stage] = [
     Stage("tokenizer", "Qwen3-layout tokenizer (offline BPE ranks)", _tokenizer, lambda p: [p.tokenizer]),
     Stage("base_model", "random small Qwen3 base model", _base_model, lambda p: [p.base_model]),
@@ -340,5 +309,4 @@ STAGES: List[Stage] = [
     ),
     Stage("sft", "SFT on the RecIF tasks (assistant tokens only)", _sft, lambda p: [p.sft], resumes=True),
     Stage("grpo", "GRPO Rec-RL (trie-constrained policy samples)", _grpo, lambda p: [p.grpo], resumes=True),
-    Stage("bench", "full-ranking benchmark vs Pop and SASRec", _bench, lambda p: [p.bench]),
 ]
