@@ -15,7 +15,7 @@ from megarec.demo.cli import recipes_dir
 from megarec.demo.config import DemoConfig
 from megarec.demo.plan import SEEDED, TRAINING, demo_stages
 from megarec.demo.stages import STAGES, DemoPaths
-from megarec.demo.tables import equal_budget_table, training_seconds
+from megarec.demo.tables import equal_budget_lines, equal_budget_table, training_seconds
 from megarec.eval.seed_stats import aggregate_runs, budget_from_files, format_mean_std, mean_std
 
 
@@ -101,3 +101,10 @@ def test_seed_statistics_and_budget(tmp_path):
     )
     assert table["megarec_vs_sasrec"]["ndcg@10"] == pytest.approx(-0.05)
     assert table["rows"][0]["train_seconds"] == 45.0 and table["rows"][0]["eval_seconds"] == 4.0
+    capped = "\n".join(equal_budget_lines(table))
+    assert "## Equal-budget comparison" in capped and "capped at the same 45s" in capped
+    assert "**below** SASRec on NDCG@10 at this budget." in capped
+    # The quality profile trains the baselines to early stopping: the table must not claim an equal budget.
+    uncapped = "\n".join(equal_budget_lines({**table, "time_budget_s": None}))
+    assert "## Comparison without a time cap" in uncapped and "Equal-budget" not in uncapped
+    assert "the baselines trained to early stopping (no time cap)" in uncapped
