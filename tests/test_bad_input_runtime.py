@@ -357,6 +357,59 @@ def test_damaged_checkpoint_under_torchrun(make, key, needles, built, tmp_path):
     assert changed(before, snapshot(tmp), OUT + ("new",)) == []
 
 
+# ------------------------------------------------------------------------------------ full disk
+
+
+def run_with_file_size_limit(argv: list[str], limit: int, cwd: str):
+    """`megarec <argv>` with RLIMIT_FSIZE = `limit` bytes: a write past it fails with EFBIG (Python ignores
+    SIGXFSZ), which is what a full disk or an exhausted quota looks like to the writer."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit_writes():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "megarec", *argv]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, env=env, preexec_fn=limit_writes
+    )
+
+
+def test_full_disk_while_building_the_dataset_index_leaves_no_partial_index(tmp_path):
+    """Megatron-Core writes its index files in place and reuses what it finds: a cut-short build must not
+    leave files behind (a truncated last file would look like a finished index to the next run)."""
+    cache = tmp_path / "run" / "data_cache"
+    proc = run_with_file_size_limit([*PRETRAIN, f"logging.run_dir={tmp_path / 'run'}"], 100_000, str(tmp_path))
+    line = one_error_line(proc, "pretrain")
+    for needle in (f"cannot build the dataset index cache in {cache} (data.cache_dir)", "short write", "removed"):
+        assert needle in line, line
+    assert os.listdir(cache) == []
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
+    """Step 2's save is refused by the file system: one line says so and names step 1 as the checkpoint in
+    force; the partial step-2 directory is gone and the pointer and step 1 are untouched."""
+    run = [*PRETRAIN, f"logging.run_dir={tmp_path / 'run'}", f"checkpoint.dir={tmp_path / 'ckpt'}"]
+    # The 2-step dataset index first (no checkpoint), so the limited run writes nothing but the checkpoint.
+    proc = run_cli([*run, "train.steps=2", "checkpoint.save_interval=0"], timeout=TIMEOUT, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+    proc = run_cli([*run, "train.steps=1", "checkpoint.save_interval=1"], timeout=TIMEOUT, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step1 = tmp_path / "ckpt" / "iter_0000001"
+    before = snapshot(str(tmp_path / "ckpt"))
+    largest = max(p.stat().st_size for p in step1.iterdir())
+    proc = run_with_file_size_limit(
+        [*run, "train.steps=2", "checkpoint.save_interval=1", "checkpoint.resume=true"], largest // 2, str(tmp_path)
+    )
+    line = one_error_line(proc, "pretrain")
+    for needle in ("cannot write checkpoint step 2", "nothing was published", f"still {step1}"):
+        assert needle in line, line
+    assert snapshot(str(tmp_path / "ckpt")) == before
+
+
 # ------------------------------------------------------------------------------------ quiet runs
 
 

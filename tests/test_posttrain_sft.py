@@ -275,3 +275,37 @@ def test_parquet_chat_source(assets):
         recipe="configs/posttrain/sft_tiny_cpu.yaml",
     )
     assert len(trainer.sources[0].rows) == 56 and s.exit_reason == "finished"
+
+
+def test_checkpoint_write_refused_by_the_file_system_keeps_the_previous_checkpoint(assets):
+    """A full disk (here: a file-size limit below the model file, so the OS refuses the write with EFBIG) while
+    saving step 4 is one CheckpointWriteError naming the step and the checkpoint still in force; the partial
+    directory is removed and the pointer and step 2 are untouched, so a resume after freeing space works."""
+    import resource
+
+    from megarec.common.errors import CheckpointWriteError
+
+    run = _overrides(assets, "full_disk", "train.steps=2", "checkpoint.save_interval=2", "train.eval_interval=0")
+    tiny.run_trainer("sft", run, recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    ckpts = assets / "full_disk" / "checkpoints"
+    step2 = ckpts / "iter_0000002"
+    before = {p: p.read_bytes() for p in step2.rglob("*") if p.is_file()}
+    model_bytes = (step2 / "hf" / "model.safetensors").stat().st_size
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (model_bytes // 2, hard))  # Python ignores SIGXFSZ: writes fail
+    try:
+        with pytest.raises(CheckpointWriteError) as err:
+            tiny.run_trainer(
+                "sft",
+                [*run[:-3], "train.steps=4", "checkpoint.save_interval=2", "train.eval_interval=0"],
+                recipe="configs/posttrain/sft_tiny_cpu.yaml",
+            )
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert "cannot write checkpoint step 4" in message and f"still {step2}" in message, message
+    assert "File too large" in message or "refused a write" in message, message
+    assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000002", "latest_checkpointed_iteration.txt"]
+    assert (ckpts / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert {p: p.read_bytes() for p in step2.rglob("*") if p.is_file()} == before

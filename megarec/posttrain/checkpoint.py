@@ -38,20 +38,22 @@ def save(root: str, step: int, policy, state: dict, keep_last: int) -> str:
         checkpoint_dir.begin(root, step)
     tmp = checkpoint_dir.step_dir(root, step) + checkpoint_dir.TMP_SUFFIX
     dist_utils.barrier()
-    policy.save(os.path.join(tmp, HF_SUBDIR), dtype=torch.float32)
-    optim = sharding.full_optimizer_state(policy.model, policy.optimizer)
+    with checkpoint_dir.writing(root, step):
+        policy.save(os.path.join(tmp, HF_SUBDIR), dtype=torch.float32)
+        optim = sharding.full_optimizer_state(policy.model, policy.optimizer)
+        if env.is_rank0:
+            torch.save(optim, os.path.join(tmp, "optimizer.pt"))
+            torch.save(
+                {
+                    "format": FORMAT_VERSION,
+                    "step": step,
+                    "scheduler": policy.scheduler.state_dict(),
+                    "world_size": env.world_size,
+                    **state,
+                },
+                os.path.join(tmp, STATE_FILE),
+            )
     if env.is_rank0:
-        torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        torch.save(
-            {
-                "format": FORMAT_VERSION,
-                "step": step,
-                "scheduler": policy.scheduler.state_dict(),
-                "world_size": env.world_size,
-                **state,
-            },
-            os.path.join(tmp, STATE_FILE),
-        )
         checkpoint_dir.commit(root, step, keep_last)
     dist_utils.barrier()
     return checkpoint_dir.step_dir(root, step)

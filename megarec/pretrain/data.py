@@ -4,6 +4,7 @@ a tokenizer adapter, and deterministic resumable batch iteration."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from megarec.common.errors import ConfigError, DataError
+from megarec.common.errors import ConfigError, DataError, write_failure_reason
 from megarec.pretrain.config import DataConfig, TrainConfig
 
 
@@ -275,8 +276,31 @@ def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, run_di
         from megarec.data.megatron_datasets import LossMaskedGPTDataset as dataset_cls
     else:
         dataset_cls = GPTDataset
-    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(dataset_cls, sizes, lambda: True, cfg).build()
+    with _cache_build(cfg.path_to_cache):
+        train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(dataset_cls, sizes, lambda: True, cfg).build()
     return Datasets(train_ds, valid_ds if n_eval else None, tokenizer)
+
+
+@contextlib.contextmanager
+def _cache_build(cache_dir: str) -> Iterator[None]:
+    """Megatron-Core reuses index files it finds in the cache and writes them in place, so a build the file
+    system cut short (full disk, quota, file-size limit) would leave files a later run could take for a
+    finished index: remove the files this build created and say in one line what failed."""
+    before = set(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else set()
+    try:
+        yield
+    except Exception as e:
+        reason = write_failure_reason(e)
+        if reason is None:
+            raise
+        created = set(os.listdir(cache_dir)) - before if os.path.isdir(cache_dir) else set()
+        for name in created:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cache_dir, name))
+        raise DataError(
+            f"cannot build the dataset index cache in {cache_dir} (data.cache_dir): {reason}; "
+            f"the {len(created)} partial index file(s) of this build were removed"
+        ) from e
 
 
 def microbatch_indices(

@@ -4,16 +4,19 @@ Layout of a checkpoint root (Megatron-LM's, so roots move between the two): `<ro
 step and `<root>/latest_checkpointed_iteration.txt` naming the newest. A save writes `iter_XXXXXXX.tmp/`
 (`begin`); when every rank has finished, rank 0 renames it, then moves the pointer (written to a temporary
 file, fsynced, renamed) and prunes older steps beyond `keep_last` (`commit`). What goes inside a step
-directory is the stage's business (a Megatron dist checkpoint; an HF checkpoint plus optimizer state).
+directory is the stage's business (a Megatron dist checkpoint; an HF checkpoint plus optimizer state). A write
+the file system refuses (full disk, quota, file-size limit) ends the run with one line (`writing`): the partial
+directory is removed and the pointer still names the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from typing import Optional
+from typing import Iterator, Optional
 
-from megarec.common.errors import ConfigError
+from megarec.common.errors import CheckpointWriteError, ConfigError, MegarecError, write_failure_reason
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 PREFIX = "iter_"
@@ -54,6 +57,33 @@ def begin(root: str, step: int) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     return tmp
+
+
+@contextlib.contextmanager
+def writing(root: str, step: int) -> Iterator[None]:
+    """Around every rank's writes into `begin`'s directory: a refused write becomes a CheckpointWriteError that
+    says what failed, that nothing was published and which checkpoint is still the newest; other errors pass."""
+    try:
+        yield
+    except (MegarecError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+        reason = write_failure_reason(e)
+        if reason is None:
+            raise
+        tmp = step_dir(root, step) + TMP_SUFFIX
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space the partial write took
+        latest = read_latest(root)
+        kept = (
+            f"the newest complete checkpoint is still {step_dir(root, latest)}"
+            if latest is not None
+            else "there is no complete checkpoint yet"
+        )
+        free_gib = shutil.disk_usage(root).free / 2**30
+        raise CheckpointWriteError(
+            f"cannot write checkpoint step {step} under {root}: {reason}; nothing was published and the partial "
+            f"{os.path.basename(tmp)} was removed, {kept} ({free_gib:.1f} GiB free on that file system)"
+        ) from e
 
 
 def commit(root: str, step: int, keep_last: int = 0) -> str:

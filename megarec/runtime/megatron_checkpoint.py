@@ -245,12 +245,28 @@ def save_checkpoint(
             vp,
         ),
     )
-    dist_checkpointing.save(state, tmp, content_metadata=OPTIMIZER_METADATA)
+    with checkpoint_dir.writing(root, iteration), _writer_errors_raised_not_logged():
+        dist_checkpointing.save(state, tmp, content_metadata=OPTIMIZER_METADATA)
     dist.barrier()
     if dist.get_rank() == 0:
         checkpoint_dir.commit(root, iteration, keep_last)
     dist.barrier()
     return checkpoint_dir.step_dir(root, iteration)
+
+
+@contextlib.contextmanager
+def _writer_errors_raised_not_logged() -> Iterator[None]:
+    """Megatron-Core's async file writer logs a worker's write error and then raises the same error; the raise
+    is what `checkpoint_dir.writing` reports (one line), so the log line would only repeat it on stderr."""
+    import logging
+
+    writer_log = logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    level = writer_log.level
+    writer_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        writer_log.setLevel(level)
 
 
 @dataclass
