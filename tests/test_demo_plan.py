@@ -30,7 +30,13 @@ def test_seeds_repeat_the_seeded_stages_with_their_own_paths_and_seeds():
     base = [s.name for s in STAGES]
     assert names[: len(base)] == base
     assert names[len(base) : len(base) + 2 * len(SEEDED)] == [f"{n}_seed{k}" for k in (1, 2) for n in SEEDED]
-    assert names[-4:] == ["bench", "ablation_sft_only", "ablation_beam50", "ablation_history50"]
+    assert names[-5:] == [
+        "bench",
+        "ablation_stage2_sequence",
+        "ablation_sft_only",
+        "ablation_beam50",
+        "ablation_history50",
+    ]
     p = DemoPaths("/o")
     cmd = {s.name: s.command(cfg, p) for s in stages}
     assert cmd["base_model"][cmd["base_model"].index("--seed") + 1] == "0"
@@ -53,6 +59,10 @@ def test_seeds_repeat_the_seeded_stages_with_their_own_paths_and_seeds():
     assert "--time-budget" not in b
     assert cmd["ablation_sft_only"][cmd["ablation_sft_only"].index("--hf-dir") + 1] == "/o/sft/hf"
     assert cmd["ablation_sft_only"][cmd["ablation_sft_only"].index("--baselines") + 1] == ""
+    assert cmd["ablation_sft_only"][cmd["ablation_sft_only"].index("--prompt") + 1] == "chat"
+    s2 = cmd["ablation_stage2_sequence"]
+    assert s2[s2.index("--hf-dir") + 1] == "/o/stage2/hf" and s2[s2.index("--prompt") + 1] == "sequence"
+    assert s2[s2.index("--max-history") + 1] == "100"
     beam50, history50 = cmd["ablation_beam50"], cmd["ablation_history50"]
     assert beam50[beam50.index("--num-beams") + 1] == "50" and beam50[beam50.index("--hf-dir") + 1] == "/o/grpo/hf"
     assert history50[history50.index("--max-history") + 1] == "50"
@@ -68,6 +78,8 @@ def test_one_seed_and_fixed_budget():
     assert b[b.index("--time-budget") + 1] == "30.0" and "--time-budget-from" not in b
     with pytest.raises(ConfigError, match="checkpoint 'stage9'"):
         demo_stages(_cfg("bench.ablations=[{name: x, checkpoint: stage9}]"))
+    with pytest.raises(ConfigError, match="prompt 'text'"):
+        demo_stages(_cfg("bench.ablations=[{name: x, checkpoint: stage2, prompt: text}]"))
 
 
 def test_seed_statistics_and_budget(tmp_path):
@@ -108,3 +120,33 @@ def test_seed_statistics_and_budget(tmp_path):
     uncapped = "\n".join(equal_budget_lines({**table, "time_budget_s": None}))
     assert "## Comparison without a time cap" in uncapped and "Equal-budget" not in uncapped
     assert "the baselines trained to early stopping (no time cap)" in uncapped
+
+
+def _rerun(cfg, changed: set[str]) -> list[str]:
+    """The stages a rerun redoes when the fingerprints of `changed` differ (the runner's rule, no processes)."""
+    from megarec.demo.runner import StaleOutputs
+
+    after, redone = StaleOutputs(), []
+    for stage in demo_stages(cfg):
+        if stage.name in changed or after.stale(stage):
+            redone.append(stage.name)
+            after.ran(stage)
+    return redone
+
+
+def test_a_changed_stage_redoes_what_reads_its_outputs_not_other_seeds_training():
+    cfg = _cfg()
+    names = [s.name for s in demo_stages(cfg)]
+    evaluation = ["bench", "ablation_stage2_sequence", "ablation_sft_only", "ablation_beam50", "ablation_history50"]
+    # new SFT settings change sft of every seed: SFT and GRPO rerun per seed, stage 2 stays
+    sft = {"sft", "sft_seed1", "sft_seed2"}
+    assert _rerun(cfg, sft) == ["sft", "grpo", "sft_seed1", "grpo_seed1", "sft_seed2", "grpo_seed2", *evaluation]
+    # one seed's stage 2 changed: only that seed's chain and the evaluation
+    assert _rerun(cfg, {"stage2_seed1"}) == ["stage2_seed1", "convert_out_seed1", "sft_seed1", "grpo_seed1"] + (
+        evaluation
+    )
+    # a shared stage (the item codes) feeds everything after it, every seed included
+    assert _rerun(cfg, {"itemic"}) == names[names.index("itemic") :]
+    # seed 0's expanded model is the tokenizer of the shared dataset: the shared stages after it rerun too
+    assert _rerun(cfg, {"expand_vocab"}) == names[names.index("expand_vocab") :]
+    assert _rerun(cfg, {"bench"}) == evaluation

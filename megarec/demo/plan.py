@@ -16,13 +16,14 @@ from typing import List
 
 from megarec.demo.config import DemoConfig
 from megarec.demo.stages import STAGES, DemoPaths, Stage
+from megarec.eval.seqrec_generative import PROMPT_KINDS
 
 # the stages that depend on the seed (model initialisation and every training stage)
 SEEDED = ("base_model", "expand_vocab", "convert_in", "stage1", "stage2", "convert_out", "sft", "grpo")
 # the generative model's training stages: their measured seconds are the baselines' equal CPU budget
 TRAINING = ("stage1", "stage2", "sft", "grpo")
 # checkpoints an ablation row may evaluate
-CHECKPOINTS = {"grpo": "grpo_hf", "sft": "sft_hf"}
+CHECKPOINTS = {"grpo": "grpo_hf", "sft": "sft_hf", "stage2": "stage2_hf"}
 
 _SEED_DIRS = {
     "base_model": "assets/base_model",
@@ -72,6 +73,7 @@ def _seeded(stage: Stage, k: int, seed_cfg: DemoConfig) -> Stage:
         lambda p, _s=stage, _k=k: _s.outputs(SeedPaths(p.out, _k)),
         stage.distributed,
         stage.resumes,
+        chain=k,
     )
 
 
@@ -112,7 +114,7 @@ def _ablation_stage(row) -> Stage:
         ckpt = getattr(p, CHECKPOINTS[row.checkpoint])
         out = os.path.join(p.out, "ablation", row.name)
         beams, history = row.num_beams or cfg.bench.num_beams, row.max_history or cfg.data.max_history
-        return _seqrec_args(cfg, p, "", [ckpt], beams, history, out)
+        return _seqrec_args(cfg, p, "", [ckpt], beams, history, out) + ["--prompt", row.prompt]
 
     return Stage(
         f"ablation_{row.name}", f"ablation: {row.what}", command, lambda p: [os.path.join(p.out, "ablation", row.name)]
@@ -126,6 +128,10 @@ def demo_stages(cfg: DemoConfig) -> List[Stage]:
             from megarec.common.errors import ConfigError
 
             raise ConfigError(f"bench.ablations: checkpoint {row.checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+        if row.prompt not in PROMPT_KINDS:
+            from megarec.common.errors import ConfigError
+
+            raise ConfigError(f"bench.ablations: prompt {row.prompt!r} is not one of {', '.join(PROMPT_KINDS)}")
     base = [s for s in STAGES if s.name != "collab" or cfg.data.collab_weight > 0]
     out = [_seeded(s, 0, seed_config(cfg, 0)) if s.name in SEEDED else s for s in base]
     for k in range(1, len(cfg.bench.seeds)):

@@ -2,7 +2,10 @@
 
 A stage counts as finished when its marker (`<out>/.stages/<name>.json`) says "done" with the same
 fingerprint (its command line plus the contents of the recipe it names). A rerun skips finished stages;
-a stage whose fingerprint changed — and every stage after it — is redone from clean outputs; `force` redoes
+a stage whose fingerprint changed is redone from clean outputs, and so is every later stage that consumes
+what it wrote: after a shared stage (data, codes, tokenizer, benchmark) every later stage, after a stage of
+one seed's training chain the later stages of that chain and every later shared stage — so a changed SFT
+setting retrains SFT and GRPO of each seed and re-evaluates, without redoing stage 2. `force` redoes
 everything. An interrupted stage (marker "running", same fingerprint) of a resumable verb (preprocess,
 pretrain, sft, grpo) reruns in place and resumes; any other interrupted stage starts clean, since its verb
 refuses a non-empty output directory.
@@ -116,6 +119,26 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+class StaleOutputs:
+    """Which later stages read outputs rewritten in this invocation: every stage after a shared one; after a
+    stage of seed k's training chain, the rest of that chain and every shared stage (the benchmark)."""
+
+    def __init__(self, force: bool = False):
+        self.everything = force
+        self.chains: set[int] = set()
+
+    def stale(self, stage: Stage) -> bool:
+        if self.everything:
+            return True
+        return stage.chain in self.chains if stage.chain is not None else bool(self.chains)
+
+    def ran(self, stage: Stage) -> None:
+        if stage.chain is None:
+            self.everything = True
+        else:
+            self.chains.add(stage.chain)
+
+
 def run_stages(
     cfg, paths: DemoPaths, *, force: bool = False, until: Optional[str] = None, print_fn: Callable = print
 ) -> list[dict]:
@@ -129,7 +152,8 @@ def run_stages(
         raise MegarecError(f"unknown stage '{until}' (stages: {', '.join(names)})")
     stages = all_stages[: names.index(until) + 1] if until else all_stages
     nproc = cfg.stages.nproc
-    records, redo_rest = [], force
+    records = []
+    stale_after = StaleOutputs(force)
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):
         argv = stage.command(cfg, paths)
@@ -138,7 +162,8 @@ def run_stages(
         done = json.load(open(marker)) if os.path.isfile(marker) else None
         fp = _fingerprint(argv)
         head = f"[{i:2d}/{len(stages)}] {stage.name:<13s} {stage.title}"
-        if done and not redo_rest and done.get("fingerprint") == fp and done.get("state") == "done":
+        stale = stale_after.stale(stage)
+        if done and not stale and done.get("fingerprint") == fp and done.get("state") == "done":
             print_fn(f"{head} ... finished earlier ({done['seconds']:.1f}s), skipped")
             records.append(
                 {
@@ -153,10 +178,10 @@ def run_stages(
         # an interrupted stage with the same settings resumes in place when its verb resumes; a changed,
         # forced or re-fed stage, or an interrupted one-shot verb (which refuses a non-empty --out), starts
         # from clean outputs
-        if redo_rest or (done and (done.get("fingerprint") != fp or done.get("state") == "done" or not stage.resumes)):
+        if stale or (done and (done.get("fingerprint") != fp or done.get("state") == "done" or not stage.resumes)):
             for out in stage.outputs(paths):
                 _remove(out)
-        redo_rest = True  # everything after a stage that runs consumes its new outputs
+        stale_after.ran(stage)
         write_json(marker, {"fingerprint": fp, "state": "running", "command": shown})
         print_fn(f"{head} ... running (log: {os.path.join(paths.logs, stage.name + '.log')})")
         seconds = run_logged(

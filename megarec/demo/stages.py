@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from megarec.demo.config import DemoConfig
 
@@ -60,6 +60,8 @@ class Stage:
     outputs: Callable[[DemoPaths], List[str]]  # removed before a changed command reruns
     distributed: bool = False  # run under torchrun with cfg.stages.nproc
     resumes: bool = False  # the verb resumes in its own partial outputs
+    # the seed whose training chain the stage belongs to; None = shared (its outputs feed every later stage)
+    chain: Optional[int] = None
 
 
 def _pretrain_args(
