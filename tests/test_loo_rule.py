@@ -94,3 +94,28 @@ def test_no_benchmark_target_or_validation_item_in_the_users_training_samples():
     assert evals[("u4", "valid")] == ["u4_i2"] and evals[("u4", "test")] == ["u4_i3"]
     assert ("u4_uncoded_test", "test") not in evals and evals[("u4_uncoded_test", "valid")] == ["u4_uncoded_test_i2"]
     assert ("u6_uncoded_tail", "test") not in evals and ("u6_uncoded_tail", "valid") not in evals
+
+
+def test_sequence_prompt_is_the_stage2_training_text_of_the_users_training_items():
+    """`bench seqrec --prompt sequence` shows a stage-2 checkpoint exactly the text it was trained on: the
+    validation prompt (history = the training items) equals the user's pre-training sequence sample."""
+    from megarec.eval.seqrec_generative import sequence_prompt
+
+    log, codes = _log_and_codes()
+    built = build_tasks(log, codes, BuildConfig(split="loo", samples_per_user=8, min_history=2, seed=0), "loo")
+    bench = from_reclog(log)
+    histories, _ = bench.split_inputs("valid")
+    trained = {
+        s["metadata"]["user_id"]: s["segments"][0]["text"]
+        for s in built["pretrain"]
+        if s["metadata"]["task"] == "user_sequence"
+    }
+    checked = 0
+    for uid, h in zip(bench.user_ids, histories):
+        hist_codes = [codes[bench.item_ids[i - 1]] for i in h if bench.item_ids[i - 1] in codes]
+        if uid not in trained or len(hist_codes) < 2:
+            continue
+        variants = {sequence_prompt(hist_codes, bench.domain, seed=s) for s in range(10)}
+        assert len(variants) == 2 and trained[uid] in variants, uid
+        checked += 1
+    assert checked >= 5

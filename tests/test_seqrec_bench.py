@@ -169,5 +169,15 @@ def test_bench_seqrec_generative_model(tmp_path):
     # history items are excluded inside each user's trie: every user gets a full list of unseen items
     assert gen["mean_ranked_items"] == 12.0
     assert all(0.0 <= gen[k] <= 1.0 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
+    # a stage-2 checkpoint is read with its pre-training sequence text instead of the chat prompt
+    seq_out = tmp_path / "gen_seq"
+    args = ["bench", "seqrec", "--dataset", "synthetic", "--baselines", "", "--hf-dir", str(tmp_path / "model")]
+    args += ["--codes", str(tmp_path / "codes.csv"), "--max-eval-users", "12", "--num-beams", "12"]
+    r = run_cli(args + ["--prompt", "sequence", "--out", str(seq_out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    seq = json.loads((seq_out / "results.json").read_text())["models"]["megarec"]
+    assert seq["prompt"] == "sequence" and seq["test"]["users"] == 12 and seq["test"]["mean_ranked_items"] == 12.0
+    r = run_cli(args + ["--prompt", "text", "--out", str(tmp_path / "bad")])
+    assert r.returncode == 2 and "--prompt" in r.stderr
     r = run_cli(["bench", "seqrec", "--dataset", "synthetic", "--hf-dir", str(tmp_path / "model"), "--out", str(out)])
     assert r.returncode == 2 and "--codes" in r.stderr

@@ -64,9 +64,14 @@ class DemoStagesConfig:
 class AblationRow:
     name: str = help_field("row", "Row name (also its output directory ablation/<name>).")
     what: str = help_field("", "What the row changes, as shown in the report.")
-    checkpoint: str = help_field("grpo", "Checkpoint of seed 0 to evaluate: grpo (final) or sft (before GRPO).")
+    checkpoint: str = help_field(
+        "grpo", "Checkpoint of seed 0 to evaluate: grpo (final), sft (before GRPO) or stage2 (before SFT)."
+    )
     num_beams: int = help_field(0, "Beam width (0 = bench.num_beams).")
     max_history: int = help_field(0, "Items of history in the prompt (0 = data.max_history).")
+    prompt: str = help_field(
+        "chat", "chat (the SFT next-item conversation) or sequence (the stage-2 behaviour-sequence text)."
+    )
 
 
 @dataclass

@@ -110,7 +110,8 @@ def ablation_table(out_dir: str, config: dict, bench: dict, stage_records: list[
     if not gen:
         return None
     by_name = {r["name"]: r.get("seconds", 0.0) for r in stage_records}
-    train = {"sft": sum(by_name.get(n, 0.0) for n in ("stage1", "stage2", "sft"))}
+    train = {"stage2": sum(by_name.get(n, 0.0) for n in ("stage1", "stage2"))}
+    train["sft"] = train["stage2"] + by_name.get("sft", 0.0)
     train["grpo"] = train["sft"] + by_name.get("grpo", 0.0)
     first = gen["runs"][0]
     ref = first["test"]

@@ -63,6 +63,14 @@ def register(sub) -> None:
         help="Evaluate the generative model on a seeded subset of this many users.",
     )
     s.add_argument("--max-history", type=int, default=20, help="Most recent items shown in the generative prompt.")
+    s.add_argument(
+        "--prompt",
+        choices=["chat", "sequence"],
+        default="chat",
+        help="Prompt of the generative model: chat = the SFT next-item conversation (post-trained "
+        "checkpoints); sequence = the pre-training behaviour-sequence text continued with the next item "
+        "(a stage-2 checkpoint converted with `convert mcore-to-hf`, before any SFT).",
+    )
     s.add_argument("--eval-batch-size", type=int, default=8, help="Prompts per beam-search batch.")
     s.add_argument("--lang", default="en", help="Prompt template language of the generative model (en, zh, or a YAML).")
     s.add_argument("--hidden", type=int, default=64, help="Hidden size of SASRec/GRU4Rec.")
@@ -210,11 +218,12 @@ def run_seqrec(args) -> int:
                 lang=args.lang,
                 max_users=args.max_eval_users,
                 seed=args.seed,
+                prompt=args.prompt,
             )
             runs.append({"test": test, "model": os.path.abspath(path), "seconds": time.perf_counter() - t1})
             print(f"megarec ({path}): test ndcg@10 {test['ndcg@10']:.4f} ({runs[-1]['seconds']:.1f}s)")
         agg = aggregate_runs(runs, seconds=time.perf_counter() - t0)
-        agg.update(num_beams=args.num_beams, max_history=args.max_history, model=runs[0]["model"])
+        agg.update(num_beams=args.num_beams, max_history=args.max_history, prompt=args.prompt, model=runs[0]["model"])
         for extra in ("mean_ranked_items", "users", "coverage"):
             agg["test"][extra] = float(sum(r["test"][extra] for r in runs) / len(runs))
         results["models"]["megarec"] = agg

@@ -1,6 +1,7 @@
-"""The generative model on the transfer benchmark: each user's history is written as itemic tokens in the
-SFT next-item prompt (the task builders' templates), the model decodes items with trie-constrained beam
-search over the dataset's catalogue, and the decoded code tuples become an item ranking (most popular
+"""The generative model on the transfer benchmark: each user's history is written as itemic tokens in a
+prompt of the task builders' templates (the SFT next-item chat prompt for a post-trained model, or the
+pre-training behaviour-sequence text for a stage-2 checkpoint), the model decodes items with trie-constrained
+beam search over the dataset's catalogue, and the decoded code tuples become an item ranking (most popular
 item first when several items share a tuple). Items already in the history are excluded from each
 user's trie, as the baselines exclude them from their ranking, so every beam is an unseen item."""
 
@@ -30,6 +31,33 @@ def rec_messages(
     return msgs + [{"role": "user", "content": user}]
 
 
+# chat: the SFT next-item conversation (post-trained models); sequence: the stage-2 behaviour-sequence text
+# continued with the next item, the way a co-pre-trained checkpoint saw its users during training
+PROMPT_KINDS = ("chat", "sequence")
+
+
+def sequence_prompt(history_codes: list[tuple[int, ...]], domain: str, lang: str = "en", seed: int = 0, letters=None):
+    """The pre-training behaviour-sequence text (`pretrain.sequence` template) ending after the last item."""
+    from megarec.common.itemic import item_string
+    from megarec.data.tasks.templates import Templates
+
+    t = Templates.load(lang)
+    items = "".join(item_string(c, letters) for c in history_codes)
+    return t.render("pretrain.sequence", random.Random(seed), domain=t.domain(domain), items=items)
+
+
+def generative_prompt(loaded, kind: str, history_codes, domain: str, lang: str = "en", seed: int = 0) -> str:
+    """The prompt text of one user for prompt kind `kind` (see PROMPT_KINDS)."""
+    letters = loaded.layout.layer_letters
+    if kind == "sequence":
+        return sequence_prompt(history_codes, domain, lang, seed, letters)
+    if kind != "chat":
+        raise ConfigError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+    from megarec.eval.hf_model import chat_prompt
+
+    return chat_prompt(loaded.tokenizer, rec_messages(history_codes, domain, lang, seed, letters))
+
+
 def evaluate_generative(
     loaded,
     data: SeqRecData,
@@ -44,12 +72,14 @@ def evaluate_generative(
     max_users: int | None = None,
     seed: int = 0,
     exclude_history: bool = True,
+    prompt: str = "chat",
 ) -> dict:
     """Recall@k / NDCG@k of the generative model (users without codes for their target are still counted)."""
     from megarec.decoding.beam_search import constrained_beam_search
     from megarec.decoding.trie import ItemTrie
-    from megarec.eval.hf_model import chat_prompt
 
+    if prompt not in PROMPT_KINDS:
+        raise ConfigError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt!r}")
     if num_beams < max(ks):
         raise ConfigError(f"--num-beams ({num_beams}) must be at least the largest k ({max(ks)})")
     sub = data.subset_users(max_users, seed) if max_users else data
@@ -62,11 +92,7 @@ def evaluate_generative(
     prompts = []
     for h in histories:
         hist_codes = [known[data.item_ids[i - 1]] for i in h[-max_history:] if data.item_ids[i - 1] in known]
-        prompts.append(
-            chat_prompt(
-                loaded.tokenizer, rec_messages(hist_codes, data.domain, lang, seed, loaded.layout.layer_letters)
-            )
-        )
+        prompts.append(generative_prompt(loaded, prompt, hist_codes, data.domain, lang, seed))
     tries = trie
     if exclude_history:  # search only unseen items, so every user gets num_beams candidates as Pop/SASRec do
         tries = []
