@@ -55,4 +55,10 @@ class ModelConfig:
     fp8_amax_history_len: int = help_field(1024, "FP8 delayed-scaling amax history length.")
     fp8_amax_compute_algo: Literal["max", "most_recent"] = help_field("max", "FP8 amax reduction over history.")
     init_method_std: float = help_field(0.02, "Std of the normal weight initialisation.")
+    hidden_dropout: float = help_field(
+        0.0,
+        "Dropout on each attention and MLP output before the residual add (Megatron's --hidden-dropout); "
+        "Qwen3 pre-trains without it, a small model on a small corpus needs it against memorisation.",
+    )
+    attention_dropout: float = help_field(0.0, "Dropout on the attention probabilities (--attention-dropout).")
     recompute_activations: bool = help_field(False, "Selective activation recomputation (core attention).")
