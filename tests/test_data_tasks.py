@@ -189,3 +189,45 @@ def test_cli_data_build(tmp_path):
     proc = run_cli(["data", "build", "--source", "amazon:/nonexistent", "--out", str(out), "--force"], timeout=120)
     assert proc.returncode == 2 and "Amazon data directory not found" in proc.stderr
     assert (out / "build_report.json").read_bytes() == before  # a failed --force run keeps the old build
+
+
+def test_sequence_windows_cover_every_training_item_once_and_leave_other_outputs_alone():
+    from megarec.data.tasks.pretrain import sequence_windows
+
+    assert sequence_windows(250, 100, True) == [(0, 50), (50, 150), (150, 250)]
+    assert sequence_windows(250, 100, False) == [(150, 250)]
+    assert sequence_windows(201, 100, True) == [(1, 101), (101, 201)]  # a lone first item has no next item
+    assert sequence_windows(1, 100, True) == [] and sequence_windows(2, 100, False) == [(0, 2)]
+    log, codes = _log(seed=1)
+    kw = dict(split="loo", max_sequence_items=8, seed=1)
+    last = build_tasks(log, codes, BuildConfig(**kw), "user")
+    every = build_tasks(log, codes, BuildConfig(sequence_windows="all", **kw), "user")
+    # only the pre-training sequences change: SFT, RL and evaluation samples (and their order) are identical
+    for key in ("sft_train", "sft_test", "sft_valid", "rl_train"):
+        assert every[key] == last[key], key
+    codes_to_item = {item_string(c)[len("<|sid_begin|>") : -len("<|sid_end|>")]: i for i, c in codes.items()}
+    held = {}  # (user, domain) -> first held-out position (validation item)
+    for s in every["sft_valid"] + every["sft_test"]:
+        md = s["metadata"]
+        if "target_pos" in md:
+            key = (md["user_id"], md.get("pos_key", md["domain"]))
+            held[key] = min(held.get(key, 10**9), md["target_pos"])
+    by_user = {}
+    for s in every["pretrain"]:
+        md = s["metadata"]
+        if md["task"] != "user_sequence":
+            continue
+        items = _items_in(s["segments"][0]["text"], codes_to_item)
+        assert 2 <= len(items) <= 8
+        by_user.setdefault((md["user_id"], md["domain"]), []).append((md["max_pos"][md["domain"]], items))
+    windowed = 0
+    for (uid, domain), windows in by_user.items():
+        user = next(u for u in log.users if u.user_id == uid)
+        train = [ev.item_id for ev in user.histories[domain]][: held.get((uid, domain), len(user.histories[domain]))]
+        # consecutive windows, oldest first, ending at the last training item: every item once
+        windows.sort()
+        joined = [i for _, items in windows for i in items]
+        assert joined == train[len(train) - len(joined) :] and len(train) - len(joined) <= 1, uid
+        assert windows[-1][0] == len(train) - 1
+        windowed += len(windows) > 1
+    assert windowed > 10

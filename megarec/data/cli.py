@@ -207,6 +207,16 @@ def _register_build(verbs) -> None:
         default="include",
         help="Whether captions of test/valid target items may appear in training samples.",
     )
+    b.add_argument(
+        "--max-sequence-items", type=int, default=100, help="Items per pre-training behaviour-sequence sample."
+    )
+    b.add_argument(
+        "--sequence-windows",
+        choices=["last", "all"],
+        default="last",
+        help="Pre-training behaviour sequences of a history longer than --max-sequence-items: the most recent "
+        "window only, or all consecutive windows from the end (every training item is a next-item target once).",
+    )
     b.add_argument("--no-system-prompt", action="store_true", help="Do not add the template's system message.")
     b.add_argument("--num-users", type=int, default=None, help="synthetic: number of users (default 200).")
     b.add_argument("--num-items", type=int, default=None, help="synthetic: number of items (default 600).")
@@ -258,6 +268,8 @@ def run_build(args) -> int:
         caption_holdout_frac=args.caption_holdout_frac,
         test_target_captions=args.test_target_captions,
         system_prompt=not args.no_system_prompt,
+        max_sequence_items=args.max_sequence_items,
+        sequence_windows=args.sequence_windows,
     )
     cfg.validate()
     src = load_source(

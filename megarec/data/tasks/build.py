@@ -124,10 +124,9 @@ def build_tasks(log: RecLog, codes: dict[str, tuple[int, ...]], cfg: BuildConfig
             if set(ids) & no_caption_training:
                 raise DataError(f"leak: caption of held-out item {ids} in training task {s['metadata']['task']}")
 
-    shuffle = random.Random(f"{cfg.seed}|shuffle")
-    shuffle.shuffle(pre)
-    shuffle.shuffle(sft_train)
-    shuffle.shuffle(rl)
+    # one shuffle per output, so that e.g. more pre-training windows do not reorder the SFT samples
+    for name, samples in (("pretrain", pre), ("sft", sft_train), ("rl", rl)):
+        random.Random(f"{cfg.seed}|shuffle|{name}").shuffle(samples)
     return {
         "pretrain": pre,
         "sft_train": sft_train,

@@ -33,22 +33,38 @@ def item_caption_samples(ctx: TaskContext, item_ids: list[str]) -> Iterator[dict
         )
 
 
+def sequence_windows(length: int, size: int, every: bool) -> list[tuple[int, int]]:
+    """[start, end) windows of at most `size` items, cut from the end of a history of `length` items: only the
+    most recent one, or (`every`) consecutive ones back to the first item, oldest first. A leftover of a single
+    item at the start is dropped (it would be a sequence without a next item)."""
+    out, end = [], length
+    while end >= 2:
+        start = max(0, end - size)
+        out.append((start, end))
+        if not every:
+            break
+        end = start
+    return out[::-1]
+
+
 def sequence_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
-    """One behaviour sequence per user and domain (most recent items)."""
+    """Behaviour sequences per user and domain: the most recent `max_sequence_items` items, or with
+    `sequence_windows: all` every window of the history."""
+    every = ctx.cfg.sequence_windows == "all"
     for tu in users:
         for domain, hist in sorted(tu.histories.items()):
-            if len(hist) < 2:
-                continue
-            rng = ctx.rng("user_sequence", tu.user.user_id, domain)
-            text = ctx.templates.render(
-                "pretrain.sequence",
-                rng,
-                domain=ctx.templates.domain(domain),
-                items=ctx.items_text(x.item_id for x in hist[-ctx.cfg.max_sequence_items :]),
-            )
-            yield _sample(
-                text, task="user_sequence", user_id=tu.user.user_id, domain=domain, max_pos={domain: len(hist) - 1}
-            )
+            for start, end in sequence_windows(len(hist), ctx.cfg.max_sequence_items, every):
+                # the most recent window keeps the key (and template draw) of the one-window build
+                key = ("user_sequence", tu.user.user_id, domain) + ((end,) if end < len(hist) else ())
+                text = ctx.templates.render(
+                    "pretrain.sequence",
+                    ctx.rng(*key),
+                    domain=ctx.templates.domain(domain),
+                    items=ctx.items_text(x.item_id for x in hist[start:end]),
+                )
+                yield _sample(
+                    text, task="user_sequence", user_id=tu.user.user_id, domain=domain, max_pos={domain: end - 1}
+                )
 
 
 def persona_samples(ctx: TaskContext, users: list[TrainUser]) -> Iterator[dict]:
