@@ -70,6 +70,14 @@ def test_seeds_repeat_the_seeded_stages_with_their_own_paths_and_seeds():
     assert history50[history50.index("--out") + 1] == "/o/ablation/history50"
 
 
+def test_sequence_windows_reach_the_data_build_only_when_asked():
+    p = DemoPaths("/o")
+    build = {s.name: s for s in demo_stages(_cfg())}["data_build"]
+    assert "--sequence-windows" not in build.command(_cfg(), p)
+    argv = build.command(_cfg("data.sequence_windows=all"), p)
+    assert argv[argv.index("--sequence-windows") + 1] == "all"
+
+
 def test_one_seed_and_fixed_budget():
     cfg = _cfg("bench.seeds=[0]", "bench.equal_budget=false", "bench.sasrec_time_budget=30", "bench.ablations=[]")
     stages = demo_stages(cfg)

@@ -20,6 +20,11 @@ class DemoDataConfig:
     codebook_size: int = help_field(32, "Codes per RQ-KMeans layer (sized for ~1.7k items).")
     samples_per_user: int = help_field(8, "SFT/RL cut points per user and task (`data build --samples-per-user`).")
     max_history: int = help_field(20, "Longest history shown in a prompt.")
+    sequence_windows: str = help_field(
+        "last",
+        "Stage-2 behaviour sequences of users with more than 100 training items: the most recent 100 "
+        "(last) or every window of 100 from the end (all; `data build --sequence-windows`).",
+    )
     collab_weight: float = help_field(
         0.5,
         "Share of collaborative (training-split co-occurrence) embedding in the "

@@ -227,6 +227,7 @@ STAGES: List[Stage] = [
             str(c.data.max_history),
             "--seed",
             str(c.data.seed),
+            *(["--sequence-windows", c.data.sequence_windows] if c.data.sequence_windows != "last" else []),
         ],
         lambda p: [p.data],
     ),
