@@ -86,6 +86,8 @@ def test_one_seed_and_fixed_budget():
     assert b[b.index("--time-budget") + 1] == "30.0" and "--time-budget-from" not in b
     with pytest.raises(ConfigError, match="checkpoint 'stage9'"):
         demo_stages(_cfg("bench.ablations=[{name: x, checkpoint: stage9}]"))
+    with pytest.raises(ConfigError, match="data.sequence_windows must be last or all"):
+        demo_stages(_cfg("data.sequence_windows=every"))
     with pytest.raises(ConfigError, match="prompt 'text'"):
         demo_stages(_cfg("bench.ablations=[{name: x, checkpoint: stage2, prompt: text}]"))
 

@@ -14,6 +14,7 @@ import copy
 import os
 from typing import List
 
+from megarec.common.errors import ConfigError
 from megarec.demo.config import DemoConfig
 from megarec.demo.stages import STAGES, DemoPaths, Stage
 from megarec.eval.seqrec_generative import PROMPT_KINDS
@@ -123,14 +124,12 @@ def _ablation_stage(row) -> Stage:
 
 def demo_stages(cfg: DemoConfig) -> List[Stage]:
     """Every stage of this config, in run order."""
+    if cfg.data.sequence_windows not in ("last", "all"):
+        raise ConfigError(f"data.sequence_windows must be last or all, got {cfg.data.sequence_windows!r}")
     for row in cfg.bench.ablations:
         if row.checkpoint not in CHECKPOINTS:
-            from megarec.common.errors import ConfigError
-
             raise ConfigError(f"bench.ablations: checkpoint {row.checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
         if row.prompt not in PROMPT_KINDS:
-            from megarec.common.errors import ConfigError
-
             raise ConfigError(f"bench.ablations: prompt {row.prompt!r} is not one of {', '.join(PROMPT_KINDS)}")
     base = [s for s in STAGES if s.name != "collab" or cfg.data.collab_weight > 0]
     out = [_seeded(s, 0, seed_config(cfg, 0)) if s.name in SEEDED else s for s in base]

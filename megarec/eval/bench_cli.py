@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from megarec.common.cli import add_renamed_flag
 from megarec.common.outdir import FORCE_HELP, check_out_dir, staged_dir
+from megarec.eval.seqrec_generative import PROMPT_KINDS
 
 BASELINES = ("pop", "sasrec", "gru4rec")
 
@@ -65,7 +66,7 @@ def register(sub) -> None:
     s.add_argument("--max-history", type=int, default=20, help="Most recent items shown in the generative prompt.")
     s.add_argument(
         "--prompt",
-        choices=["chat", "sequence"],
+        choices=PROMPT_KINDS,
         default="chat",
         help="Prompt of the generative model: chat = the SFT next-item conversation (post-trained "
         "checkpoints); sequence = the pre-training behaviour-sequence text continued with the next item "
