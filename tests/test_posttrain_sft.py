@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from megarec.common.errors import DataError
+from megarec.common.errors import ConfigError, DataError
 from megarec.posttrain import chat
 from megarec.posttrain.sft_data import ChatEncoder, encode_conversation
 
@@ -275,6 +276,136 @@ def test_parquet_chat_source(assets):
         recipe="configs/posttrain/sft_tiny_cpu.yaml",
     )
     assert len(trainer.sources[0].rows) == 56 and s.exit_reason == "finished"
+
+
+def _plain_rows():
+    return [
+        {
+            "segments": [{"type": "text", "text": f"user{u} likes topic{u} and topic{(u + 1) % 16}"}],
+            "metadata": {"task": "user_sequence" if u % 2 else "item_caption"},
+        }
+        for u in range(16)
+    ]
+
+
+def test_plain_documents_are_a_rehearsal_source_with_their_loss_weight(assets):
+    """Pre-training samples mixed into SFT: only the listed tasks, the preprocessing encoder's ids, every
+    token after the first trained (EOD included, as in pre-training), each scaled by the source's loss_weight."""
+    from megarec.data.encoder import DocumentEncoder
+
+    rows = _plain_rows()
+    tiny.write_jsonl(str(assets / "pretrain.jsonl"), rows)
+    sources = (
+        f"data.sources=[{{path: {assets}/train.jsonl, weight: 0.75}}, {{name: rehearsal, path: "
+        f"{assets}/pretrain.jsonl, weight: 0.25, loss_weight: 0.1, tasks: [user_sequence]}}]"
+    )
+    trainer, s = tiny.run_trainer(
+        "sft", _overrides(assets, "rehearsal", "train.steps=2", sources), recipe="configs/posttrain/sft_tiny_cpu.yaml"
+    )
+    rehearsal = trainer.sources[1]
+    assert rehearsal.name == "rehearsal" and len(rehearsal.rows) == 8
+    expected = DocumentEncoder(str(assets / "base"), "segments").encode([(1, rows[1])])
+    ids, mask = rehearsal.rows[0]
+    assert ids == expected.ids.tolist() and ids[-1] == trainer.policy.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert mask == [0] + [0.1] * (len(ids) - 1)
+    assert trainer.sources[0].rows[0][1] == [int(m) for m in trainer.sources[0].rows[0][1]]  # chat rows: 0/1
+    assert s.exit_reason == "finished"
+
+
+def test_loss_is_the_mask_weighted_mean_over_the_batch(assets):
+    """With a loss_weight w on one example the loss is (Σ nll_a + w Σ nll_b) / (n_a + w n_b), exactly the
+    weighted mean (fp32 sums of a few dozen terms: relative 1e-6)."""
+    from megarec.posttrain.models.policy import PolicyModel
+
+    policy = PolicyModel(str(assets / "base"), tiny_env(), micro_batch_size=1)
+    enc = ChatEncoder(policy.tokenizer_path)
+    a = encode_conversation(
+        enc, chat.validate_messages(tiny.chat_row("recommend a film for user1", "here is topic1")["messages"], "a")
+    )
+    ((_, b_ids, b_mask),) = enc.encode([(1, _plain_rows()[3])], "segments")[0]
+    sums, counts = [], []
+    for ids, mask in (a, (b_ids, b_mask)):
+        m = policy.get_loss_and_metrics(tiny_batch(policy.tokenizer, [(ids, mask)]), forward_only=True)
+        sums.append(m["loss"] * m["loss_tokens"])
+        counts.append(m["loss_tokens"])
+    w = 0.1
+    both = policy.get_loss_and_metrics(
+        tiny_batch(policy.tokenizer, [a, (b_ids, [w * x for x in b_mask])]), forward_only=True
+    )
+    assert both["loss_tokens"] == pytest.approx(counts[0] + w * counts[1], rel=1e-6)
+    assert both["loss"] == pytest.approx((sums[0] + w * sums[1]) / (counts[0] + w * counts[1]), rel=1e-6)
+
+
+def test_bad_rehearsal_sources_are_clear_errors(assets):
+    rows = _plain_rows()
+    tiny.write_jsonl(str(assets / "mixed.jsonl"), [rows[0], tiny.chat_row("recommend a film for user1", "topic1")])
+    with pytest.raises(DataError, match=r"mixed.jsonl: row 2: a messages row in a file of segments rows"):
+        tiny.run_trainer(
+            "sft",
+            _overrides(assets, "mixed", "train.steps=1", f"data.sources=[{{path: {assets}/mixed.jsonl}}]"),
+            recipe="configs/posttrain/sft_tiny_cpu.yaml",
+        )
+    tiny.write_jsonl(str(assets / "captions.jsonl"), rows[::2])
+    with pytest.raises(DataError, match=r"captions.jsonl: no rows with metadata.task in \['user_sequence'\]"):
+        tiny.run_trainer(
+            "sft",
+            _overrides(
+                assets,
+                "no_task",
+                "train.steps=1",
+                f"data.sources=[{{path: {assets}/captions.jsonl, tasks: [user_sequence]}}]",
+            ),
+            recipe="configs/posttrain/sft_tiny_cpu.yaml",
+        )
+
+
+def test_export_best_is_the_policy_of_the_best_validation(assets):
+    """checkpoint.export=best exports the policy of the best validation, here step 0 (ranking by the highest
+    val_loss, which training lowers): the exported weights are model.path's, bit for bit, while the last step
+    differs; one best directory is kept, named by best.json."""
+    from megarec.common.hfdir import HFWeights
+
+    run = _overrides(
+        assets,
+        "best",
+        "train.steps=4",
+        "train.eval_interval=2",
+        "train.eval_at_start=true",
+        "checkpoint.export=best",
+        "checkpoint.best_metric=val_loss",
+        "checkpoint.best_mode=max",
+    )
+    trainer, s = tiny.run_trainer("sft", run, recipe="configs/posttrain/sft_tiny_cpu.yaml")
+    vals = [v["val_loss"] for v in s.validations]
+    assert len(vals) == 3 and vals[0] == max(vals)
+    assert json.loads((assets / "best" / "best" / "best.json").read_text()) == {
+        "step": 0,
+        "metric": "val_loss",
+        "value": vals[0],
+    }
+    assert sorted(p.name for p in (assets / "best" / "best").iterdir()) == ["best.json", "step_0000000"]
+    exported, base = HFWeights(s.output), HFWeights(str(assets / "base"))
+    last = HFWeights(str(assets / "best" / "checkpoints" / "iter_0000004" / "hf"))
+    assert sorted(exported.names()) == sorted(base.names())
+    assert all(torch.equal(exported.get(n), base.get(n)) for n in base.names())
+    assert not all(torch.equal(last.get(n), base.get(n)) for n in base.names())
+    assert (Path(s.output) / "tokenizer_config.json").is_file()
+
+
+def test_export_best_needs_a_metric_the_run_reports(assets):
+    with pytest.raises(ConfigError, match=r"checkpoint.best_metric='val_reward' is not a validation metric"):
+        tiny.run_trainer(
+            "sft",
+            _overrides(
+                assets,
+                "best_bad",
+                "train.steps=2",
+                "train.eval_interval=1",
+                "checkpoint.export=best",
+                "checkpoint.best_metric=val_reward",
+            ),
+            recipe="configs/posttrain/sft_tiny_cpu.yaml",
+        )
 
 
 def test_checkpoint_write_refused_by_the_file_system_keeps_the_previous_checkpoint(assets):

@@ -64,6 +64,16 @@ class CheckpointSection(CheckpointConfig):
     export_dtype: Literal["source", "fp32", "bf16"] = help_field(
         "source", "dtype of the final HF weights (source = as in model.path). Step checkpoints are always fp32."
     )
+    export: Literal["last", "best"] = help_field(
+        "last",
+        "Which policy the final HF checkpoint holds: the last step's, or the one with the best "
+        "checkpoint.best_metric over all validations (including step 0 with train.eval_at_start), kept "
+        "under <logging.run_dir>/best/.",
+    )
+    best_metric: str = help_field("", "Validation metric that export=best ranks by (e.g. val_reward, val_loss).")
+    best_mode: Literal["auto", "min", "max"] = help_field(
+        "auto", "Whether lower or higher best_metric is better (auto: min for names containing 'loss', else max)."
+    )
 
 
 @dataclass
@@ -97,14 +107,29 @@ class SourceSpec:
 
 # ---------------------------------------------------------------------------------------------------- SFT
 @dataclass
-class SFTData:
-    sources: List[SourceSpec] = help_field(
-        default_factory=list,
-        help="Training mixture: list of {path, weight, "
-        'name}; chat rows {"messages": [...]} (report: 64.98% general / '
-        "35.02% recommendation).",
+class SFTSourceSpec(SourceSpec):
+    loss_weight: float = help_field(
+        1.0,
+        "Weight of each trained token of this source in the loss (the loss is the weighted mean over "
+        "the global batch); below 1 keeps long plain documents from outweighing short answers.",
     )
-    valid: List[SourceSpec] = help_field(default_factory=list, help="Held-out chat files for validation loss.")
+    tasks: List[str] = help_field(
+        default_factory=list, help="Keep only rows whose metadata.task is one of these (empty = every row)."
+    )
+
+
+@dataclass
+class SFTData:
+    sources: List[SFTSourceSpec] = help_field(
+        default_factory=list,
+        help="Training mixture: list of {path, weight, name, loss_weight, tasks}; chat rows "
+        '{"messages": [...]} train on assistant tokens (report: 64.98% general / 35.02% recommendation); '
+        'plain documents {"text": ...} or {"segments": [...]} (e.g. the pre-training samples of '
+        "`data build`, for rehearsal) train on every token.",
+    )
+    valid: List[SFTSourceSpec] = help_field(
+        default_factory=list, help="Held-out chat (or plain) files for validation loss."
+    )
     max_seq_length: int = help_field(4096, "Longest tokenised conversation.")
     overlong: Literal["error", "skip"] = help_field(
         "error", "A conversation longer than max_seq_length: stop with an error naming the row, or skip it (counted)."
@@ -353,6 +378,8 @@ def check_sources(sources: List[SourceSpec], key: str, required: bool) -> None:
             raise ConfigError(f"{key}[{i}].path is required")
         if not s.weight > 0:
             raise ConfigError(f"{key}[{i}].weight must be > 0, got {s.weight}")
+        if not getattr(s, "loss_weight", 1.0) > 0:
+            raise ConfigError(f"{key}[{i}].loss_weight must be > 0, got {s.loss_weight}")
 
 
 def check_ppo(ppo: PPOSection, key: str) -> None:

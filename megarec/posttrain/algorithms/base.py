@@ -14,9 +14,11 @@ import time
 
 from megarec.common.dtypes import dtype_from_name
 from megarec.common.errors import ConfigError
-from megarec.common.hfdir import source_dtype
+from megarec.common.hfdir import HFWeights, source_dtype
 from megarec.posttrain import checkpoint as ckpt
+from megarec.posttrain.best import BestPolicy
 from megarec.posttrain.config import export_dir
+from megarec.posttrain.hf import save_hf_checkpoint
 from megarec.runtime import distributed as dist_utils
 from megarec.runtime.config import checkpoint_dir
 from megarec.runtime.distributed import DistEnv
@@ -35,6 +37,7 @@ class Trainer:
         self.ckpt_root = checkpoint_dir(cfg.checkpoint, cfg.logging)
         self.output_dir = export_dir(cfg)
         self.resume_from = ckpt.latest_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
+        self.best: BestPolicy | None = None
 
     # ------------------------------------------------------------------------- algorithm interface
     def setup(self) -> None:
@@ -97,8 +100,12 @@ class Trainer:
                 record["tokens_per_s"] = metrics["tokens"] / dt if dt > 0 else float("nan")
             return record
 
+        self.best = self._best_policy()
+
         def validate(step: int) -> dict:
             result = self.validate(step)
+            if self.best is not None:
+                self.best.observe(step, result, self.policy)
             self.policy.prepare_for_training()
             return result
 
@@ -124,6 +131,18 @@ class Trainer:
                 summary.output = self.export()
         return summary
 
+    def _best_policy(self) -> BestPolicy | None:
+        c = self.cfg.checkpoint
+        if c.export != "best":
+            return None
+        if not c.best_metric:
+            raise ConfigError("checkpoint.export=best needs checkpoint.best_metric (e.g. val_reward or val_loss)")
+        if not self.has_validation() or self.cfg.train.eval_interval <= 0:
+            raise ConfigError("checkpoint.export=best needs validation: held-out data and train.eval_interval > 0")
+        mode = c.best_mode if c.best_mode != "auto" else ("min" if "loss" in c.best_metric else "max")
+        resumed = self.step if self.resume_from else None
+        return BestPolicy(os.path.join(self.cfg.logging.run_dir, "best"), c.best_metric, mode, resumed)
+
     def save_checkpoint(self, keep_last: int) -> str:
         return ckpt.save(
             self.ckpt_root, self.step, self.policy, {"verb": self.verb, "data": self.data_state()}, keep_last
@@ -133,9 +152,21 @@ class Trainer:
         """The final HF checkpoint (the next stage's model.path and evaluation's input)."""
         name = self.cfg.checkpoint.export_dtype
         dtype = source_dtype(self.cfg.model.path) if name == "source" else dtype_from_name(name)
-        self.policy.save(self.output_dir, dtype=dtype)
+        best = self.best.path if self.best is not None else None
+        if best is None:
+            self.policy.save(self.output_dir, dtype=dtype)
+            what = f"step {self.step}"
+        else:
+            if self.env.is_rank0:
+                weights = HFWeights(best)
+                state = {n: weights.get(n) for n in weights.names()}
+                p = self.policy
+                save_hf_checkpoint(self.output_dir, p.model.config, state, p.tokenizer, p.asset_dirs, dtype)
+            dist_utils.barrier()
+            r = self.best.record
+            what = f"the best validation: {r['metric']} {r['value']:.6g} at step {r['step']}"
         if self.env.is_rank0:
-            print(f"megarec {self.verb}: wrote {self.output_dir}", flush=True)
+            print(f"megarec {self.verb}: wrote {self.output_dir} ({what})", flush=True)
         return self.output_dir
 
 
