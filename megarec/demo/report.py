@@ -142,7 +142,7 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
         _plot_curves(curves, os.path.join(out_dir, "losses.png"))
     if models:
         _plot_bench(models, os.path.join(out_dir, "bench.png"))
-    from megarec.demo.tables import ablation_lines, ablation_table, equal_budget_lines, equal_budget_table
+    from megarec.demo.tables import ablation_lines, ablation_table, equal_budget_lines, equal_budget_table, gap_lines
 
     equal = equal_budget_table(bench, stage_records) if models else None
     purity = _code_purity(out_dir, config)
@@ -201,7 +201,12 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
         "",
     ]
     if models:
-        lines += equal_budget_lines(equal) + ["![bench](bench.png)", ""] + ablation_lines(ablation)
+        lines += (
+            equal_budget_lines(equal)
+            + ["![bench](bench.png)", ""]
+            + ablation_lines(ablation)
+            + gap_lines(ablation, bench)
+        )
     if purity:
         w = (config.get("data") or {}).get("collab_weight", 0.0)
         embeddings = f"text (MiniLM) + collaborative, weight {w}" if w else "text (MiniLM) only"

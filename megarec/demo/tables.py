@@ -120,6 +120,7 @@ def ablation_table(out_dir: str, config: dict, bench: dict, stage_records: list[
             "name": "final",
             "what": f"GRPO checkpoint, beam {gen.get('num_beams')}, history {gen.get('max_history')} "
             "(seed 0 of the table above)",
+            "checkpoint": "grpo",
             "test": ref,
             "train_seconds": train["grpo"],
             "eval_seconds": first.get("seconds"),
@@ -134,6 +135,7 @@ def ablation_table(out_dir: str, config: dict, bench: dict, stage_records: list[
             {
                 "name": row["name"],
                 "what": row.get("what", ""),
+                "checkpoint": row.get("checkpoint", "grpo"),
                 "test": res["test"],
                 "train_seconds": train.get(row.get("checkpoint", "grpo")),
                 "eval_seconds": res.get("seconds"),
@@ -162,3 +164,32 @@ def ablation_lines(table: Optional[dict]) -> list[str]:
             f"{r['delta_ndcg@10']:+.4f} | {train} | {ev} |"
         )
     return lines + [""]
+
+
+def gap_lines(ablation: Optional[dict], bench: dict) -> list[str]:
+    """Where seed 0 stands against SASRec's mean at each checkpoint of the pipeline (the first ablation row of
+    each checkpoint kind): what stage 2 reaches, and what SFT and GRPO add or take away."""
+    sasrec = (bench.get("models") or {}).get("sasrec")
+    if not ablation or not sasrec:
+        return []
+    target = sasrec["test"]["ndcg@10"]
+    by_kind: dict = {}
+    for r in ablation["rows"]:
+        by_kind.setdefault(r["checkpoint"], r)
+    steps = [(k, by_kind[k]) for k in ("stage2", "sft", "grpo") if k in by_kind]
+    if len(steps) < 2:
+        return []
+    label = {"stage2": "after stage 2", "sft": "after SFT", "grpo": "after GRPO (the final model)"}
+    parts = [
+        f"{label[k]} {r['test']['ndcg@10']:.4f} ({r['test']['ndcg@10'] - target:+.4f}, row `{r['name']}`)"
+        for k, r in steps
+    ]
+    changes = [
+        f"{label[b].split(' (')[0].removeprefix('after ')} {rb['test']['ndcg@10'] - ra['test']['ndcg@10']:+.4f}"
+        for (a, ra), (b, rb) in zip(steps, steps[1:])
+    ]
+    return [
+        f"Where the gap is (seed 0 against SASRec's mean NDCG@10 {target:.4f}): " + "; ".join(parts) + ". "
+        "Change per stage: " + ", ".join(changes) + ".",
+        "",
+    ]
