@@ -71,6 +71,12 @@ def test_ci_demo_end_to_end_and_resume(tmp_path):
     assert [s for s, _ in report["curves"]["grpo_valid_reward"]["values"]] == [0, 2, 3]
     md = open(out / "report.md").read()
     assert "## Equal-budget comparison" in md and "## Ablation" in md and "## GRPO on held-out prompts" in md
+    # GRPO exports its best held-out reward (the first step reaching the maximum; step 0 = the SFT model)
+    rewards = report["curves"]["grpo_valid_reward"]["values"]
+    best = json.load(open(out / "grpo" / "best" / "best.json"))
+    assert best["value"] == max(v for _, v in rewards)
+    assert best["step"] == next(s for s, v in rewards if v == best["value"])
+    assert f"seed 0: step {best['step']}" in md and "Where the gap is (seed 0 against SASRec's mean" in md
     # free (unconstrained) generations are checked and reported; the CI-sized model is too small to be
     # expected to write real items on its own (the full demo's did for 32 of 32 users)
     gen = report["generations"]

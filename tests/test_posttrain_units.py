@@ -3,6 +3,7 @@ mixture sampler, LR schedule, rollout batches."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -154,3 +155,22 @@ def test_pad_batch_right_pads():
     assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["loss_mask"].tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_best_policy_pointer_survives_only_what_the_resumed_run_has_trained(tmp_path):
+    """best.json names a complete step directory; a run resumed from an earlier step forgets a best recorded
+    after it (that stretch is trained again), a pointer for another metric or to a missing directory is
+    ignored, and NaN never counts as better."""
+    from megarec.posttrain.best import BestPolicy, step_name
+
+    (tmp_path / step_name(6)).mkdir()
+    (tmp_path / "best.json").write_text(json.dumps({"step": 6, "metric": "val_reward", "value": 0.05}))
+    kept = BestPolicy(str(tmp_path), "val_reward", "max", resumed_step=8)
+    assert kept.path == str(tmp_path / "step_0000006")
+    assert kept.better(0.06) and not kept.better(0.05) and not kept.better(float("nan"))
+    assert BestPolicy(str(tmp_path), "val_reward", "max", resumed_step=4).path is None
+    assert BestPolicy(str(tmp_path), "val_loss", "min", resumed_step=8).path is None
+    lower = BestPolicy(str(tmp_path), "val_reward", "min", resumed_step=None)
+    assert lower.better(0.04) and not lower.better(0.06)
+    (tmp_path / step_name(6)).rmdir()
+    assert BestPolicy(str(tmp_path), "val_reward", "max", resumed_step=None).path is None

@@ -109,6 +109,20 @@ def _code_purity(out_dir: str, config: dict) -> Optional[dict]:
     return prefix_purity(read_codes_table(codes_path).as_dict(), seqs)
 
 
+def _grpo_exports(out_dir: str, seeds: list) -> list[str]:
+    """Which GRPO step each seed exported, from the run's best.json (absent when the recipe exports the last)."""
+    from megarec.demo.plan import SeedPaths
+
+    out = []
+    for i, seed in enumerate(seeds):
+        path = os.path.join(SeedPaths(out_dir, i).grpo, "best", "best.json")
+        if os.path.isfile(path):
+            r = json.load(open(path))
+            what = " (the SFT model)" if r["step"] == 0 else ""
+            out.append(f"seed {seed}: step {r['step']}{what}, {r['metric']} {r['value']:.4f}")
+    return out
+
+
 def build_report(out_dir: str, stage_records: list[dict], config: dict, samples: Optional[dict] = None) -> dict:
     """Collect everything under `out_dir` into report.json / report.md / losses.png / bench.png."""
     from megarec.common.atomic import atomic_write_text
@@ -232,6 +246,12 @@ def build_report(out_dir: str, stage_records: list[dict], config: dict, samples:
             f"{hit.get('last', float('nan')):.4f}. The curve is the last panel of losses.png.",
             "",
         ]
+        exports = _grpo_exports(out_dir, (config.get("bench") or {}).get("seeds") or [0])
+        if exports:
+            lines += [
+                "Exported policy (best held-out reward, `checkpoint.export=best`): " + "; ".join(exports) + ".",
+                "",
+            ]
     if samples:
         lines += [
             "## Free generations (greedy, no trie)",
