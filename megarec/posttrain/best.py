@@ -75,11 +75,10 @@ class BestPolicy:
             return False
         previous = self.path
         policy.save(self.hf_dir(step), dtype=torch.float32)  # collective; appears complete or not at all
+        self.record = {"step": step, "metric": self.metric, "value": value}
         if policy.env.is_rank0:
-            self.record = {"step": step, "metric": self.metric, "value": value}
             write_json(os.path.join(self.root, POINTER), self.record)
             if previous and previous != self.hf_dir(step):
                 shutil.rmtree(previous, ignore_errors=True)
-        self.record = {"step": step, "metric": self.metric, "value": value}
         dist_utils.barrier()
         return True

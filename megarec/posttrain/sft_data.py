@@ -25,7 +25,7 @@ import numpy as np
 
 from megarec.common.errors import ConfigError, DataError
 from megarec.posttrain import chat
-from megarec.posttrain.config import SFTSourceSpec as SourceSpec
+from megarec.posttrain.config import SFTSourceSpec
 from megarec.posttrain.datasets import Source, seeded_rng, source_name
 
 
@@ -36,8 +36,7 @@ class ChatEncoder:
 
     def __init__(self, tokenizer_dir: str):
         self.tokenizer_dir = tokenizer_dir
-        self._encoders: dict = {}
-        self.vocab_size = self._encoder("messages").vocab_size
+        self._encoders: dict = {}  # one DocumentEncoder per kind, built on first use
 
     def _encoder(self, kind: str):
         from megarec.data.encoder import DocumentEncoder
@@ -111,7 +110,7 @@ class IndexedChatRows:
         return ids.tolist(), weighted(mask.astype(np.int64).tolist(), self.loss_weight)
 
 
-def _indexed_source(spec: SourceSpec, data, vocab_size: int) -> Source:
+def _indexed_source(spec: SFTSourceSpec, data, vocab_size: int) -> Source:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from megarec.data.indexed import sibling_loss_mask_prefix
@@ -157,7 +156,7 @@ def _indexed_source(spec: SourceSpec, data, vocab_size: int) -> Source:
     return src
 
 
-def _file_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit: Optional[int]) -> Source:
+def _file_source(spec: SFTSourceSpec, data, encoder: ChatEncoder, seed: int, limit: Optional[int]) -> Source:
     """A JSONL/parquet source: chat rows or plain documents (one kind per file), filtered by `spec.tasks`."""
     from megarec.common.io import read_records
     from megarec.data.encoder import detect_kind
@@ -204,7 +203,7 @@ def _file_source(spec: SourceSpec, data, encoder: ChatEncoder, seed: int, limit:
 
 
 def load_sft_sources(
-    specs: list[SourceSpec], data, tokenizer_dir: str, vocab_size: int, seed: int, limit: Optional[int] = None
+    specs: list[SFTSourceSpec], data, tokenizer_dir: str, vocab_size: int, seed: int, limit: Optional[int] = None
 ) -> list[Source]:
     encoder = None
     out = []
